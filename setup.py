@@ -1,0 +1,43 @@
+"""Packaging for smc-trainer: sparse training on the SMC-Bench tasks as a Hugging Face Trainer extension."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+VERSION = "0.1.0"
+
+extras = {
+    "test": ["pytest>=7", "ruff>=0.4"],
+    "plot": ["matplotlib>=3.7"],
+    "hub": ["huggingface_hub>=0.23"],
+    "protein": [],
+    "translation": ["sacrebleu>=2.3", "sentencepiece>=0.1.99"],
+}
+extras["all"] = sorted({dep for deps in extras.values() for dep in deps})
+
+setup(
+    name="smc-trainer",
+    version=VERSION,
+    description="SMC-Bench (Sparsity May Cry, ICLR 2023) sparse training as a Hugging Face Trainer extension",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8") if (HERE / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["smc_trainer", "smc_trainer.*"]),
+    py_modules=["run_smc"],
+    package_data={"smc_trainer": ["py.typed"]},
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.1",
+        "transformers>=4.46",
+        "accelerate>=0.34",
+        "datasets>=2.19",
+        "evaluate>=0.4",
+        "safetensors>=0.4",
+        "pyyaml>=6",
+        "numpy",
+        "tqdm",
+    ],
+    extras_require=extras,
+    entry_points={"console_scripts": ["smc-train=run_smc:main"]},
+    license="MIT",
+)

@@ -1,0 +1,21 @@
+"""smc-trainer: SMC-Bench ("Sparsity May Cry", ICLR 2023) sparse training for Hugging Face models."""
+
+from smc_trainer.arguments import DataArguments, ModelArguments, SparseTrainingArguments
+from smc_trainer.masks import MaskSet
+from smc_trainer.methods import get_method_class, method_names, register_method
+from smc_trainer.targets import find_targets
+from smc_trainer.trainer import SparseTrainer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DataArguments",
+    "MaskSet",
+    "ModelArguments",
+    "SparseTrainer",
+    "SparseTrainingArguments",
+    "find_targets",
+    "get_method_class",
+    "method_names",
+    "register_method",
+]

@@ -1,0 +1,119 @@
+"""`rigl` and `set`: dynamic sparse training with a fixed per-layer budget.
+
+Every `--update_interval` optimizer steps until `--update_end`, each layer drops the
+`round(f_t * nnz)` smallest-magnitude kept weights and regrows as many inactive positions: by
+the magnitude of the dense gradient (RigL) or at random (SET). `f_t` decays from
+`--drop_fraction` by a cosine. Grown weights start at zero with zero optimizer state; a weight
+dropped and regrown in the same update keeps its value. The initial mask comes from
+`--init_method` (omp_before, random_before or snip), giving the paper's "X+RigL" rows.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from smc_trainer.methods.base import SparseContext, SparseMethod, register_method, require
+from smc_trainer.schedules import CosineDropSchedule
+from smc_trainer.selection import (
+    LayerScores,
+    magnitude_scores,
+    mix_seed,
+    random_scores,
+    select_topk,
+    tensor_scores,
+)
+
+INIT_METHODS = ("omp_before", "random_before", "snip")
+SET_GROWTH_STREAM = 0x534554
+
+
+@register_method("rigl")
+class RigL(SparseMethod):
+    phase = "dynamic"
+    order = 30
+
+    def __init__(self, args):
+        super().__init__(args)
+        from smc_trainer.methods import get_method_class
+
+        self.init = get_method_class(args.init_method)(args)
+        self._grad_scores: dict[str, Tensor] | None = None
+
+    @classmethod
+    def validate_args(cls, args) -> None:
+        require(args.init_method in INIT_METHODS,
+                f"--init_method must be one of {', '.join(INIT_METHODS)}; got {args.init_method!r}")
+        require(args.update_interval >= 1, f"--update_interval must be >= 1 for {cls.name}; got {args.update_interval}")
+        require(0.0 < args.drop_fraction < 1.0, f"--drop_fraction must be in (0, 1); got {args.drop_fraction}")
+        require(0.0 < args.update_end <= 1.0, f"--update_end must be in (0, 1]; got {args.update_end}")
+        from smc_trainer.methods import get_method_class
+
+        get_method_class(args.init_method).validate_args(args)
+
+    def schedule(self, total_steps: int) -> CosineDropSchedule:
+        a = self.args
+        return CosineDropSchedule.from_fractions(a.drop_fraction, a.update_interval, total_steps, a.update_end)
+
+    def initial_masks(self, ctx: SparseContext):
+        return self.init.initial_masks(ctx)
+
+    # ---- growth criterion ----------------------------------------------------------------------
+
+    def wants_dense_gradients(self, ctx: SparseContext, step: int) -> bool:
+        return self.schedule(ctx.total_steps).is_update(step)
+
+    @torch.no_grad()
+    def observe_dense_gradients(self, ctx: SparseContext, step: int) -> None:
+        self._grad_scores = {
+            t.name: torch.zeros_like(t.param, dtype=torch.float32) if t.param.grad is None
+            else t.param.grad.detach().abs().float()
+            for t in ctx.targets
+        }
+
+    def discard_dense_gradients(self) -> None:
+        self._grad_scores = None
+
+    def grow_scores(self, ctx: SparseContext, index: int, step: int, within: Tensor) -> LayerScores:
+        name = ctx.targets[index].name
+        if self._grad_scores is None:
+            raise RuntimeError("RigL update without dense gradients: the trainer did not call observe_dense_gradients")
+        return tensor_scores(self._grad_scores[name], within=within)
+
+    # ---- the update ----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def update_masks(self, ctx: SparseContext, step: int):
+        schedule = self.schedule(ctx.total_steps)
+        if not schedule.is_update(step) or not ctx.masks.active:
+            self._grad_scores = None
+            return None
+        fraction = schedule.fraction_at(step)
+        new = {}
+        for i, t in enumerate(ctx.targets):
+            mask = ctx.current_mask(t.name).reshape(-1)
+            n_active = int(mask.sum())
+            n_swap = round(fraction * n_active)
+            if n_swap == 0 or n_active == t.numel:
+                new[t.name] = mask.view(t.param.shape)
+                continue
+            survivors = select_topk({t.name: magnitude_scores(t.param, mask)}, n_active - n_swap)[t.name]
+            grown = select_topk({t.name: self.grow_scores(ctx, i, step, ~survivors)}, n_swap)[t.name]
+            new[t.name] = (survivors | grown).view(t.param.shape)
+        self._grad_scores = None
+        return new
+
+
+@register_method("set")
+class SET(RigL):
+    """SET (Mocanu et al. 2018): like RigL, but regrowth is uniformly random instead of by gradient."""
+
+    order = 31
+
+    def wants_dense_gradients(self, ctx: SparseContext, step: int) -> bool:
+        return False
+
+    def grow_scores(self, ctx: SparseContext, index: int, step: int, within: Tensor) -> LayerScores:
+        t = ctx.targets[index]
+        seed = mix_seed(self.args.seed, SET_GROWTH_STREAM, step, index)
+        return random_scores(t.numel, seed, within=within, device=t.param.device)

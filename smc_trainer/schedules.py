@@ -1,0 +1,70 @@
+"""Schedules, counted in optimizer steps: GMP's cubic sparsity ramp and RigL's cosine drop fraction."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class CubicSchedule:
+    """Zhu & Gupta (2017): s_t = s_f * (1 - (1 - (t - t0) / (tf - t0))^3) for t0 <= t <= tf.
+
+    Pruning events fall every `frequency` steps from `start` and always at `end`, so the final
+    event reaches exactly the target (the original code's `t < tf` condition undershoots it).
+    """
+
+    final_sparsity: float
+    start: int
+    end: int
+    frequency: int
+
+    @classmethod
+    def from_fractions(
+        cls, final_sparsity: float, total_steps: int, start: float, end: float, frequency: int
+    ) -> CubicSchedule:
+        t0 = round(start * total_steps)
+        tf = max(t0, round(end * total_steps))
+        return cls(final_sparsity, t0, tf, frequency)
+
+    def sparsity_at(self, step: int) -> float:
+        """The schedule's sparsity at (continuous) step `step`."""
+        if step < self.start:
+            return 0.0
+        if step >= self.end:
+            return self.final_sparsity
+        progress = (step - self.start) / (self.end - self.start)
+        return self.final_sparsity * (1.0 - (1.0 - progress) ** 3)
+
+    def is_event(self, step: int) -> bool:
+        return step == self.end or (self.start <= step < self.end and (step - self.start) % self.frequency == 0)
+
+    def sparsity_after(self, step: int) -> float:
+        """Sparsity the model has after optimizer step `step`: the schedule at the last event <= step."""
+        if step < self.start:
+            return 0.0
+        if step >= self.end:
+            return self.final_sparsity
+        last = self.start + (step - self.start) // self.frequency * self.frequency
+        return self.sparsity_at(last)
+
+
+@dataclass(frozen=True)
+class CosineDropSchedule:
+    """RigL's drop fraction: f_t = f0 / 2 * (1 + cos(pi * t / t_end)); updates every `interval` steps."""
+
+    initial_fraction: float
+    interval: int
+    end: int
+
+    @classmethod
+    def from_fractions(cls, initial_fraction: float, interval: int, total_steps: int, end: float) -> CosineDropSchedule:
+        return cls(initial_fraction, interval, round(end * total_steps))
+
+    def fraction_at(self, step: int) -> float:
+        if step >= self.end:
+            return 0.0
+        return self.initial_fraction / 2.0 * (1.0 + math.cos(math.pi * step / self.end))
+
+    def is_update(self, step: int) -> bool:
+        return 0 < step < self.end and step % self.interval == 0

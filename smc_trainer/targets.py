@@ -1,0 +1,112 @@
+"""Which parameters are prunable: the 2-D weights of Linear, Conv1D and Embedding modules.
+
+No per-architecture code: embeddings are found by module type, the task head as the parameters
+outside `model.base_model` (or the output embeddings when the model is its own base). Biases and
+norm weights are 1-D and never pruned. Tied weights appear once (by their first name).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from torch import nn
+
+try:  # GPT-2 style transposed linear
+    from transformers.pytorch_utils import Conv1D
+except ImportError:  # pragma: no cover - very old transformers
+    Conv1D = ()  # type: ignore[assignment]
+
+PRUNABLE_MODULES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Embedding) + ((Conv1D,) if Conv1D else ())
+GROUPS = ("embeddings", "head", "layers", "other")
+_LAYER_INDEX = re.compile(r"\.(\d+)\.")
+
+
+@dataclass(frozen=True)
+class PruneTarget:
+    """One prunable weight: its parameter name, the tensor, and the group it is reported under."""
+
+    name: str
+    param: nn.Parameter
+    group: str  # "embeddings", "head", "layer_<i>" or "other"
+
+    @property
+    def numel(self) -> int:
+        return self.param.numel()
+
+
+def _head_prefixes(model: nn.Module) -> tuple[set[str], set[int]]:
+    """Parameter-name prefixes and output-embedding ids that make up the task head."""
+    base = getattr(model, "base_model", model)
+    head_ids: set[int] = set()
+    if base is model:
+        get_out = getattr(model, "get_output_embeddings", None)
+        out = get_out() if callable(get_out) else None
+        if out is not None:
+            head_ids.add(id(out.weight))
+        return set(), head_ids
+    base_prefix = next((name for name, mod in model.named_modules() if mod is base), "")
+    return {base_prefix + "."}, head_ids
+
+
+def find_targets(
+    model: nn.Module,
+    *,
+    prune_embeddings: bool = True,
+    prune_heads: bool = True,
+    include: str | None = None,
+    exclude: str | None = None,
+) -> list[PruneTarget]:
+    """The prunable weights of `model`, in `named_modules` order.
+
+    Raises ValueError when a regex matches no candidate weight or when nothing is left to prune.
+    """
+    base_prefixes, head_ids = _head_prefixes(model)
+    candidates: list[PruneTarget] = []
+    seen: set[int] = set()
+    for mod_name, module in model.named_modules():
+        if not isinstance(module, PRUNABLE_MODULES):
+            continue
+        weight = getattr(module, "weight", None)
+        if not isinstance(weight, nn.Parameter) or weight.dim() != 2 or id(weight) in seen:
+            continue
+        seen.add(id(weight))
+        name = f"{mod_name}.weight" if mod_name else "weight"
+        is_head = id(weight) in head_ids or (bool(base_prefixes) and not name.startswith(tuple(base_prefixes)))
+        if is_head:
+            group = "head"
+        elif isinstance(module, nn.Embedding):
+            group = "embeddings"
+        else:
+            match = _LAYER_INDEX.search(name)
+            group = f"layer_{int(match.group(1)):02d}" if match else "other"
+        candidates.append(PruneTarget(name, weight, group))
+
+    targets = [
+        t
+        for t in candidates
+        if (prune_embeddings or t.group != "embeddings") and (prune_heads or t.group != "head")
+    ]
+    targets = _apply_regex(targets, candidates, include, "prune_include", keep_matches=True)
+    targets = _apply_regex(targets, candidates, exclude, "prune_exclude", keep_matches=False)
+    if not targets:
+        raise ValueError(
+            f"{type(model).__name__} has no prunable parameters (2-D weights of Linear, Conv1D or Embedding "
+            "modules) left after --prune_embeddings/--prune_heads/--prune_include/--prune_exclude"
+        )
+    return targets
+
+
+def _apply_regex(
+    targets: list[PruneTarget], candidates: list[PruneTarget], pattern: str | None, flag: str, keep_matches: bool
+) -> list[PruneTarget]:
+    if pattern is None:
+        return targets
+    try:
+        regex = re.compile(pattern)
+    except re.error as err:
+        raise ValueError(f"--{flag} is not a valid regular expression: {pattern!r} ({err})") from None
+    if not any(regex.search(t.name) for t in candidates):
+        examples = ", ".join(t.name for t in candidates[:4])
+        raise ValueError(f"--{flag} {pattern!r} matches no prunable parameter; names look like: {examples}, ...")
+    return [t for t in targets if bool(regex.search(t.name)) == keep_matches]

@@ -1,0 +1,105 @@
+"""Shared helpers for tests that train tiny models with SparseTrainer."""
+
+from __future__ import annotations
+
+import torch
+from datasets import Dataset
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    GPT2Config,
+    GPT2ForSequenceClassification,
+    TrainerCallback,
+)
+
+from smc_trainer import SparseTrainer, SparseTrainingArguments
+
+VOCAB = 64
+SEQ = 8
+
+
+def tiny_classifier(arch: str, seed: int = 0, dropout: float = 0.1) -> torch.nn.Module:
+    """A 2-layer BERT or GPT-2 sequence classifier with a few hundred weights per layer."""
+    torch.manual_seed(seed)
+    if arch == "bert":
+        cfg = BertConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=32, max_position_embeddings=32, num_labels=2,
+                         hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+        return BertForSequenceClassification(cfg)
+    if arch == "gpt2":
+        cfg = GPT2Config(vocab_size=VOCAB, n_embd=16, n_layer=2, n_head=2, n_positions=32, num_labels=2,
+                         pad_token_id=0, resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout)
+        return GPT2ForSequenceClassification(cfg)
+    raise ValueError(arch)
+
+
+def toy_dataset(n: int = 64, seed: int = 0) -> Dataset:
+    """Token sequences labelled by whether token 5 occurs: learnable, deterministic."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, VOCAB, (n, SEQ), generator=gen)
+    labels = (ids == 5).any(dim=1).long()
+    return Dataset.from_dict({"input_ids": ids.tolist(), "labels": labels.tolist()})
+
+
+def sparse_args(output_dir, method: str, sparsity: float, **overrides) -> SparseTrainingArguments:
+    """Arguments for an 8-step run with AdamW, weight decay and gradient accumulation 2."""
+    kw = dict(
+        output_dir=str(output_dir), sparse_method=method, sparsity=sparsity, max_steps=8,
+        per_device_train_batch_size=8, gradient_accumulation_steps=2, learning_rate=5e-3, weight_decay=0.1,
+        max_grad_norm=1.0, prune_frequency=2, gmp_start=0.0, gmp_end=0.5, update_interval=2, report_to="none",
+        save_strategy="no", use_cpu=True, logging_steps=1000, disable_tqdm=True, seed=0, init_method="omp_before",
+    )
+    kw.update(overrides)
+    return SparseTrainingArguments(**kw)
+
+
+def make_trainer(arch: str, args: SparseTrainingArguments, dropout: float = 0.1) -> SparseTrainer:
+    return SparseTrainer(model=tiny_classifier(arch, dropout=dropout), args=args, train_dataset=toy_dataset())
+
+
+def pruned_leaks(trainer: SparseTrainer) -> list[str]:
+    """Names of weights (or their optimizer state) that are non-zero at a pruned position."""
+    leaks = []
+    state = trainer.optimizer.state
+    for t in trainer.masks.targets:
+        mask = trainer.masks.masks.get(t.name)
+        if mask is None:
+            continue
+        if bool((t.param.detach()[~mask] != 0).any()):
+            leaks.append(f"{t.name}:weight")
+        for key, value in state.get(t.param, {}).items():
+            if torch.is_tensor(value) and value.shape == t.param.shape and bool((value[~mask] != 0).any()):
+                leaks.append(f"{t.name}:{key}")
+    return leaks
+
+
+class StepRecorder(TrainerCallback):
+    """Added after SparsityCallback: after every optimizer step, records masks, counts and leaks."""
+
+    def __init__(self, trainer: SparseTrainer):
+        self.trainer = trainer
+        self.initial_counts: dict[str, int] | None = None
+        self.counts: list[dict[str, int]] = []
+        self.masks: list[dict[str, torch.Tensor]] = []
+        self.leaks: list[tuple[int, list[str]]] = []
+
+    def _counts(self) -> dict[str, int]:
+        return {n: int(m.sum()) for n, m in self.trainer.masks.masks.items()}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.initial_counts = self._counts()
+        self.masks.append({n: m.clone() for n, m in self.trainer.masks.masks.items()})
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.counts.append(self._counts())
+        self.masks.append({n: m.clone() for n, m in self.trainer.masks.masks.items()})
+        leaks = pruned_leaks(self.trainer)
+        if leaks:
+            self.leaks.append((state.global_step, leaks))
+
+
+def train_with_recorder(trainer: SparseTrainer) -> StepRecorder:
+    recorder = StepRecorder(trainer)
+    trainer.add_callback(recorder)
+    trainer.train()
+    return recorder
