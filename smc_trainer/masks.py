@@ -43,7 +43,7 @@ class MaskSet:
 
     def kept(self) -> int:
         """Weights the masks keep (all of them while dense)."""
-        return sum(int(m.sum()) for m in self.masks.values()) if self.masks else self.total
+        return sum(int(torch.count_nonzero(m)) for m in self.masks.values()) if self.masks else self.total
 
     def sparsity(self) -> float:
         return 1.0 - self.kept() / self.total
@@ -117,7 +117,7 @@ class MaskSet:
                     "group": t.group,
                     "shape": list(t.param.shape),
                     "total": t.numel,
-                    "kept": t.numel if mask is None else int(mask.sum()),
+                    "kept": t.numel if mask is None else int(torch.count_nonzero(mask)),
                     "nonzero": int(torch.count_nonzero(t.param)),
                 }
             )

@@ -48,7 +48,7 @@ class LayerScores:
     device: torch.device = torch.device("cpu")
 
     def within_count(self) -> int:
-        return self.numel if self.within is None else int(self.within.sum())
+        return self.numel if self.within is None else int(torch.count_nonzero(self.within))
 
 
 def tensor_scores(
@@ -258,18 +258,18 @@ def _threshold_in_bracket(
         for _, _, s, w in _chunks(src, chunk_size):
             if torch.isnan(s).any():
                 raise ValueError(f"scores of {name!r} contain NaN; cannot rank weights")
-            n_above += int((s > hi).sum())
+            n_above += int(torch.count_nonzero(s > hi))
             if n_above >= k:  # the threshold is above the bracket: stop early
                 return None
             eq_hi = s == hi
             if w is not None:
                 eq_hi &= w
-            n_eq_hi += int(eq_hi.sum())
+            n_eq_hi += int(torch.count_nonzero(eq_hi))
             if lo != hi:
                 eq_lo = s == lo
                 if w is not None:
                     eq_lo &= w
-                n_eq_lo += int(eq_lo.sum())
+                n_eq_lo += int(torch.count_nonzero(eq_lo))
                 inside.append(s[(s > lo) & (s < hi)].cpu())
     rank = k - n_above  # 1-based rank of tau among scores <= hi
     if rank <= n_eq_hi:
@@ -278,7 +278,7 @@ def _threshold_in_bracket(
     between = torch.cat(inside) if inside else torch.empty(0)
     if rank <= between.numel():
         tau = float(torch.kthvalue(between, between.numel() - rank + 1).values)
-        return tau, n_above + n_eq_hi + int((between > tau).sum())
+        return tau, n_above + n_eq_hi + int(torch.count_nonzero(between > tau))
     rank -= between.numel()
     if lo != hi and rank <= n_eq_lo:
         return lo, n_above + n_eq_hi + between.numel()
@@ -298,7 +298,7 @@ def _write_masks(
                 eq = s == tau
                 if w is not None:
                     eq &= w
-                n_eq = int(eq.sum())
+                n_eq = int(torch.count_nonzero(eq))
                 if n_eq <= ties_to_keep:
                     part |= eq
                     ties_to_keep -= n_eq

@@ -92,7 +92,7 @@ class RigL(SparseMethod):
         new = {}
         for i, t in enumerate(ctx.targets):
             mask = ctx.current_mask(t.name).reshape(-1)
-            n_active = int(mask.sum())
+            n_active = int(torch.count_nonzero(mask))
             n_swap = round(fraction * n_active)
             if n_swap == 0 or n_active == t.numel:
                 new[t.name] = mask.view(t.param.shape)
