@@ -74,8 +74,8 @@ class SparseTrainingArguments(TrainingArguments):
     sparse_method: str = field(
         default="dense",
         metadata={
-            "help": "Sparse algorithm: dense, omp_before, random_before, snip, gmp, rigl, set "
-            "(see README's method table)."
+            "help": "Sparse algorithm: dense, omp_after, random_after, lth, lrr, omp_before, random_before, snip, "
+            "gmp, rigl, set (see README's method table)."
         },
     )
     sparsity: float = field(
@@ -125,6 +125,16 @@ class SparseTrainingArguments(TrainingArguments):
     init_method: str = field(
         default="omp_before",
         metadata={"help": "RigL/SET: method giving the initial mask: omp_before, random_before or snip."},
+    )
+    imp_rate: float = field(
+        default=0.2, metadata={"help": "LTH/LRR: fraction of the remaining weights pruned per round (paper: 0.2)."}
+    )
+    dense_cache_dir: str = field(
+        default="smc_outputs/dense_cache",
+        metadata={"help": "Where dense fine-tunes are cached and shared by after-methods, LTH/LRR and the dense row."},
+    )
+    ledger: str | None = field(
+        default=None, metadata={"help": "Append a record of each finished run to this results ledger (JSON lines)."}
     )
     select_on: str = field(
         default="validation",

@@ -46,6 +46,7 @@ class SparsityCallback(TrainerCallback):
         self.initialized = False
         self.events: list[dict[str, Any]] = []
         self.ctx: SparseContext | None = None
+        self.preset_masks: dict | None = None  # a mask decided outside the run (LTH/LRR rounds)
 
     def context(self, total_steps: int) -> SparseContext:
         if self.ctx is None or self.ctx.total_steps != total_steps:
@@ -65,13 +66,18 @@ class SparsityCallback(TrainerCallback):
         if self.initialized:  # resumed from a checkpoint, or a second train() call: keep masks
             self.masks.apply_to_weights()
             return
-        masks = self.method.initial_masks(ctx)
+        masks = self.preset_masks if self.preset_masks is not None else self.method.initial_masks(ctx)
+        self.preset_masks = None
         if model is not None:
             model.zero_grad(set_to_none=True)
         if masks is not None:
             self.masks.set_masks(masks, optimizer)
             self._record("init", 0)
         self.initialized = True
+
+    def reached_target(self) -> bool:
+        """True once the masks are at the method's final sparsity (GMP: after its last event)."""
+        return self.ctx is not None and self.method.reached_target(self.ctx, self.step)
 
     def before_optimizer_step(self) -> None:
         """Called once per optimizer step, after the last backward and before clipping."""

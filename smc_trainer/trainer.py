@@ -8,6 +8,7 @@ loss, and writing/reading masks and method state with every model save and check
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -24,10 +25,14 @@ logger = logging.get_logger(__name__)
 
 
 class SparseTrainer(Trainer):
-    """A Trainer that trains a sparse model with the method named by `args.sparse_method`."""
+    """A Trainer that trains a sparse model with the method named by `args.sparse_method`.
+
+    `initial_masks` (bool tensors by parameter name) replaces the method's own initial pruning; the
+    pipeline uses it for LTH/LRR rounds, whose masks come from the previous round's weights.
+    """
 
     def __init__(self, model: torch.nn.Module | None = None, args: SparseTrainingArguments | None = None,
-                 *pos: Any, **kwargs: Any):
+                 *pos: Any, initial_masks: Mapping[str, torch.Tensor] | None = None, **kwargs: Any):
         if not isinstance(args, SparseTrainingArguments):
             raise TypeError(f"SparseTrainer needs SparseTrainingArguments; got {type(args).__name__}")
         if model is None:
@@ -51,6 +56,8 @@ class SparseTrainer(Trainer):
             accumulate_gradients=self._accumulate_gradients,
             step_was_skipped=lambda: bool(self.accelerator.optimizer_step_was_skipped),
         )
+        if initial_masks is not None:
+            self.sparsity_callback.preset_masks = dict(initial_masks)
         self.add_callback(self.sparsity_callback)
         n_prunable = self.masks.total
         logger.info(f"smc-trainer: {args.sparse_method} at sparsity {args.sparsity} over {len(targets)} "
@@ -115,6 +122,13 @@ class SparseTrainer(Trainer):
             "prune_exclude": a.prune_exclude,
             "optimizer_steps": self.sparsity_callback.step,
         }
+
+    def _determine_best_metric(self, metrics, trial) -> bool:
+        """Only checkpoints at the final sparsity compete for 'best' (the original GMP runs could pick an
+        early, denser checkpoint)."""
+        if not self.sparsity_callback.reached_target():
+            return False
+        return super()._determine_best_metric(metrics, trial)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)

@@ -12,7 +12,8 @@ from transformers import (
     TrainerCallback,
 )
 
-from smc_trainer import SparseTrainer, SparseTrainingArguments
+from smc_trainer import SparseTrainer, SparseTrainingArguments, find_targets, get_method_class
+from smc_trainer.selection import global_keep_masks
 
 VOCAB = 64
 SEQ = 8
@@ -54,7 +55,13 @@ def sparse_args(output_dir, method: str, sparsity: float, **overrides) -> Sparse
 
 
 def make_trainer(arch: str, args: SparseTrainingArguments, dropout: float = 0.1) -> SparseTrainer:
-    return SparseTrainer(model=tiny_classifier(arch, dropout=dropout), args=args, train_dataset=toy_dataset())
+    """A SparseTrainer on a tiny model; iterative methods get their round mask (global |w|) as the pipeline does."""
+    model = tiny_classifier(arch, dropout=dropout)
+    initial_masks = None
+    if get_method_class(args.sparse_method).phase == "iterative":
+        weights = {t.name: t.param.detach().abs() for t in find_targets(model)}
+        initial_masks = global_keep_masks(weights, 1.0 - args.sparsity)
+    return SparseTrainer(model=model, args=args, train_dataset=toy_dataset(), initial_masks=initial_masks)
 
 
 def pruned_leaks(trainer: SparseTrainer) -> list[str]:

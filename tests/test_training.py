@@ -26,7 +26,7 @@ def test_exact_counts_and_pruned_weights_stay_zero(tmp_path, arch, method, spars
 
     final = sum(rec.counts[-1].values())
     assert final == expected, f"{method}: kept {final}, expected exactly {expected} of {total}"
-    if trainer.sparse_method.phase in ("before", "dynamic"):
+    if trainer.sparse_method.phase in ("before", "after", "iterative", "dynamic"):
         assert sum(rec.initial_counts.values()) == expected
         for counts in rec.counts:
             assert counts == rec.initial_counts, "per-layer budget must not change during training"

@@ -87,6 +87,10 @@ class SparseMethod:
         """New masks after optimizer step `step` (1-based, skipped fp16 steps not counted), or None."""
         return None
 
+    def reached_target(self, ctx: SparseContext, step: int) -> bool:
+        """Whether the model is at its final sparsity after step `step`; earlier checkpoints are never 'best'."""
+        return True
+
     def state_dict(self) -> dict[str, Any]:
         """JSON-serialisable method state saved in every checkpoint."""
         return {}

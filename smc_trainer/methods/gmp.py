@@ -34,6 +34,9 @@ class GMP(SparseMethod):
         a = self.args
         return CubicSchedule.from_fractions(a.sparsity, total_steps, a.gmp_start, a.gmp_end, a.prune_frequency)
 
+    def reached_target(self, ctx: SparseContext, step: int) -> bool:
+        return step >= self.schedule(ctx.total_steps).end
+
     def update_masks(self, ctx: SparseContext, step: int):
         schedule = self.schedule(ctx.total_steps)
         if not schedule.is_event(step):

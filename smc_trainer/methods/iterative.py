@@ -1,0 +1,58 @@
+"""`lth` and `lrr`: iterative magnitude pruning after fine-tuning, `--imp_rate` of the remaining
+weights per round, so round k has sparsity exactly 1 - (1 - rate)^k.
+
+`lth` ("LTH (After)") rewinds the kept weights to the pretrained values and the task head to its
+initial values after each prune, as the paper does; `lrr` (learning-rate rewinding) keeps the
+pruned fine-tuned weights and only restarts the LR schedule. Rounds are run by the pipeline,
+which hands each round's mask to the trainer; during a round the mask is static.
+"""
+
+from __future__ import annotations
+
+import math
+
+from smc_trainer.methods.base import SparseContext, SparseMethod, register_method, require
+
+GRID_TOLERANCE = 5e-4  # the paper writes 0.8325 for 1 - 0.8^8 = 0.83223
+
+
+def imp_round_for(sparsity: float, rate: float) -> int:
+    """The round k with 1 - (1 - rate)^k == sparsity (within the paper's rounding), or ValueError."""
+    if sparsity == 0.0:
+        return 0
+    k = round(math.log(1.0 - sparsity) / math.log(1.0 - rate))
+    if k < 1 or abs(1.0 - (1.0 - rate) ** k - sparsity) > GRID_TOLERANCE:
+        grid = ", ".join(f"{1 - (1 - rate) ** i:.4f}" for i in range(1, 11))
+        raise ValueError(f"--sparsity {sparsity} is not reached by iterative pruning at --imp_rate {rate}; "
+                         f"its rounds give {grid}, ...")
+    return k
+
+
+def imp_sparsity(round_index: int, rate: float) -> float:
+    return 1.0 - (1.0 - rate) ** round_index
+
+
+class IterativeMethod(SparseMethod):
+    phase = "iterative"
+    rewind: bool = False
+
+    @classmethod
+    def validate_args(cls, args) -> None:
+        require(0.0 < args.imp_rate < 1.0, f"--imp_rate must be in (0, 1); got {args.imp_rate}")
+        imp_round_for(args.sparsity, args.imp_rate)
+
+    def initial_masks(self, ctx: SparseContext):
+        raise ValueError(f"--sparse_method {self.name} runs round by round through smc_trainer.pipeline "
+                         "(run_smc.py does this); SparseTrainer alone needs the round's mask as initial_masks=")
+
+
+@register_method("lth")
+class LTH(IterativeMethod):
+    rewind = True
+    order = 3
+
+
+@register_method("lrr")
+class LRR(IterativeMethod):
+    rewind = False
+    order = 4
