@@ -5,7 +5,7 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
-VERSION = "0.1.0"
+VERSION = (HERE / "smc_trainer" / "version.py").read_text().split('"')[1]
 
 extras = {
     "test": ["pytest>=7", "ruff>=0.4"],

@@ -5,8 +5,7 @@ from smc_trainer.masks import MaskSet
 from smc_trainer.methods import get_method_class, method_names, register_method
 from smc_trainer.targets import find_targets
 from smc_trainer.trainer import SparseTrainer
-
-__version__ = "0.1.0"
+from smc_trainer.version import __version__
 
 __all__ = [
     "DataArguments",
@@ -18,4 +17,5 @@ __all__ = [
     "get_method_class",
     "method_names",
     "register_method",
+    "__version__",
 ]

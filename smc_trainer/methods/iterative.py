@@ -29,7 +29,8 @@ def imp_round_for(sparsity: float, rate: float) -> int:
 
 
 def imp_sparsity(round_index: int, rate: float) -> float:
-    return 1.0 - (1.0 - rate) ** round_index
+    """Sparsity after `round_index` rounds, rounded to 12 digits so 0.2 is 0.2, not 0.19999999999999996."""
+    return round(1.0 - (1.0 - rate) ** round_index, 12)
 
 
 class IterativeMethod(SparseMethod):

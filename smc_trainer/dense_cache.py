@@ -1,0 +1,110 @@
+"""Dense fine-tune cache: one dense fine-tune per configuration, shared by every method that needs it.
+
+The key hashes everything that changes the dense fine-tune (recipe, model, data and training
+arguments, seed, package version) and nothing that does not (output and logging paths, sparse
+flags). An entry is trained in `<key>.partial` under an exclusive file lock, so two sweeps never
+train the same key at once, an interrupted entry resumes from its checkpoints, and only a finished
+entry is renamed into place (with a COMPLETE marker).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from transformers import TrainingArguments
+from transformers.utils import logging
+
+from smc_trainer.version import __version__
+
+if TYPE_CHECKING:
+    from smc_trainer.pipeline import RunConfig
+
+logger = logging.get_logger(__name__)
+
+INIT_WEIGHTS = "init_model.safetensors"  # the model before fine-tuning: LTH's rewind point
+COMPLETE = "COMPLETE"
+KEY_FILE = "cache_key.json"
+
+# training arguments that do not change what the dense fine-tune learns
+_VOLATILE = {
+    "output_dir", "logging_dir", "run_name", "report_to", "disable_tqdm", "logging_steps", "logging_strategy",
+    "logging_first_step", "logging_nan_inf_filter", "save_steps", "save_strategy", "save_total_limit",
+    "save_only_model", "push_to_hub", "hub_model_id", "hub_strategy", "hub_token", "hub_private_repo",
+    "hub_always_push", "hub_revision", "resume_from_checkpoint", "dataloader_num_workers", "log_level",
+    "log_level_replica", "print_config", "trackio_space_id", "project",
+}
+
+
+def _sparse_fields() -> set[str]:
+    from smc_trainer.arguments import SparseTrainingArguments
+
+    base = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return {f.name for f in dataclasses.fields(SparseTrainingArguments)} - base - {"select_on"}
+
+
+def config_fingerprint(config: RunConfig, *, include_sparse: bool = False) -> dict[str, Any]:
+    """The JSON-able description of a run that cache keys and ledger keys are hashed from."""
+    training = config.training_args.to_dict()
+    skip = _VOLATILE | (set() if include_sparse else _sparse_fields())
+    training = {k: v for k, v in training.items() if k not in skip and not k.startswith("_")}
+    return {
+        "recipe": config.recipe.name,
+        "recipe_args": config.recipe.args,
+        "task": config.recipe.task,
+        "model": dataclasses.asdict(config.model_args),
+        "data": dataclasses.asdict(config.data_args),
+        "training": training,
+        "smc_trainer": ".".join(__version__.split(".")[:2]),
+    }
+
+
+def fingerprint_hash(fingerprint: dict[str, Any]) -> str:
+    blob = json.dumps(fingerprint, sort_keys=True, default=str).encode("utf-8")
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+class DenseCache:
+    """Directory of finished dense fine-tunes, keyed by configuration hash."""
+
+    def __init__(self, root: str):
+        self.root = root
+
+    def key(self, config: RunConfig) -> str:
+        return f"{config.recipe.name}-seed{config.training_args.seed}-{fingerprint_hash(config_fingerprint(config))}"
+
+    def path(self, key: str) -> str:
+        return os.path.join(self.root, key)
+
+    def is_complete(self, key: str) -> bool:
+        return os.path.isfile(os.path.join(self.path(key), COMPLETE))
+
+    def get_or_train(self, key: str, train: Callable[[str], None], describe: RunConfig) -> str:
+        """The finished entry for `key`, training it with `train(directory)` first if needed."""
+        final = self.path(key)
+        if self.is_complete(key):
+            logger.info(f"dense cache hit: {final}")
+            return final
+        os.makedirs(self.root, exist_ok=True)
+        with open(os.path.join(self.root, f"{key}.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                if self.is_complete(key):  # another process finished it while we waited
+                    return final
+                if os.path.exists(final):
+                    raise RuntimeError(f"{final} exists but is not a complete cache entry; move it away to retrain")
+                partial = final + ".partial"
+                logger.info(f"dense cache miss: training {key} in {partial}")
+                train(partial)
+                with open(os.path.join(partial, KEY_FILE), "w", encoding="utf-8") as fh:
+                    json.dump(config_fingerprint(describe), fh, indent=2, sort_keys=True, default=str)
+                open(os.path.join(partial, COMPLETE), "w").close()
+                os.rename(partial, final)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+        return final

@@ -1,0 +1,270 @@
+"""Multi-stage runs: the stages each method needs, with the dense fine-tune cached and shared.
+
+- dense:               the cached dense fine-tune (trained once per configuration)
+- before/during/dynamic: one fine-tune from the pretrained checkpoint; the method acts via callbacks
+- after (omp/random):  start from the cached dense fine-tune, prune, retrain with a fresh schedule
+- iterative (lth/lrr): rounds k = 1..R, each pruning `--imp_rate` of the remaining weights by global
+                       magnitude of the previous round's weights, then retraining (LTH rewinds to
+                       the pretrained weights and initial head; LRR keeps the pruned weights)
+
+Every fine-tune reports validation and test metrics separately; checkpoint selection (if the
+recipe enables it) uses the split named by `--select_on` (validation by default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from safetensors.torch import load_model, save_model
+from transformers import set_seed
+from transformers.trainer_utils import get_last_checkpoint
+from transformers.utils import logging
+
+from smc_trainer.arguments import DataArguments, ModelArguments, SparseTrainingArguments
+from smc_trainer.dense_cache import INIT_WEIGHTS, DenseCache
+from smc_trainer.masks import MASKS_NAME, MaskSet
+from smc_trainer.methods import get_method_class
+from smc_trainer.methods.base import SparseContext, magnitude_sources, select_masks
+from smc_trainer.methods.iterative import imp_round_for, imp_sparsity
+from smc_trainer.targets import find_targets
+from smc_trainer.trainer import SparseTrainer
+
+logger = logging.get_logger(__name__)
+
+RESULT_NAME = "run_result.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a run: the three argument dataclasses and the recipe."""
+
+    model_args: ModelArguments
+    data_args: DataArguments
+    training_args: SparseTrainingArguments
+    recipe: Any  # smc_trainer.recipes.Recipe
+
+    def with_training(self, **changes: Any) -> RunConfig:
+        """A copy with some training arguments replaced (validated again by __post_init__)."""
+        return dataclasses.replace(self, training_args=dataclasses.replace(self.training_args, **changes))
+
+
+@dataclass
+class RunOutcome:
+    """What one fine-tune produced: where, how sparse, and how well it scores."""
+
+    method: str
+    target_sparsity: float
+    mask_sparsity: float
+    measured_sparsity: float
+    metrics: dict[str, float]
+    output_dir: str
+    steps: int
+    wall_time_s: float
+    layers: list[dict[str, Any]] = field(default_factory=list)
+    round: int | None = None
+
+    def save(self, directory: str) -> None:
+        with open(os.path.join(directory, RESULT_NAME), "w", encoding="utf-8") as fh:
+            json.dump(dataclasses.asdict(self), fh, indent=2)
+
+    @classmethod
+    def load(cls, directory: str) -> RunOutcome | None:
+        path = os.path.join(directory, RESULT_NAME)
+        if not os.path.isfile(path):
+            return None
+        with open(path, encoding="utf-8") as fh:
+            return cls(**json.load(fh))
+
+
+def build_task(config: RunConfig):
+    """Build the task bundle (model, data, metric) for `config`, seeded so the head init is reproducible."""
+    from smc_trainer.tasks import get_task
+
+    set_seed(config.training_args.seed)
+    return get_task(config.recipe.task).build(config.model_args, config.data_args, config.training_args,
+                                               config.recipe)
+
+
+def load_weights(model: torch.nn.Module, path: str) -> None:
+    """Load a safetensors file (a directory means its model.safetensors) into `model`, strictly."""
+    if os.path.isdir(path):
+        path = os.path.join(path, WEIGHTS_NAME)
+    missing, unexpected = load_model(model, path, strict=False)
+    tied = {n for n, _ in model.named_parameters(remove_duplicate=False)} - {n for n, _ in model.named_parameters()}
+    missing = [m for m in missing if m not in tied]
+    if missing or unexpected:
+        raise ValueError(f"{path} does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+
+
+def fine_tune(
+    config: RunConfig,
+    output_dir: str,
+    *,
+    start_from: str | None = None,
+    prune_from: str | None = None,
+    round_index: int | None = None,
+    before_train: Callable[[torch.nn.Module], None] | None = None,
+) -> RunOutcome:
+    """One fine-tune of `config.training_args.sparse_method` into `output_dir`.
+
+    `prune_from`: a finished run whose weights (and masks) give this run's mask by global magnitude
+    at density (1 - imp_rate)^round (LTH/LRR). `start_from`: weights loaded before training (the dense
+    fine-tune for after-methods, the initial weights for an LTH rewind). A run interrupted earlier
+    resumes from its last checkpoint in `output_dir`.
+    """
+    args = dataclasses.replace(config.training_args, output_dir=output_dir)
+    bundle = build_task(config)
+    model = bundle.model
+    initial_masks = None
+    if prune_from is not None:
+        load_weights(model, prune_from)
+        initial_masks = _iterative_masks(model, args, prune_from, round_index or 1)
+    if start_from is not None:
+        load_weights(model, start_from)
+    if before_train is not None:
+        before_train(model)
+    eval_dataset = bundle.eval_dataset if args.select_on == "validation" else bundle.test_dataset
+    trainer = SparseTrainer(
+        model=model,
+        args=args,
+        train_dataset=bundle.train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=bundle.processing_class,
+        data_collator=bundle.data_collator,
+        compute_metrics=bundle.compute_metrics,
+        initial_masks=initial_masks,
+    )
+    checkpoint = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+    started = time.time()
+    train_result = trainer.train(resume_from_checkpoint=checkpoint)
+    wall = time.time() - started
+    trainer.save_model()
+    metrics = dict(train_result.metrics)
+    for split, dataset in (("eval", bundle.eval_dataset), ("test", bundle.test_dataset)):
+        if dataset is not None:
+            metrics.update(trainer.evaluate(dataset, metric_key_prefix=split))
+    trainer.save_metrics("all", metrics)
+    report = trainer.masks.report()
+    outcome = RunOutcome(
+        method=args.sparse_method,
+        target_sparsity=args.sparsity,
+        mask_sparsity=report["mask_sparsity"],
+        measured_sparsity=report["measured_sparsity"],
+        metrics={k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
+        output_dir=output_dir,
+        steps=trainer.state.global_step,
+        wall_time_s=round(wall, 3),
+        layers=[{k: r[k] for k in ("name", "group", "total", "kept")} for r in report["layers"]],
+        round=round_index,
+    )
+    if args.should_save:
+        outcome.save(output_dir)
+    return outcome
+
+
+def _iterative_masks(model: torch.nn.Module, args: SparseTrainingArguments, previous: str, k: int) -> dict:
+    """Global magnitude masks at density (1 - rate)^k among the weights the previous round kept."""
+    targets = find_targets(model, prune_embeddings=args.prune_embeddings, prune_heads=args.prune_heads,
+                           include=args.prune_include, exclude=args.prune_exclude)
+    masks = MaskSet(targets)
+    if os.path.isfile(os.path.join(previous, MASKS_NAME)):
+        masks.load(previous)
+    ctx = SparseContext(targets, masks, args, total_steps=0, accumulate_gradients=lambda n: None)
+    return select_masks(ctx, magnitude_sources(ctx, within_current=masks.active), 1.0 - imp_sparsity(k, args.imp_rate))
+
+
+# ---------------------------------------------------------------------------------------------
+# Stages per method phase
+# ---------------------------------------------------------------------------------------------
+
+
+def run_dense(config: RunConfig) -> tuple[str, RunOutcome]:
+    """The cached dense fine-tune of this configuration: (its directory, its outcome)."""
+    cache = DenseCache(config.training_args.dense_cache_dir)
+    dense_config = config.with_training(sparse_method="dense", sparsity=0.0)
+    key = cache.key(dense_config)
+
+    def train(directory: str) -> None:
+        def save_initial(model: torch.nn.Module) -> None:
+            os.makedirs(directory, exist_ok=True)
+            save_model(model, os.path.join(directory, INIT_WEIGHTS))
+
+        fine_tune(dense_config, directory, before_train=save_initial)
+
+    directory = cache.get_or_train(key, train, describe=dense_config)
+    outcome = RunOutcome.load(directory)
+    if outcome is None:
+        raise RuntimeError(f"dense cache entry {directory} has no {RESULT_NAME}")
+    return directory, outcome
+
+
+def run_after(config: RunConfig, output_dir: str) -> RunOutcome:
+    """Prune the cached dense fine-tune (by the method's criterion) and retrain it."""
+    dense_dir, _ = run_dense(config)
+    return fine_tune(config, output_dir, start_from=dense_dir)
+
+
+def run_iterative(
+    config: RunConfig,
+    chain_dir: str,
+    rounds: int | None = None,
+    on_round: Callable[[RunOutcome], None] | None = None,
+) -> list[RunOutcome]:
+    """LTH/LRR rounds 1..R in `chain_dir/round-XX`; finished rounds are reused, so a chain resumes."""
+    args = config.training_args
+    rounds = rounds if rounds is not None else imp_round_for(args.sparsity, args.imp_rate)
+    rewind = get_method_class(args.sparse_method).rewind
+    dense_dir, _ = run_dense(config)
+    previous, outcomes = dense_dir, []
+    for k in range(1, rounds + 1):
+        round_dir = os.path.join(chain_dir, f"round-{k:02d}")
+        outcome = RunOutcome.load(round_dir)
+        if outcome is None:
+            round_config = config.with_training(sparsity=imp_sparsity(k, args.imp_rate))
+            start = os.path.join(dense_dir, INIT_WEIGHTS) if rewind else None
+            outcome = fine_tune(round_config, round_dir, start_from=start, prune_from=previous, round_index=k)
+        if on_round is not None:
+            on_round(outcome)
+        outcomes.append(outcome)
+        previous = round_dir
+    return outcomes
+
+
+def run(config: RunConfig, output_dir: str | None = None) -> list[RunOutcome]:
+    """Run `config`'s method with every stage it needs; returns one outcome (a list of rounds for LTH/LRR)."""
+    args = config.training_args
+    output_dir = output_dir or args.output_dir
+    phase = get_method_class(args.sparse_method).phase
+    if phase == "dense":
+        dense_dir, outcome = run_dense(config)
+        _link_tree(dense_dir, output_dir)
+        return [outcome]
+    if phase == "after":
+        return [run_after(config, output_dir)]
+    if phase == "iterative":
+        return run_iterative(config, output_dir)
+    return [fine_tune(config, output_dir)]
+
+
+def _link_tree(source: str, destination: str) -> None:
+    """Expose a cached run in `destination` by hard links (no extra disk), copying where links fail."""
+    if os.path.abspath(source) == os.path.abspath(destination):
+        return
+    os.makedirs(destination, exist_ok=True)
+    for name in os.listdir(source):
+        src, dst = os.path.join(source, name), os.path.join(destination, name)
+        if os.path.isdir(src) or os.path.exists(dst):
+            continue
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)

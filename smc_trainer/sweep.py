@@ -1,0 +1,268 @@
+"""Sweeps: recipes x methods x sparsities x seeds, planned as the fewest fine-tunes, resumable.
+
+The plan shares work: one dense fine-tune per (recipe, seed) serves the dense row, every
+after-method and both iterative chains; one LTH (or LRR) chain of R rounds yields all of its
+sparsities; every other (method, sparsity) is one fine-tune. Each finished run appends one
+ledger record; rerunning the same command skips every key already in the ledger, so a killed
+sweep loses at most the run in progress (which resumes from its checkpoints, if it saved any).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers.utils import logging
+
+from smc_trainer.dense_cache import config_fingerprint, fingerprint_hash
+from smc_trainer.ledger import Ledger
+from smc_trainer.methods import get_method_class
+from smc_trainer.methods.iterative import imp_round_for, imp_sparsity
+from smc_trainer.pipeline import RunConfig, RunOutcome, fine_tune, run_after, run_dense, run_iterative
+from smc_trainer.version import __version__
+
+logger = logging.get_logger(__name__)
+
+PAPER_GRID = tuple(1.0 - 0.8**k for k in range(1, 11))
+QUICKSTART_METHODS = "dense,omp_after,lth,gmp,snip,random_before"
+
+
+@dataclass
+class SweepArguments:
+    """What to sweep. Every other flag (training, sparse, data) applies to all runs of the sweep."""
+
+    recipes: str = field(default="quickstart", metadata={"help": "Comma-separated recipe names or YAML paths."})
+    methods: str = field(default=QUICKSTART_METHODS, metadata={"help": "Comma-separated sparse methods."})
+    sparsities: str = field(
+        default="0.2,0.36,0.488",
+        metadata={"help": "Comma-separated sparsities, or 'paper' for 1 - 0.8^k, k = 1..10."},
+    )
+    seeds: str = field(default="0", metadata={"help": "Comma-separated seeds."})
+    sweep_dir: str = field(default="smc_outputs/sweep", metadata={"help": "Where runs, the ledger and report go."})
+    sweep_ledger: str | None = field(default=None, metadata={"help": "Ledger path (default: SWEEP_DIR/ledger.jsonl)."})
+    dry_run: bool = field(default=False, metadata={"help": "Print the plan and stop."})
+
+    def ledger_path(self) -> str:
+        return self.sweep_ledger or os.path.join(self.sweep_dir, "ledger.jsonl")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One unit of work: a dense fine-tune, an iterative chain, or a single fine-tune."""
+
+    kind: str  # "dense" | "chain" | "single"
+    recipe: str
+    seed: int
+    method: str
+    sparsities: tuple[float, ...]
+
+    @property
+    def fine_tunes(self) -> int:
+        return len(self.sparsities) if self.kind == "chain" else 1
+
+
+@dataclass
+class Plan:
+    jobs: list[Job]
+
+    @property
+    def fine_tunes(self) -> int:
+        return sum(j.fine_tunes for j in self.jobs)
+
+    def describe(self) -> str:
+        """One line per (recipe, seed, method): what is trained and how many fine-tunes it costs."""
+        groups: dict[tuple[str, int, str], list[Job]] = {}
+        for j in self.jobs:
+            groups.setdefault((j.recipe, j.seed, j.method), []).append(j)
+        lines = [f"Sweep plan: {self.fine_tunes} fine-tunes"]
+        for (recipe, seed, method), jobs in groups.items():
+            kind = jobs[0].kind
+            sparsities = [s for j in jobs for s in j.sparsities]
+            what = {"dense": "dense fine-tune, cached and shared", "chain": f"one {len(sparsities)}-round chain",
+                    "single": f"{len(jobs)} fine-tune(s)"}[kind]
+            grid = ", ".join(f"{x:.4g}" for x in sparsities)
+            count = sum(j.fine_tunes for j in jobs)
+            lines.append(f"  {recipe:<12} seed {seed:<3} {method:<14} {count:>3} x  {what:<34} [{grid}]")
+        return "\n".join(lines)
+
+
+def parse_list(text: str, flag: str) -> list[str]:
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if not items:
+        raise ValueError(f"--{flag} is empty")
+    return items
+
+
+def parse_sparsities(text: str) -> list[float]:
+    if text.strip() == "paper":
+        return list(PAPER_GRID)
+    values = []
+    for item in parse_list(text, "sparsities"):
+        try:
+            value = float(item)
+        except ValueError:
+            raise ValueError(f"--sparsities must be numbers in [0, 1) or 'paper'; got {item!r}") from None
+        if not 0.0 < value < 1.0:
+            raise ValueError(f"--sparsities must be in (0, 1); got {value}")
+        values.append(value)
+    return values
+
+
+def snap_to_grid(sparsity: float, rate: float) -> float:
+    """Use the exact 1 - (1 - rate)^k when a sparsity is the paper's rounded grid value (0.59 -> 0.5904)."""
+    try:
+        return imp_sparsity(imp_round_for(sparsity, rate), rate)
+    except ValueError:
+        return sparsity
+
+
+def make_plan(
+    recipes: Sequence[str], methods: Sequence[str], sparsities: Sequence[float], seeds: Sequence[int],
+    imp_rate: float = 0.2,
+) -> Plan:
+    """The cheapest set of fine-tunes covering the grid. Unknown methods raise before anything runs."""
+    phases = {m: get_method_class(m).phase for m in methods}
+    grid = sorted({snap_to_grid(s, imp_rate) for s in sparsities})
+    jobs: list[Job] = []
+    for recipe in recipes:
+        for seed in seeds:
+            if any(p in ("dense", "after", "iterative") for p in phases.values()):
+                jobs.append(Job("dense", recipe, seed, "dense", (0.0,)))
+            for method, phase in phases.items():
+                if phase == "dense":
+                    continue
+                if phase == "iterative":
+                    rounds = max(imp_round_for(s, imp_rate) for s in grid)
+                    jobs.append(Job("chain", recipe, seed, method,
+                                    tuple(imp_sparsity(k, imp_rate) for k in range(1, rounds + 1))))
+                else:
+                    jobs.extend(Job("single", recipe, seed, method, (s,)) for s in grid)
+    return Plan(jobs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Execution
+# ---------------------------------------------------------------------------------------------
+
+
+def run_key(config: RunConfig) -> str:
+    a = config.training_args
+    digest = fingerprint_hash(config_fingerprint(config, include_sparse=True))
+    return f"{config.recipe.name}/{a.sparse_method}/{a.sparsity:.6f}/seed{a.seed}/{digest}"
+
+
+def _git_commit() -> str | None:
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def make_record(config: RunConfig, outcome: RunOutcome, key: str) -> dict[str, Any]:
+    """The ledger record of one finished run."""
+    a = config.training_args
+    return {
+        "key": key,
+        "recipe": config.recipe.name,
+        "task": config.recipe.task,
+        "dataset": config.data_args.dataset_name,
+        "model": config.model_args.model_name_or_path,
+        "method": a.sparse_method,
+        "phase": get_method_class(a.sparse_method).phase,
+        "target_sparsity": a.sparsity,
+        "mask_sparsity": outcome.mask_sparsity,
+        "measured_sparsity": outcome.measured_sparsity,
+        "seed": a.seed,
+        "round": outcome.round,
+        "metrics": outcome.metrics,
+        "metric": config.recipe.metric,
+        "chance_level": config.recipe.chance_level,
+        "select_on": a.select_on,
+        "layers": outcome.layers,
+        "wall_time_s": outcome.wall_time_s,
+        "steps": outcome.steps,
+        "version": __version__,
+        "git_commit": _git_commit(),
+        "config": config_fingerprint(config, include_sparse=True),
+        "config_hash": key.rsplit("/", 1)[-1],
+        "output_dir": outcome.output_dir,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+
+
+def execute(
+    plan: Plan,
+    config_for: Callable[[str, int], RunConfig],
+    sweep_dir: str,
+    ledger: Ledger,
+    progress: Callable[[str], None] = logger.info,
+) -> list[dict[str, Any]]:
+    """Run every job of `plan` not yet in `ledger`; returns the records appended by this call."""
+    done = ledger.done_keys()
+    appended: list[dict[str, Any]] = []
+
+    def record(config: RunConfig, outcome: RunOutcome) -> None:
+        key = run_key(config)
+        if key in done:
+            return
+        rec = make_record(config, outcome, key)
+        ledger.append(rec)
+        done.add(key)
+        appended.append(rec)
+        metric = {k: v for k, v in outcome.metrics.items() if k.endswith(config.recipe.metric)}
+        progress(f"recorded {key}: {metric}")
+
+    total = plan.fine_tunes
+    finished = 0
+    for job in plan.jobs:
+        base = config_for(job.recipe, job.seed)
+        configs = [base.with_training(sparse_method=job.method, sparsity=s) for s in job.sparsities]
+        keys = [run_key(c) for c in configs]
+        if all(k in done for k in keys):
+            finished += job.fine_tunes
+            progress(f"[{finished}/{total}] skip {job.method} {job.recipe} seed {job.seed}: already in the ledger")
+            continue
+        progress(f"[{finished + 1}/{total}] {job.kind} {job.method} on {job.recipe} (seed {job.seed})")
+        run_dir = _run_dir(sweep_dir, configs[0], job)
+        if job.kind == "dense":
+            _, outcome = run_dense(configs[0])
+            record(configs[0], outcome)
+        elif job.kind == "chain":
+            run_iterative(configs[-1], run_dir, rounds=len(configs),
+                          on_round=lambda o, cs=configs: record(cs[o.round - 1], o))
+        else:
+            outcome = RunOutcome.load(run_dir)  # finished but killed before the ledger append
+            if outcome is None:
+                phase = get_method_class(job.method).phase
+                outcome = run_after(configs[0], run_dir) if phase == "after" else fine_tune(configs[0], run_dir)
+            record(configs[0], outcome)
+        finished += job.fine_tunes
+    return appended
+
+
+def _run_dir(sweep_dir: str, config: RunConfig, job: Job) -> str:
+    if job.kind == "chain":
+        digest = fingerprint_hash(config_fingerprint(config.with_training(sparsity=0.0), include_sparse=True))
+        return os.path.join(sweep_dir, "runs", job.recipe, job.method, f"chain-seed{job.seed}-{digest[:8]}")
+    digest = run_key(config).rsplit("/", 1)[-1]
+    return os.path.join(sweep_dir, "runs", job.recipe, job.method,
+                        f"s{job.sparsities[0]:.4f}-seed{job.seed}-{digest[:8]}")
+
+
+def seeds_from(text: str) -> list[int]:
+    try:
+        return [int(s) for s in parse_list(text, "seeds")]
+    except ValueError as err:
+        raise ValueError(f"--seeds must be comma-separated integers; got {text!r}") from err
+
+
+def unique(items: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
