@@ -7,6 +7,8 @@ from setuptools import find_packages, setup
 HERE = Path(__file__).parent
 VERSION = (HERE / "smc_trainer" / "version.py").read_text().split('"')[1]
 
+RECIPE_FILES = [str(p.relative_to(HERE)) for p in sorted((HERE / "recipes").glob("*.yaml"))]
+
 extras = {
     "test": ["pytest>=7", "ruff>=0.4"],
     "plot": ["matplotlib>=3.7"],
@@ -25,6 +27,8 @@ setup(
     packages=find_packages(include=["smc_trainer", "smc_trainer.*"]),
     py_modules=["run_smc"],
     package_data={"smc_trainer": ["py.typed"]},
+    # recipes/ sits beside the package (DESIGN layout); a non-editable install ships it here
+    data_files=[("share/smc-trainer/recipes", RECIPE_FILES)],
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.1",

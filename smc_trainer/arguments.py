@@ -136,6 +136,10 @@ class SparseTrainingArguments(TrainingArguments):
     ledger: str | None = field(
         default=None, metadata={"help": "Append a record of each finished run to this results ledger (JSON lines)."}
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Train from scratch even if output_dir holds checkpoints (files there may be replaced)."},
+    )
     select_on: str = field(
         default="validation",
         metadata={

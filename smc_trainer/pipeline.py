@@ -71,6 +71,7 @@ class RunOutcome:
     wall_time_s: float
     layers: list[dict[str, Any]] = field(default_factory=list)
     round: int | None = None
+    model: str = ""
 
     def save(self, directory: str) -> None:
         with open(os.path.join(directory, RESULT_NAME), "w", encoding="utf-8") as fh:
@@ -122,6 +123,8 @@ def fine_tune(
     resumes from its last checkpoint in `output_dir`.
     """
     args = dataclasses.replace(config.training_args, output_dir=output_dir)
+    if not args.overwrite_output_dir and not args.resume_from_checkpoint:
+        set_aside_incomplete(output_dir)
     bundle = build_task(config)
     model = bundle.model
     initial_masks = None
@@ -143,15 +146,21 @@ def fine_tune(
         compute_metrics=bundle.compute_metrics,
         initial_masks=initial_masks,
     )
-    checkpoint = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
     started = time.time()
-    train_result = trainer.train(resume_from_checkpoint=checkpoint)
+    train_result = trainer.train(resume_from_checkpoint=_resume_point(args, output_dir))
     wall = time.time() - started
     trainer.save_model()
-    metrics = dict(train_result.metrics)
+    trainer.save_state()
+    metrics = {**train_result.metrics, "train_samples": len(bundle.train_dataset)}
+    trainer.log_metrics("train", metrics)
+    trainer.save_metrics("train", metrics)
     for split, dataset in (("eval", bundle.eval_dataset), ("test", bundle.test_dataset)):
         if dataset is not None:
-            metrics.update(trainer.evaluate(dataset, metric_key_prefix=split))
+            split_metrics = {**trainer.evaluate(dataset, metric_key_prefix=split), f"{split}_samples": len(dataset)}
+            trainer.log_metrics(split, split_metrics)
+            trainer.save_metrics(split, split_metrics)
+            metrics.update(split_metrics)
+    metrics.update(trainer.masks.measured_sparsity())
     trainer.save_metrics("all", metrics)
     report = trainer.masks.report()
     outcome = RunOutcome(
@@ -165,10 +174,34 @@ def fine_tune(
         wall_time_s=round(wall, 3),
         layers=[{k: r[k] for k in ("name", "group", "total", "kept")} for r in report["layers"]],
         round=round_index,
+        model=bundle.model_source or str(config.model_args.model_name_or_path),
     )
     if args.should_save:
         outcome.save(output_dir)
     return outcome
+
+
+def set_aside_incomplete(output_dir: str) -> None:
+    """A run directory left by a killed run with no checkpoint to resume is renamed aside, never deleted."""
+    if not os.path.isdir(output_dir) or not os.listdir(output_dir) or get_last_checkpoint(output_dir):
+        return
+    if os.path.isfile(os.path.join(output_dir, RESULT_NAME)):
+        raise ValueError(f"{output_dir} already holds a finished run; pick another output directory")
+    aside = f"{output_dir}.incomplete-{time.strftime('%Y%m%d-%H%M%S')}"
+    os.rename(output_dir, aside)
+    logger.warning(f"{output_dir} held an interrupted run without checkpoints; moved it to {aside}")
+
+
+def _resume_point(args: SparseTrainingArguments, output_dir: str) -> str | None:
+    """--resume_from_checkpoint, else the last checkpoint in output_dir (unless --overwrite_output_dir)."""
+    if args.resume_from_checkpoint:
+        return args.resume_from_checkpoint
+    if args.overwrite_output_dir or not os.path.isdir(output_dir):
+        return None
+    last = get_last_checkpoint(output_dir)
+    if last is not None:
+        logger.info(f"Resuming from {last} (pass --overwrite_output_dir to train from scratch)")
+    return last
 
 
 def _iterative_masks(model: torch.nn.Module, args: SparseTrainingArguments, previous: str, k: int) -> dict:

@@ -172,7 +172,7 @@ def make_record(config: RunConfig, outcome: RunOutcome, key: str) -> dict[str, A
         "recipe": config.recipe.name,
         "task": config.recipe.task,
         "dataset": config.data_args.dataset_name,
-        "model": config.model_args.model_name_or_path,
+        "model": outcome.model or config.model_args.model_name_or_path,
         "method": a.sparse_method,
         "phase": get_method_class(a.sparse_method).phase,
         "target_sparsity": a.sparsity,
@@ -266,3 +266,31 @@ def unique(items: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(items))
 
 
+
+
+def run_sweep(sweep_args: SweepArguments, run_argv: list[str]) -> list[dict[str, Any]]:
+    """Validate everything, print the plan, run what the ledger lacks, and write the report."""
+    from smc_trainer.config import parse_run_config
+
+    if any(a == "--recipe" or a.startswith("--recipe=") for a in run_argv):
+        raise ValueError("a sweep takes --recipes (comma-separated), not --recipe")
+    recipes = unique(parse_list(sweep_args.recipes, "recipes"))
+    methods = unique(parse_list(sweep_args.methods, "methods"))
+    sparsities = parse_sparsities(sweep_args.sparsities)
+    seeds = seeds_from(sweep_args.seeds)
+    if not any(a.startswith("--dense_cache_dir") for a in run_argv):
+        run_argv = [*run_argv, "--dense_cache_dir", os.path.join(sweep_args.sweep_dir, "dense_cache")]
+    bases = {r: parse_run_config([*run_argv, "--recipe", r]) for r in recipes}  # bad flags/recipes fail here
+    plan = make_plan(recipes, methods, sparsities, seeds, imp_rate=next(iter(bases.values())).training_args.imp_rate)
+    logger.warning(plan.describe())
+    ledger = Ledger(sweep_args.ledger_path())
+    done = ledger.done_keys()  # a foreign or outdated ledger is refused before any training
+    logger.warning(f"ledger {ledger.path}: {len(done)} finished run(s) on record")
+    if sweep_args.dry_run:
+        return []
+
+    def config_for(recipe: str, seed: int) -> RunConfig:
+        return bases[recipe].with_training(seed=seed)
+
+    appended = execute(plan, config_for, sweep_args.sweep_dir, ledger, progress=logger.warning)
+    return appended

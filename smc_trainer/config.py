@@ -1,0 +1,68 @@
+"""Turning command-line flags (or one JSON/YAML config file) into a `RunConfig`.
+
+Precedence: flags (or the config file) > the recipe's `args` > the dataclass defaults. The recipe
+is found first (`--recipe`, or the file's `recipe` key) because it supplies the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers import HfArgumentParser
+
+from smc_trainer.arguments import DataArguments, ModelArguments, SparseTrainingArguments
+from smc_trainer.pipeline import RunConfig
+from smc_trainer.recipes import Recipe, load_recipe
+
+CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
+DEFAULT_RECIPE = DataArguments.recipe
+
+
+def make_parser(description: str | None = None) -> HfArgumentParser:
+    return HfArgumentParser((ModelArguments, DataArguments, SparseTrainingArguments), description=description)
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """Flag values from a .json/.yaml config file (YAML is a superset of JSON)."""
+    data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a mapping of flag names to values")
+    return data
+
+
+def is_config_file(argv: list[str]) -> bool:
+    return len(argv) == 1 and argv[0].endswith(CONFIG_SUFFIXES) and not argv[0].startswith("-")
+
+
+def parse_run_config(argv: list[str], description: str | None = None) -> RunConfig:
+    """Flags (or one config file) over recipe defaults over dataclass defaults, plus the recipe itself."""
+    parser = make_parser(description)
+    file_values: dict[str, Any] = {}
+    if is_config_file(argv):
+        file_values = read_config_file(argv[0])
+        dests = {a.dest for a in parser._actions}
+        unknown = sorted(set(file_values) - dests)
+        if unknown:
+            raise ValueError(f"config file {argv[0]}: unknown flag(s) {', '.join(unknown)}; see run_smc.py --help")
+        argv = []
+        recipe_name = str(file_values.get("recipe", DEFAULT_RECIPE))
+    else:
+        pre = argparse.ArgumentParser(add_help=False)
+        pre.add_argument("--recipe", default=DEFAULT_RECIPE)
+        recipe_name = pre.parse_known_args(argv)[0].recipe
+    recipe = load_recipe(recipe_name)
+    # defaults pass through argparse's type conversion, so "1e-5" from YAML still becomes a float
+    parser.set_defaults(**{**recipe.args, **file_values})
+    namespace = parser.parse_args(argv)
+    if namespace.output_dir is None:
+        namespace.output_dir = default_output_dir(recipe, namespace.sparse_method, namespace.sparsity)
+    model_args, data_args, training_args = parser.parse_dict(vars(namespace))
+    return RunConfig(model_args, data_args, training_args, recipe)
+
+
+def default_output_dir(recipe: Recipe, method: str, sparsity: float) -> str:
+    return os.path.join("smc_outputs", "runs", recipe.name, f"{method}-{sparsity:g}")

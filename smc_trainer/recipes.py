@@ -1,0 +1,130 @@
+"""Recipes: one YAML per benchmark row (task x dataset x model) with the paper's hyper-parameters.
+
+A recipe names the task family that builds data, model and metric, and gives defaults for any
+CLI flag (`args`); flags given on the command line override them. Recipes live in the
+repository's `recipes/` folder; any other YAML file can be passed by path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def _recipes_dir() -> Path:
+    """The repository's recipes/ (editable install), else the copy a regular install put under sys.prefix."""
+    beside = Path(__file__).resolve().parents[1] / "recipes"
+    installed = Path(sys.prefix) / "share" / "smc-trainer" / "recipes"
+    return beside if beside.is_dir() or not installed.is_dir() else installed
+
+
+RECIPES_DIR = _recipes_dir()
+RECIPE_KEYS = ("task", "description", "metric", "chance_level", "splits", "args")
+REQUIRED_KEYS = ("task", "metric")
+SPLIT_NAMES = ("train", "validation", "test")
+# flags that choose the recipe or the run's place cannot come from a recipe
+FORBIDDEN_ARGS = ("recipe",)
+
+
+@dataclass
+class Recipe:
+    """A parsed recipe. `splits` maps our split names to the dataset's (None: the split is absent)."""
+
+    name: str
+    task: str
+    metric: str
+    description: str = ""
+    chance_level: float | None = None
+    splits: dict[str, str | None] = field(default_factory=dict)
+    args: dict[str, Any] = field(default_factory=dict)
+    path: str | None = None
+
+    def split(self, ours: str) -> str | None:
+        """The dataset's name for our split `ours` (train/validation/test); the same name when unmapped."""
+        return self.splits.get(ours, ours)
+
+
+def available_recipes() -> list[str]:
+    """Names of the recipes shipped in `recipes/`, sorted."""
+    if not RECIPES_DIR.is_dir():
+        return []
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def load_recipe(name_or_path: str) -> Recipe:
+    """Load a shipped recipe by name, or any recipe YAML by path, and check its task and flag names."""
+    from smc_trainer.tasks import task_names
+
+    path = _resolve(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ValueError(f"recipe {path} is not valid YAML: {err}") from err
+    recipe = recipe_from_dict(data, name=path.stem, path=str(path))
+    if recipe.task not in task_names():
+        raise ValueError(f"recipe {path}: task must be one of {', '.join(task_names())}; got {recipe.task!r}")
+    check_recipe_args(recipe)
+    return recipe
+
+
+def recipe_from_dict(data: Any, name: str, path: str | None = None) -> Recipe:
+    """Check a recipe's structure and build it; errors name the file and the offending key."""
+    where = path or name
+    if not isinstance(data, dict):
+        raise ValueError(f"recipe {where} must be a YAML mapping with keys {', '.join(RECIPE_KEYS)}")
+    unknown = sorted(set(data) - set(RECIPE_KEYS))
+    if unknown:
+        raise ValueError(f"recipe {where} has unknown top-level key(s) {', '.join(map(repr, unknown))}; "
+                         f"valid keys are {', '.join(RECIPE_KEYS)}")
+    missing = [k for k in REQUIRED_KEYS if not data.get(k)]
+    if missing:
+        raise ValueError(f"recipe {where} is missing required key(s) {', '.join(missing)}")
+    splits = data.get("splits") or {}
+    args = data.get("args") or {}
+    if not isinstance(splits, dict) or set(splits) - set(SPLIT_NAMES):
+        raise ValueError(f"recipe {where}: 'splits' must map some of {', '.join(SPLIT_NAMES)} to dataset split "
+                         f"names (or null); got {splits!r}")
+    if not isinstance(args, dict):
+        raise ValueError(f"recipe {where}: 'args' must be a mapping of flag names to values; got {args!r}")
+    chance = data.get("chance_level")
+    return Recipe(
+        name=name,
+        task=str(data["task"]),
+        metric=str(data["metric"]),
+        description=str(data.get("description") or ""),
+        chance_level=float(chance) if chance is not None else None,
+        splits={k: (None if v is None else str(v)) for k, v in splits.items()},
+        args=dict(args),
+        path=path,
+    )
+
+
+def check_recipe_args(recipe: Recipe, dataclass_types: tuple[type, ...] | None = None) -> None:
+    """Reject recipe `args` keys that are no field of the argument dataclasses (typos fail early)."""
+    if dataclass_types is None:
+        from smc_trainer.arguments import DataArguments, ModelArguments, SparseTrainingArguments
+
+        dataclass_types = (ModelArguments, DataArguments, SparseTrainingArguments)
+    known = {f.name for t in dataclass_types for f in dataclasses.fields(t) if f.init}
+    for key in recipe.args:
+        if key in FORBIDDEN_ARGS:
+            raise ValueError(f"recipe {recipe.path or recipe.name}: args.{key} cannot be set by a recipe")
+        if key not in known:
+            raise ValueError(f"recipe {recipe.path or recipe.name}: args.{key} is not a known flag (see "
+                             "`run_smc.py --help` for the fields of ModelArguments, DataArguments and "
+                             "SparseTrainingArguments)")
+
+
+def _resolve(name_or_path: str) -> Path:
+    candidate = Path(name_or_path).expanduser()
+    if candidate.suffix in (".yaml", ".yml") and candidate.is_file():
+        return candidate
+    names = available_recipes()
+    if name_or_path in names:
+        return RECIPES_DIR / f"{name_or_path}.yaml"
+    raise ValueError(f"--recipe must be one of {', '.join(names)} or a path to a recipe YAML; got {name_or_path!r}")

@@ -1,0 +1,82 @@
+"""run_smc.py end to end on the quickstart recipe with a tiny from-scratch model (offline, a few seconds)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from run_smc import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """A tiny model gains nothing from threads, and OpenMP threads spin slowly on a busy CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_run(output_dir: Path, *extra: str) -> list[str]:
+    return ["--model_name_or_path", "tiny", "--max_steps", "4", "--output_dir", str(output_dir),
+            "--report_to", "none", "--num_synthetic_examples", "64", "--max_eval_samples", "32",
+            "--use_cpu", "--disable_tqdm", "true", "--log_level", "warning", *extra]
+
+
+def test_cli_trains_evaluates_and_writes_outputs(tmp_path):
+    out = tmp_path / "run"
+    metrics = main(tiny_run(out, "--sparse_method", "dense", "--sparsity", "0"))
+    assert 0.0 <= metrics["eval_accuracy"] <= 1.0 and 0.0 <= metrics["test_accuracy"] <= 1.0
+    assert metrics["eval_samples"] == 32 and metrics["train_samples"] == 64
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "train_results.json", "eval_results.json",
+                 "test_results.json", "all_results.json", "sparsity_report.json"):
+        assert (out / name).is_file(), name
+    saved = json.loads((out / "all_results.json").read_text())
+    assert saved["eval_accuracy"] == metrics["eval_accuracy"]
+
+
+def test_cli_sparse_run_reaches_target(tmp_path):
+    metrics = main(tiny_run(tmp_path / "gmp", "--sparse_method", "omp_before", "--sparsity", "0.5"))
+    assert metrics["sparsity/overall"] == pytest.approx(0.5, abs=1e-3)
+
+
+def test_after_and_iterative_methods_run_through_the_pipeline(tmp_path, monkeypatch):
+    import smc_trainer.pipeline as pipeline
+
+    seen = {}
+
+    def fake_run(config, output_dir=None):
+        seen["config"] = config
+        return [pipeline.RunOutcome(method="omp_after", target_sparsity=0.5, mask_sparsity=0.5, measured_sparsity=0.5,
+                                    metrics={"eval_accuracy": 0.3}, output_dir=str(tmp_path), steps=4, wall_time_s=0.1)]
+
+    monkeypatch.setattr(pipeline, "run", fake_run)
+    metrics = main(tiny_run(tmp_path / "after", "--sparse_method", "omp_after", "--sparsity", "0.5"))
+    config = seen["config"]
+    assert config.recipe.name == "quickstart" and config.training_args.sparse_method == "omp_after"
+    assert config.model_args.model_name_or_path == "tiny"
+    assert metrics == {"eval_accuracy": 0.3, "sparsity/overall": 0.5}
+
+
+def test_cli_refuses_non_empty_output_dir_without_checkpoint(tmp_path):
+    (tmp_path / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="is not empty"):
+        main(tiny_run(tmp_path, "--sparse_method", "dense", "--sparsity", "0"))
+
+
+def test_help_lists_every_flag():
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, str(ROOT / "run_smc.py"), "--help"], capture_output=True, text=True,
+                            cwd=ROOT, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    for flag in ("--sparse_method", "--sparsity", "--recipe", "--model_name_or_path", "--learning_rate",
+                 "--prune_frequency", "--train_file"):
+        assert flag in result.stdout
