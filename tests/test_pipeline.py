@@ -1,0 +1,123 @@
+"""Multi-stage runs: LTH/LRR rounds, after-methods from the cached dense fine-tune, validation-only selection."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from smc_trainer import pipeline
+from smc_trainer.config import parse_run_config
+from smc_trainer.dense_cache import INIT_WEIGHTS, DenseCache
+from smc_trainer.masks import MASKS_NAME
+from smc_trainer.selection import keep_count
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_config(tmp_path, method: str, sparsity: float, *extra: str):
+    return parse_run_config([
+        "--model_name_or_path", "tiny", "--max_steps", "3", "--num_synthetic_examples", "48",
+        "--max_eval_samples", "16", "--per_device_train_batch_size", "8", "--learning_rate", "1e-2",
+        "--dense_cache_dir", str(tmp_path / "cache"), "--output_dir", str(tmp_path / "out"),
+        "--sparse_method", method, "--sparsity", str(sparsity), "--report_to", "none", "--disable_tqdm", "true",
+        "--log_level", "warning", "--use_cpu", *extra,
+    ])
+
+
+@pytest.fixture
+def start_weights(monkeypatch):
+    """Records, for every fine-tune, the model's weights when its SparseTrainer is built (before masking)."""
+    seen: list[dict] = []
+
+    class Recording(pipeline.SparseTrainer):
+        def __init__(self, model=None, args=None, *a, **kw):
+            weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            seen.append({"dir": args.output_dir, "weights": weights, "masks": kw.get("initial_masks"),
+                         "eval_dataset": kw.get("eval_dataset")})
+            super().__init__(model, args, *a, **kw)
+
+    monkeypatch.setattr(pipeline, "SparseTrainer", Recording)
+    return seen
+
+
+def _weights(path: str) -> dict[str, torch.Tensor]:
+    return load_file(os.path.join(path, "model.safetensors") if os.path.isdir(path) else path)
+
+
+@pytest.mark.parametrize("method", ["lth", "lrr"])
+def test_iterative_rounds_hit_exact_sparsity_and_rewind_only_for_lth(tmp_path, start_weights, method):
+    config = tiny_config(tmp_path, method, 0.488)
+    outcomes = pipeline.run_iterative(config, str(tmp_path / "chain"))
+    assert [o.round for o in outcomes] == [1, 2, 3]
+    dense_dir, _ = pipeline.run_dense(config)
+    init = _weights(os.path.join(dense_dir, INIT_WEIGHTS))
+    rounds = [s for s in start_weights if "round-" in s["dir"]]
+    previous_dir, previous_mask = dense_dir, None
+    for k, (outcome, seen) in enumerate(zip(outcomes, rounds, strict=True), start=1):
+        masks = load_file(os.path.join(outcome.output_dir, MASKS_NAME))
+        total = sum(m.numel() for m in masks.values())
+        kept = sum(int(m.sum()) for m in masks.values())
+        assert kept == keep_count(0.8**k, total), f"round {k}: kept {kept} of {total}"
+        assert outcome.target_sparsity == pytest.approx(1 - 0.8**k, abs=1e-12)
+        assert {n: m for n, m in seen["masks"].items()}.keys() == masks.keys()
+        if previous_mask is not None:  # nested: a pruned weight never comes back
+            assert all(not bool((masks[n] & ~previous_mask[n]).any()) for n in masks)
+        start = seen["weights"]
+        trained_before = _weights(previous_dir)
+        kept_equal_init = all(torch.equal(start[n][masks[n]], init[n][masks[n]]) for n in masks)
+        kept_equal_prev = all(torch.equal(start[n][masks[n]], trained_before[n][masks[n]]) for n in masks)
+        if method == "lth":  # rewound: kept weights are the pretrained values, the head its initial values
+            assert kept_equal_init and all(torch.equal(start[n], init[n]) for n in init)
+        else:  # LRR continues from the pruned fine-tuned weights
+            assert kept_equal_prev and not kept_equal_init
+        previous_dir, previous_mask = outcome.output_dir, masks
+
+
+def test_chain_reuses_finished_rounds(tmp_path, start_weights):
+    config = tiny_config(tmp_path, "lth", 0.36)
+    pipeline.run_iterative(config, str(tmp_path / "chain"), rounds=1)
+    n_before = len(start_weights)
+    outcomes = pipeline.run_iterative(config, str(tmp_path / "chain"), rounds=2)
+    assert len(outcomes) == 2 and len(start_weights) == n_before + 1  # only round 2 trained
+
+
+def test_after_methods_share_one_cached_dense_fine_tune(tmp_path, start_weights):
+    first = pipeline.run(tiny_config(tmp_path, "omp_after", 0.2), str(tmp_path / "omp"))[0]
+    second = pipeline.run(tiny_config(tmp_path, "random_after", 0.36), str(tmp_path / "rand"))[0]
+    dense_runs = [s for s in start_weights if s["dir"].endswith(".partial")]
+    assert len(dense_runs) == 1, "the dense fine-tune must run once and be reused"
+    dense_dir = os.path.join(tmp_path, "cache", os.listdir(tmp_path / "cache")[0].replace(".lock", ""))
+    dense = _weights(dense_dir)
+    for seen in start_weights[1:]:  # both after-methods start from the fine-tuned dense weights
+        assert all(torch.equal(seen["weights"][n], dense[n]) for n in dense)
+    assert first.mask_sparsity == pytest.approx(0.2, abs=1e-3) and second.mask_sparsity == pytest.approx(0.36, abs=1e-3)
+    assert "test_accuracy" in first.metrics and "eval_accuracy" in first.metrics
+
+
+def test_dense_cache_key_tracks_what_changes_the_fine_tune(tmp_path):
+    cache = DenseCache(str(tmp_path))
+    base = tiny_config(tmp_path, "omp_after", 0.2)
+    assert cache.key(base) == cache.key(tiny_config(tmp_path, "gmp", 0.5, "--logging_steps", "7"))
+    assert cache.key(base) == cache.key(base.with_training(output_dir=str(tmp_path / "elsewhere")))
+    assert cache.key(base) != cache.key(base.with_training(learning_rate=3e-4))
+    assert cache.key(base) != cache.key(base.with_training(seed=5))
+
+
+@pytest.mark.parametrize("select_on", ["validation", "test"])
+def test_selection_split_follows_select_on(tmp_path, start_weights, monkeypatch, select_on):
+    bundles = []
+    original = pipeline.build_task
+    monkeypatch.setattr(pipeline, "build_task", lambda c: bundles.append(original(c)) or bundles[-1])
+    outcome = pipeline.run(tiny_config(tmp_path, "omp_before", 0.5, "--select_on", select_on))[0]
+    expected = bundles[0].eval_dataset if select_on == "validation" else bundles[0].test_dataset
+    assert start_weights[0]["eval_dataset"] is expected
+    assert {"eval_accuracy", "test_accuracy"} <= set(outcome.metrics)  # both always reported, separately
