@@ -7,6 +7,7 @@ flags happens in `__post_init__`, before any model download or training starts.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
@@ -164,4 +165,11 @@ class SparseTrainingArguments(TrainingArguments):
             raise _choices_error("select_on", self.select_on, SELECT_ON)
         if self.sparse_method not in method_names():
             raise _choices_error("sparse_method", self.sparse_method, method_names())
+        for flag in ("prune_include", "prune_exclude"):
+            pattern = getattr(self, flag)
+            if pattern is not None:
+                try:
+                    re.compile(pattern)
+                except re.error as err:
+                    raise ValueError(f"--{flag} is not a valid regular expression: {pattern!r} ({err})") from None
         get_method_class(self.sparse_method).validate_args(self)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from run_smc import main
 
@@ -28,7 +29,8 @@ def one_thread():
 def tiny_run(output_dir: Path, *extra: str) -> list[str]:
     return ["--model_name_or_path", "tiny", "--max_steps", "4", "--output_dir", str(output_dir),
             "--report_to", "none", "--num_synthetic_examples", "64", "--max_eval_samples", "32",
-            "--use_cpu", "--disable_tqdm", "true", "--log_level", "warning", *extra]
+            "--use_cpu", "--disable_tqdm", "true", "--log_level", "warning",
+            "--dense_cache_dir", str(output_dir.parent / "dense_cache"), *extra]
 
 
 def test_cli_trains_evaluates_and_writes_outputs(tmp_path):
@@ -44,8 +46,15 @@ def test_cli_trains_evaluates_and_writes_outputs(tmp_path):
 
 
 def test_cli_sparse_run_reaches_target(tmp_path):
-    metrics = main(tiny_run(tmp_path / "gmp", "--sparse_method", "omp_before", "--sparsity", "0.5"))
+    out = tmp_path / "omp"
+    metrics = main(tiny_run(out, "--sparse_method", "omp_before", "--sparsity", "0.5"))
     assert metrics["sparsity/overall"] == pytest.approx(0.5, abs=1e-3)
+    masks = load_file(str(out / "sparse_masks.safetensors"))
+    report = json.loads((out / "sparsity_report.json").read_text())
+    assert all(m.dtype == torch.bool for m in masks.values()) and set(masks) == {r["name"] for r in report["layers"]}
+    assert report["kept"] == sum(int(m.sum()) for m in masks.values())
+    assert report["mask_sparsity"] == pytest.approx(0.5, abs=1e-6)
+    assert json.loads((out / "all_results.json").read_text())["eval_accuracy"] == metrics["eval_accuracy"]
 
 
 def test_after_and_iterative_methods_run_through_the_pipeline(tmp_path, monkeypatch):
