@@ -51,6 +51,16 @@ class LayerScores:
         return self.numel if self.within is None else int(torch.count_nonzero(self.within))
 
 
+def as_scores(x: Tensor) -> Tensor:
+    """Scores in a float dtype that ranks them exactly: float64 stays, integers go to float64,
+    half precision and float32 to float32."""
+    if x.dtype == torch.float64:
+        return x
+    if not x.is_floating_point():
+        return x.to(torch.float64)
+    return x.float()
+
+
 def tensor_scores(
     tensor: Tensor, transform: Callable[[Tensor], Tensor] | None = None, within: Tensor | None = None
 ) -> LayerScores:
@@ -59,9 +69,9 @@ def tensor_scores(
     fn = transform or (lambda x: x)
     return LayerScores(
         numel=flat.numel(),
-        values=lambda start, stop: fn(flat[start:stop]).float(),
+        values=lambda start, stop: as_scores(fn(flat[start:stop])),
         within=None if within is None else within.reshape(-1),
-        at=lambda index: fn(flat[index.to(flat.device)]).float(),
+        at=lambda index: as_scores(fn(flat[index.to(flat.device)])),
         device=flat.device,
     )
 
@@ -76,9 +86,9 @@ def product_scores(weight: Tensor, grad: Tensor, within: Tensor | None = None) -
     w, g = weight.detach().reshape(-1), grad.detach().reshape(-1)
     return LayerScores(
         numel=w.numel(),
-        values=lambda start, stop: (w[start:stop] * g[start:stop]).abs().float(),
+        values=lambda start, stop: as_scores((w[start:stop] * g[start:stop]).abs()),
         within=None if within is None else within.reshape(-1),
-        at=lambda index: (w[index.to(w.device)] * g[index.to(w.device)]).abs().float(),
+        at=lambda index: as_scores((w[index.to(w.device)] * g[index.to(w.device)]).abs()),
         device=w.device,
     )
 
@@ -221,6 +231,8 @@ def _sample_scores(sources: Mapping[str, LayerScores], sample_size: int, total: 
     gen = torch.Generator().manual_seed(0)
     parts = []
     for src in sources.values():
+        if src.numel == 0:
+            continue
         m = max(1, min(src.numel, math.ceil(sample_size * src.numel / total)))
         if src.at is not None:
             idx = torch.randint(src.numel, (m,), generator=gen)
@@ -233,7 +245,7 @@ def _sample_scores(sources: Mapping[str, LayerScores], sample_size: int, total: 
         if src.within is not None:
             s = s.masked_fill(~src.within[idx.to(src.within.device)], _NEG_INF)
         parts.append(s.cpu())
-    return torch.sort(torch.cat(parts), descending=True).values
+    return torch.sort(torch.cat([p.to(torch.float64) for p in parts]), descending=True).values
 
 
 def _bracket(sample: Tensor, keep_fraction: float, widen: int | None) -> tuple[float, float]:
@@ -275,7 +287,7 @@ def _threshold_in_bracket(
     if rank <= n_eq_hi:
         return hi, n_above
     rank -= n_eq_hi
-    between = torch.cat(inside) if inside else torch.empty(0)
+    between = torch.cat([x.to(torch.float64) for x in inside]) if inside else torch.empty(0, dtype=torch.float64)
     if rank <= between.numel():
         tau = float(torch.kthvalue(between, between.numel() - rank + 1).values)
         return tau, n_above + n_eq_hi + int(torch.count_nonzero(between > tau))

@@ -73,10 +73,10 @@ def find_targets(
         seen.add(id(weight))
         name = f"{mod_name}.weight" if mod_name else "weight"
         is_head = id(weight) in head_ids or (bool(base_prefixes) and not name.startswith(tuple(base_prefixes)))
-        if is_head:
-            group = "head"
-        elif isinstance(module, nn.Embedding):
+        if isinstance(module, nn.Embedding):  # an input embedding tied to the LM head is still an embedding
             group = "embeddings"
+        elif is_head:
+            group = "head"
         else:
             match = _LAYER_INDEX.search(name)
             group = f"layer_{int(match.group(1)):02d}" if match else "other"

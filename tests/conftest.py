@@ -1,0 +1,60 @@
+"""Shared fixtures: tiny models built from configs (see tiny_models.py), seeded for determinism."""
+
+from __future__ import annotations
+
+import pytest
+from tiny_models import MODEL_NAMES, make_tiny
+
+
+@pytest.fixture
+def tiny_bert():
+    """BertForSequenceClassification (2 layers, hidden 16, vocab 64)."""
+    return make_tiny("bert")
+
+
+@pytest.fixture
+def tiny_bert_mc():
+    """BertForMultipleChoice."""
+    return make_tiny("bert_mc")
+
+
+@pytest.fixture
+def tiny_roberta():
+    """RobertaForMultipleChoice."""
+    return make_tiny("roberta")
+
+
+@pytest.fixture
+def tiny_gpt2():
+    """GPT2ForSequenceClassification with pad_token_id set."""
+    return make_tiny("gpt2")
+
+
+@pytest.fixture
+def tiny_gpt2_lm():
+    """GPT2LMHeadModel with lm_head tied to wte."""
+    return make_tiny("gpt2_lm")
+
+
+@pytest.fixture
+def tiny_t5():
+    """T5ForConditionalGeneration (tied shared/lm_head, as T5's default)."""
+    return make_tiny("t5")
+
+
+@pytest.fixture
+def tiny_mbart():
+    """MBartForConditionalGeneration."""
+    return make_tiny("mbart")
+
+
+@pytest.fixture
+def tiny_esm():
+    """EsmForSequenceClassification."""
+    return make_tiny("esm")
+
+
+@pytest.fixture(params=MODEL_NAMES)
+def tiny_model(request):
+    """(name, model) for every tiny model."""
+    return request.param, make_tiny(request.param)
