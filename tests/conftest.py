@@ -3,7 +3,17 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from tiny_models import MODEL_NAMES, make_tiny
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and OpenMP threads spin slowly on a busy CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

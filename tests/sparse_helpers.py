@@ -4,34 +4,18 @@ from __future__ import annotations
 
 import torch
 from datasets import Dataset
-from transformers import (
-    BertConfig,
-    BertForSequenceClassification,
-    GPT2Config,
-    GPT2ForSequenceClassification,
-    TrainerCallback,
-)
+from tiny_models import VOCAB, make_tiny
+from transformers import TrainerCallback
 
 from smc_trainer import SparseTrainer, SparseTrainingArguments, find_targets, get_method_class
 from smc_trainer.selection import global_keep_masks
 
-VOCAB = 64
 SEQ = 8
 
 
-def tiny_classifier(arch: str, seed: int = 0, dropout: float = 0.1) -> torch.nn.Module:
-    """A 2-layer BERT or GPT-2 sequence classifier with a few hundred weights per layer."""
-    torch.manual_seed(seed)
-    if arch == "bert":
-        cfg = BertConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=32, max_position_embeddings=32, num_labels=2,
-                         hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
-        return BertForSequenceClassification(cfg)
-    if arch == "gpt2":
-        cfg = GPT2Config(vocab_size=VOCAB, n_embd=16, n_layer=2, n_head=2, n_positions=32, num_labels=2,
-                         pad_token_id=0, resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout)
-        return GPT2ForSequenceClassification(cfg)
-    raise ValueError(arch)
+def tiny_classifier(arch: str, seed: int = 0) -> torch.nn.Module:
+    """A 2-layer BERT or GPT-2 sequence classifier (see tiny_models.py)."""
+    return make_tiny(arch, seed=seed)
 
 
 def toy_dataset(n: int = 64, seed: int = 0) -> Dataset:
@@ -54,9 +38,9 @@ def sparse_args(output_dir, method: str, sparsity: float, **overrides) -> Sparse
     return SparseTrainingArguments(**kw)
 
 
-def make_trainer(arch: str, args: SparseTrainingArguments, dropout: float = 0.1) -> SparseTrainer:
+def make_trainer(arch: str, args: SparseTrainingArguments) -> SparseTrainer:
     """A SparseTrainer on a tiny model; iterative methods get their round mask (global |w|) as the pipeline does."""
-    model = tiny_classifier(arch, dropout=dropout)
+    model = tiny_classifier(arch)
     initial_masks = None
     if get_method_class(args.sparse_method).phase == "iterative":
         weights = {t.name: t.param.detach().abs() for t in find_targets(model)}

@@ -17,15 +17,6 @@ from run_smc import main
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """A tiny model gains nothing from threads, and OpenMP threads spin slowly on a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_run(output_dir: Path, *extra: str) -> list[str]:
     return ["--model_name_or_path", "tiny", "--max_steps", "4", "--output_dir", str(output_dir),
             "--report_to", "none", "--num_synthetic_examples", "64", "--max_eval_samples", "32",

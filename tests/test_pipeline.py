@@ -15,14 +15,6 @@ from smc_trainer.masks import MASKS_NAME
 from smc_trainer.selection import keep_count
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_config(tmp_path, method: str, sparsity: float, *extra: str):
     return parse_run_config([
         "--model_name_or_path", "tiny", "--max_steps", "3", "--num_synthetic_examples", "48",

@@ -239,6 +239,12 @@ def build(model_args, data_args, training_args, recipe) -> TaskBundle:
     model, tokenizer, source = load_model_and_tokenizer(model_args)
     logger.info(f"multiple_choice: model {source}")
     raw = load_raw_splits(data_args, model_args, recipe)
+    chance = recipe.chance_level if recipe is not None else None
+    return assemble(model, tokenizer, source, raw, data_args, training_args, chance)
+
+
+def assemble(model, tokenizer, source: str, raw, data_args, training_args, chance_level: float | None) -> TaskBundle:
+    """Tokenize canonical raw splits and wrap them with the model, collator and accuracy metric."""
     train, validation, test = prepare_splits(raw, tokenizer, data_args, training_args)
     return TaskBundle(
         model=model,
@@ -248,6 +254,6 @@ def build(model_args, data_args, training_args, recipe) -> TaskBundle:
         test_dataset=test,
         data_collator=make_collator(tokenizer, training_args),
         compute_metrics=compute_metrics,
-        chance_level=recipe.chance_level if recipe is not None else None,
+        chance_level=chance_level,
         model_source=source,
     )

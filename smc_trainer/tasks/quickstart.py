@@ -22,10 +22,8 @@ from smc_trainer.tasks import TaskBundle
 from smc_trainer.tasks.multiple_choice import (
     ANSWER_PREFIX,
     QUESTION_PREFIX,
-    compute_metrics,
+    assemble,
     load_model_and_tokenizer,
-    make_collator,
-    prepare_splits,
 )
 
 logger = logging.get_logger(__name__)
@@ -143,15 +141,5 @@ def build(model_args, data_args, training_args, recipe) -> TaskBundle:
     model, tokenizer, source = choose_model(model_args)
     logger.info(f"quickstart: model {source}")
     raw = make_splits(data_args.num_synthetic_examples)
-    train, validation, test = prepare_splits(raw, tokenizer, data_args, training_args)
-    return TaskBundle(
-        model=model,
-        processing_class=tokenizer,
-        train_dataset=train,
-        eval_dataset=validation,
-        test_dataset=test,
-        data_collator=make_collator(tokenizer, training_args),
-        compute_metrics=compute_metrics,
-        chance_level=recipe.chance_level if recipe is not None else 1.0 / NUM_CHOICES,
-        model_source=source,
-    )
+    chance = recipe.chance_level if recipe is not None else 1.0 / NUM_CHOICES
+    return assemble(model, tokenizer, source, raw, data_args, training_args, chance)
