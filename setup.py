@@ -1,11 +1,12 @@
 """Packaging for smc-trainer: sparse training on the SMC-Bench tasks as a Hugging Face Trainer extension."""
 
+import re
 from pathlib import Path
 
 from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
-VERSION = (HERE / "smc_trainer" / "version.py").read_text().split('"')[1]
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "smc_trainer" / "version.py").read_text()).group(1)
 
 RECIPE_FILES = [str(p.relative_to(HERE)) for p in sorted((HERE / "recipes").glob("*.yaml"))]
 
