@@ -87,6 +87,14 @@ def _wait_for_records(path: Path, proc: subprocess.Popen, n: int, timeout: float
     pytest.fail(f"sweep did not record {n} runs in time (exit code {proc.poll()})")
 
 
+def _start_sweep_until(sweep_dir: Path, n_records: int) -> subprocess.Popen:
+    """Start a sweep in the background and return once its ledger holds `n_records` records."""
+    proc = subprocess.Popen(_sweep_cmd(sweep_dir), env=_env(), cwd=sweep_dir.parent, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    _wait_for_records(sweep_dir / "ledger.jsonl", proc, n_records)
+    return proc
+
+
 def test_killed_sweep_resumes_and_matches_a_clean_run(tmp_path):
     clean = tmp_path / "clean"
     subprocess.run(_sweep_cmd(clean), check=True, env=_env(), cwd=tmp_path, capture_output=True, timeout=600)
@@ -95,9 +103,7 @@ def test_killed_sweep_resumes_and_matches_a_clean_run(tmp_path):
     assert (clean / "report" / "results.md").is_file() and (clean / "report" / "quickstart.png").is_file()
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_sweep_cmd(killed), env=_env(), cwd=tmp_path, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    _wait_for_records(killed / "ledger.jsonl", proc, 2)
+    proc = _start_sweep_until(killed, 2)
     proc.send_signal(signal.SIGKILL)
     proc.wait(60)
     partial = _keys(killed)
@@ -116,9 +122,7 @@ def test_killed_sweep_resumes_and_matches_a_clean_run(tmp_path):
 
 def test_interrupted_sweep_leaves_a_valid_ledger(tmp_path):
     sweep_dir = tmp_path / "sigint"
-    proc = subprocess.Popen(_sweep_cmd(sweep_dir), env=_env(), cwd=tmp_path, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    _wait_for_records(sweep_dir / "ledger.jsonl", proc, 1)
+    proc = _start_sweep_until(sweep_dir, 1)
     proc.send_signal(signal.SIGINT)
     proc.wait(120)
     records = Ledger(str(sweep_dir / "ledger.jsonl")).records()  # parses: no torn record
