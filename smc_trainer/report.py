@@ -59,6 +59,7 @@ class ResultTable:
     cells: dict[tuple[str, float], Stat]
     dense: Stat | None
     chance_level: float | None
+    selected_on: str = "validation"  # the split checkpoints were selected on (records' select_on)
 
 
 # ---- aggregation ----------------------------------------------------------------------------------
@@ -129,6 +130,7 @@ def summarize_recipe(recipe: str, records: Sequence[Mapping[str, Any]], split: s
         cells={cell: _stat(list(seeds.values())) for cell, seeds in groups.items()},
         dense=_stat(list(dense.values())) if dense else None,
         chance_level=float(chance) if chance is not None else None,
+        selected_on="/".join(sorted({str(r.get("select_on", "validation")) for r in records})),
     )
 
 
@@ -167,7 +169,7 @@ def to_markdown(table: ResultTable) -> str:
     """A GitHub markdown table: a row per method, a column per sparsity; dense repeats its value in every column."""
     sparsities = table.sparsities or [0.0]
     lines = [
-        f"### {table.recipe}: {table.metric_key} (selection on {table.split})",
+        f"### {table.recipe}: {table.metric_key} ({table.split} split; checkpoints selected on {table.selected_on})",
         "",
         "| method | " + " | ".join(_sparsity_label(s) for s in sparsities) + " |",
         "| --- | " + " | ".join("---:" for _ in sparsities) + " |",

@@ -113,7 +113,7 @@ def test_single_seed_has_no_std_missing_cells_dash_and_unknown_methods_last(capl
     assert table.cells[("gmp", 0.2)] == (25.0, 0.0, 1)
     assert "skipping 1 record(s) without 'eval_bleu': d" in caplog.text
     text = to_markdown(table)
-    assert text.splitlines()[0] == "### r: eval_bleu (selection on eval)"
+    assert text.splitlines()[0] == "### r: eval_bleu (eval split; checkpoints selected on validation)"
     assert "| gmp | 25.0000 | – |" in text and "| zeta | – | 12.5000 |" in text and "±" not in text
 
 
