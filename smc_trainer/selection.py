@@ -103,7 +103,7 @@ def random_scores(
         pos = start
         while pos < stop:  # generate whole aligned chunks so any slice is reproducible
             block = pos // CHUNK_SIZE
-            gen = torch.Generator().manual_seed(_mix_seed(seed, block))
+            gen = torch.Generator().manual_seed(mix_seed(seed, block))
             full = torch.rand(min(CHUNK_SIZE, numel - block * CHUNK_SIZE), generator=gen)
             lo, hi = pos - block * CHUNK_SIZE, min(stop, (block + 1) * CHUNK_SIZE) - block * CHUNK_SIZE
             out[pos - start : pos - start + hi - lo] = full[lo:hi]
@@ -118,7 +118,7 @@ def random_scores(
     )
 
 
-def _mix_seed(seed: int, *parts: int) -> int:
+def mix_seed(seed: int, *parts: int) -> int:
     """Derive a 63-bit seed from several integers (splitmix-style), stable across runs and processes."""
     x = seed & 0xFFFFFFFFFFFFFFFF
     for part in parts:
@@ -126,11 +126,6 @@ def _mix_seed(seed: int, *parts: int) -> int:
         x = (x * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
         x ^= x >> 31
     return x & 0x7FFFFFFFFFFFFFFF
-
-
-def mix_seed(seed: int, *parts: int) -> int:
-    """Public alias of the seed mixer so methods derive per-event seeds the same way."""
-    return _mix_seed(seed, *parts)
 
 
 # ---------------------------------------------------------------------------------------------
