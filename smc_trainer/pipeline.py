@@ -34,7 +34,7 @@ from smc_trainer.masks import MASKS_NAME, MaskSet
 from smc_trainer.methods import get_method_class
 from smc_trainer.methods.base import SparseContext, magnitude_sources, select_masks
 from smc_trainer.methods.iterative import imp_round_for, imp_sparsity
-from smc_trainer.targets import find_targets
+from smc_trainer.targets import targets_for_args
 from smc_trainer.trainer import SparseTrainer
 
 logger = logging.get_logger(__name__)
@@ -206,8 +206,7 @@ def _resume_point(args: SparseTrainingArguments, output_dir: str) -> str | None:
 
 def _iterative_masks(model: torch.nn.Module, args: SparseTrainingArguments, previous: str, k: int) -> dict:
     """Global magnitude masks at density (1 - rate)^k among the weights the previous round kept."""
-    targets = find_targets(model, prune_embeddings=args.prune_embeddings, prune_heads=args.prune_heads,
-                           include=args.prune_include, exclude=args.prune_exclude)
+    targets = targets_for_args(model, args)
     masks = MaskSet(targets)
     if os.path.isfile(os.path.join(previous, MASKS_NAME)):
         masks.load(previous)

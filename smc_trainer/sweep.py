@@ -22,7 +22,7 @@ from smc_trainer.dense_cache import config_fingerprint, fingerprint_hash
 from smc_trainer.ledger import Ledger
 from smc_trainer.methods import get_method_class
 from smc_trainer.methods.iterative import imp_round_for, imp_sparsity
-from smc_trainer.pipeline import RunConfig, RunOutcome, fine_tune, run_after, run_dense, run_iterative
+from smc_trainer.pipeline import RunConfig, RunOutcome, run, run_dense, run_iterative
 from smc_trainer.version import __version__
 
 logger = logging.get_logger(__name__)
@@ -238,9 +238,8 @@ def execute(
                           on_round=lambda o, cs=configs: record(cs[o.round - 1], o))
         else:
             outcome = RunOutcome.load(run_dir)  # finished but killed before the ledger append
-            if outcome is None:
-                phase = get_method_class(job.method).phase
-                outcome = run_after(configs[0], run_dir) if phase == "after" else fine_tune(configs[0], run_dir)
+            if outcome is None:  # pipeline.run adds the dense stage for after-methods
+                outcome = run(configs[0], run_dir)[0]
             record(configs[0], outcome)
         finished += job.fine_tunes
     return appended

@@ -19,7 +19,7 @@ from smc_trainer.arguments import SparseTrainingArguments
 from smc_trainer.callbacks import SparsityCallback
 from smc_trainer.masks import MaskSet
 from smc_trainer.methods import get_method_class
-from smc_trainer.targets import find_targets
+from smc_trainer.targets import targets_for_args
 
 logger = logging.get_logger(__name__)
 
@@ -37,13 +37,7 @@ class SparseTrainer(Trainer):
             raise TypeError(f"SparseTrainer needs SparseTrainingArguments; got {type(args).__name__}")
         if model is None:
             raise ValueError("SparseTrainer needs a model instance (model_init is not supported)")
-        targets = find_targets(
-            model,
-            prune_embeddings=args.prune_embeddings,
-            prune_heads=args.prune_heads,
-            include=args.prune_include,
-            exclude=args.prune_exclude,
-        )
+        targets = targets_for_args(model, args)
         super().__init__(model, args, *pos, **kwargs)
         if self.is_deepspeed_enabled and args.sparse_method != "dense":
             raise ValueError("DeepSpeed is not supported with sparse methods: it steps the optimizer inside "
