@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from transformers import TrainingArguments
+from transformers import Seq2SeqTrainingArguments
 
 DISTRIBUTIONS = ("global", "uniform", "erk")
 SELECT_ON = ("validation", "test")
@@ -66,11 +66,24 @@ class DataArguments:
     num_synthetic_examples: int = field(
         default=2000, metadata={"help": "Quickstart only: how many synthetic training questions to generate."}
     )
+    data_dir: str | None = field(
+        default=None,
+        metadata={"help": "Folder of local data in the layout the recipe's task documents (e.g. the arithmetic "
+                  "CSV folders); used instead of a Hub dataset."},
+    )
+    # ---- arithmetic (smc_trainer/tasks/arithmetic) -------------------------------------------------
+    # ---- protein (smc_trainer/tasks/protein) -------------------------------------------------------
+    # ---- translation (smc_trainer/tasks/translation) -----------------------------------------------
 
 
 @dataclass
-class SparseTrainingArguments(TrainingArguments):
-    """`TrainingArguments` plus the sparse-training flags (SMC-Bench methods, targets, schedules)."""
+class SparseTrainingArguments(Seq2SeqTrainingArguments):
+    """`TrainingArguments` plus the sparse-training flags (SMC-Bench methods, targets, schedules).
+
+    It derives from `Seq2SeqTrainingArguments` (a `TrainingArguments` with the generation flags
+    `--predict_with_generate`, `--generation_max_length`, `--generation_num_beams`), so generative
+    tasks (translation, arithmetic equations) evaluate by decoding with the same trainer.
+    """
 
     sparse_method: str = field(
         default="dense",

@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from transformers import TrainingArguments
+from transformers import Seq2SeqTrainingArguments
 from transformers.utils import logging
 
 from smc_trainer.version import __version__
@@ -45,7 +45,7 @@ _VOLATILE = {
 def _sparse_fields() -> set[str]:
     from smc_trainer.arguments import SparseTrainingArguments
 
-    base = {f.name for f in dataclasses.fields(TrainingArguments)}
+    base = {f.name for f in dataclasses.fields(Seq2SeqTrainingArguments)}
     return {f.name for f in dataclasses.fields(SparseTrainingArguments)} - base - {"select_on"}
 
 

@@ -145,6 +145,7 @@ def fine_tune(
         data_collator=bundle.data_collator,
         compute_metrics=bundle.compute_metrics,
         initial_masks=initial_masks,
+        **bundle.trainer_kwargs,
     )
     started = time.time()
     train_result = trainer.train(resume_from_checkpoint=_resume_point(args, output_dir))
@@ -156,7 +157,7 @@ def fine_tune(
     trainer.save_metrics("train", metrics)
     for split, dataset in (("eval", bundle.eval_dataset), ("test", bundle.test_dataset)):
         if dataset is not None:
-            split_metrics = {**trainer.evaluate(dataset, metric_key_prefix=split), f"{split}_samples": len(dataset)}
+            split_metrics = evaluate_split(trainer, bundle, split, dataset)
             trainer.log_metrics(split, split_metrics)
             trainer.save_metrics(split, split_metrics)
             metrics.update(split_metrics)
@@ -179,6 +180,22 @@ def fine_tune(
     if args.should_save:
         outcome.save(output_dir)
     return outcome
+
+
+def evaluate_split(trainer: SparseTrainer, bundle, split: str, dataset) -> dict[str, float]:
+    """Metrics of one split; a dict of named subsets is evaluated subset by subset (`<split>_<name>_...`),
+    then the task's `aggregate_metrics` may add the split's headline numbers."""
+    if isinstance(dataset, dict):
+        metrics: dict[str, float] = {}
+        for name, subset in dataset.items():
+            prefix = f"{split}_{name}"
+            metrics.update(trainer.evaluate(subset, metric_key_prefix=prefix))
+            metrics[f"{prefix}_samples"] = len(subset)
+    else:
+        metrics = {**trainer.evaluate(dataset, metric_key_prefix=split), f"{split}_samples": len(dataset)}
+    if bundle.aggregate_metrics is not None:
+        metrics.update(bundle.aggregate_metrics(metrics, split))
+    return metrics
 
 
 def set_aside_incomplete(output_dir: str) -> None:

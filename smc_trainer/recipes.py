@@ -24,7 +24,7 @@ def _recipes_dir() -> Path:
 
 
 RECIPES_DIR = _recipes_dir()
-RECIPE_KEYS = ("task", "description", "metric", "chance_level", "splits", "args")
+RECIPE_KEYS = ("task", "description", "metric", "chance_level", "splits", "args", "subsets", "folds")
 REQUIRED_KEYS = ("task", "metric")
 SPLIT_NAMES = ("train", "validation", "test")
 # flags that choose the recipe or the run's place cannot come from a recipe
@@ -43,6 +43,10 @@ class Recipe:
     splits: dict[str, str | None] = field(default_factory=dict)
     args: dict[str, Any] = field(default_factory=dict)
     path: str | None = None
+    subsets: list[str] = field(default_factory=list)
+    """Named evaluation subsets reported separately (RACE: middle, high): metrics `<split>_<subset>_<metric>`."""
+    folds: int | None = None
+    """Cross-validation folds (MAWPS, ASDiv-A: 5); the reported score pools all folds' examples."""
 
     def split(self, ours: str) -> str | None:
         """The dataset's name for our split `ours` (train/validation/test); the same name when unmapped."""
@@ -101,6 +105,8 @@ def recipe_from_dict(data: Any, name: str, path: str | None = None) -> Recipe:
         splits={k: (None if v is None else str(v)) for k, v in splits.items()},
         args=dict(args),
         path=path,
+        subsets=[str(x) for x in (data.get("subsets") or [])],
+        folds=int(data["folds"]) if data.get("folds") is not None else None,
     )
 
 

@@ -1,5 +1,8 @@
 """SparseTrainer: `transformers.Trainer` plus a MaskSet, a sparse method and its callback.
 
+It derives from `Seq2SeqTrainer`, which is the plain Trainer unless `--predict_with_generate` is
+set; then evaluation decodes with `model.generate` (translation, arithmetic equations).
+
 The subclass overrides only what has no callback hook: masking gradients right after the last
 backward of an optimizer step (before clipping), computing SNIP gradients with the Trainer's own
 loss, and writing/reading masks and method state with every model save and checkpoint.
@@ -12,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from transformers import Trainer
+from transformers import Seq2SeqTrainer
 from transformers.utils import logging
 
 from smc_trainer.arguments import SparseTrainingArguments
@@ -24,7 +27,7 @@ from smc_trainer.targets import targets_for_args
 logger = logging.get_logger(__name__)
 
 
-class SparseTrainer(Trainer):
+class SparseTrainer(Seq2SeqTrainer):
     """A Trainer that trains a sparse model with the method named by `args.sparse_method`.
 
     `initial_masks` (bool tensors by parameter name) replaces the method's own initial pruning; the

@@ -66,8 +66,9 @@ def test_unknown_top_level_key_and_malformed_yaml(tmp_path):
     bad.write_text("task: [unclosed\n", encoding="utf-8")
     with pytest.raises(ValueError, match="not valid YAML"):
         load_recipe(str(bad))
-    with pytest.raises(ValueError, match="task must be one of multiple_choice, quickstart"):
-        load_recipe(write_yaml(tmp_path / "t.yaml", {"task": "translation", "metric": "bleu"}))
+    families = "arithmetic, multiple_choice, protein, quickstart, translation"
+    with pytest.raises(ValueError, match=f"task must be one of {families}; got 'translations'"):
+        load_recipe(write_yaml(tmp_path / "t.yaml", {"task": "translations", "metric": "bleu"}))
 
 
 def test_flags_override_recipe_defaults(tmp_path):

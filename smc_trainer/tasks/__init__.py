@@ -8,29 +8,43 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
 TASK_FAMILIES = {
+    "arithmetic": "smc_trainer.tasks.arithmetic",
     "multiple_choice": "smc_trainer.tasks.multiple_choice",
+    "protein": "smc_trainer.tasks.protein",
     "quickstart": "smc_trainer.tasks.quickstart",
+    "translation": "smc_trainer.tasks.translation",
 }
+
+EvalSets = Any  # a Dataset, or a dict of named Datasets (e.g. RACE middle/high, translation directions)
 
 
 @dataclass
 class TaskBundle:
-    """Everything a Trainer needs for one task, plus what the model really was (for logs and reports)."""
+    """Everything a Trainer needs for one task, plus what the model really was (for logs and reports).
+
+    `eval_dataset` / `test_dataset` may be a dict of named subsets; each is evaluated on its own
+    (metrics `test_<name>_<metric>`), then `aggregate_metrics(metrics, split)` may add the headline
+    numbers (e.g. `test_bleu`, the mean over translation directions).
+    """
 
     model: Any
     processing_class: Any
     train_dataset: Any
-    eval_dataset: Any
-    test_dataset: Any | None
+    eval_dataset: EvalSets
+    test_dataset: EvalSets | None
     data_collator: Callable | None
     compute_metrics: Callable | None
     chance_level: float | None = None
     model_source: str = ""
+    aggregate_metrics: Callable[[dict[str, float], str], dict[str, float]] | None = None
+    trainer_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Extra keyword arguments for the SparseTrainer (e.g. `optimizer_cls_and_kwargs` for per-module learning
+    rates); the pipeline passes them through unchanged."""
 
 
 def task_names() -> list[str]:
@@ -45,4 +59,4 @@ def get_task(name: str) -> ModuleType:
     return importlib.import_module(TASK_FAMILIES[name])
 
 
-__all__ = ["TASK_FAMILIES", "TaskBundle", "get_task", "task_names"]
+__all__ = ["TASK_FAMILIES", "EvalSets", "TaskBundle", "get_task", "task_names"]
