@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from tiny_models import MODEL_NAMES, make_tiny
@@ -68,3 +70,14 @@ def tiny_esm():
 def tiny_model(request):
     """(name, model) for every tiny model."""
     return request.param, make_tiny(request.param)
+
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """`../shared/data` beside the repository (real MAWPS / ASDiv-A / SVAMP CSVs); skips when absent."""
+    if not (SHARED_DATA / "arithmetic").is_dir():
+        pytest.skip(f"shared benchmark data not found at {SHARED_DATA}")
+    return SHARED_DATA
