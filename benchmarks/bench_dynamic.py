@@ -6,7 +6,7 @@ start from omp_before masks at sparsity 0.5, GMP from the dense model towards 0.
 The benchmark then drives the training step by hand, in the order the Trainer uses:
 
     forward + backward -> [RigL: observe dense |grad|] -> apply_to_grads -> clip -> AdamW step
-    -> apply_to_weights -> [method.update_masks(ctx, step) -> masks.set_masks(new, optimizer)] -> zero_grad
+    -> after_optimizer_step -> [method.update_masks(ctx, step) -> masks.set_masks(new, optimizer)] -> zero_grad
 
 The bracketed parts are the event; everything else is the step (dense work plus the static mask
 maintenance). Methods are interleaved round by round (rigl, set, gmp, rigl, ...), each round one
@@ -82,7 +82,7 @@ def step_with_event(trainer, ctx, step: int, inputs) -> dict[str, float]:
     masks.apply_to_grads()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
-    masks.apply_to_weights()
+    masks.after_optimizer_step(opt)
     t3 = time.perf_counter()
     new = method.update_masks(ctx, step)
     t4 = time.perf_counter()

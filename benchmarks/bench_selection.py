@@ -14,7 +14,8 @@ k = round-half-up((1 - s) * N) weights over all tensors together. Methods:
 * ``prune``: ``torch.nn.utils.prune.global_unstructured`` with ``L1Unstructured`` on ``nn.Linear`` /
   ``nn.Embedding`` modules holding the same weight tensors (``amount`` = the exact number to prune).
 * ``floor``: one chunked pass ``torch.abs`` + ``count_nonzero(x > t)`` over all weights, the cost any
-  exact method must pay at least once (ours makes two such passes plus a small sample).
+  exact method must pay at least once (ours makes one pass of seven kernels per chunk, plus a small
+  sample and work on the few in-bracket scores).
 
 Time is measured in this process, methods interleaved round by round (median of the rounds). Peak
 extra memory is measured for each method once in a fresh subprocess (``--only METHOD``): peak RSS
@@ -282,8 +283,30 @@ def mask_diff(a: dict[str, Tensor], b: dict[str, Tensor]) -> int:
     return sum(int(torch.count_nonzero(a[n] ^ b[n])) for n in a)
 
 
+_ALIASING_OPS = {"aten::slice", "aten::view", "aten::as_strided", "aten::select", "aten::reshape", "aten::detach",
+                 "aten::alias", "aten::empty", "aten::squeeze", "aten::unsqueeze", "aten::lift_fresh"}
+
+
+_SPARSE_OPS = {"aten::index", "aten::index_select", "aten::index_put_"}  # take a chunk, touch a few positions
+
+
+def kernels_per_chunk(fn: Callable[[], object], weights: dict[str, Tensor]) -> dict[str, float]:
+    """Top-level torch ops that read or write a whole CHUNK-sized tensor, per full chunk of the weights (views and
+    allocations excluded): the pass structure of a method, independent of the machine's speed."""
+    chunks = sum(w.numel() // CHUNK for w in weights.values())
+    with torch.profiler.profile(record_shapes=True) as prof:
+        fn()
+    counts: dict[str, float] = {}
+    for evt in prof.events():
+        if evt.cpu_parent is None and evt.name not in _ALIASING_OPS and [CHUNK] in evt.input_shapes:
+            counts[evt.name] = counts.get(evt.name, 0.0) + 1.0 / chunks
+    return counts
+
+
 def profile_ours(weights: dict[str, Tensor], k: int, repeats: int = 3) -> dict[str, float]:
-    """Seconds spent in select_topk's phases (sample, threshold pass, mask-writing pass), median of `repeats`."""
+    """Seconds spent in select_topk's phases, median of `repeats`: sample_scores (sample and its bracket input),
+    threshold_in_bracket (the pass over all weights, which also writes every mask bit outside the bracket) and
+    write_masks (finishing from the gathered in-bracket scores)."""
     runs = [_profile_once(weights, k) for _ in range(repeats)]
     return {name: statistics.median(r[name] for r in runs) for name in runs[0]}
 
@@ -434,6 +457,15 @@ def main() -> None:
           + f" (median {statistics.median(paired_floor):.1f})")
     phases = profile_ours(weights, k)
     print("ours, phases (s): " + ", ".join(f"{name.strip('_')} {t:.2f}" for name, t in phases.items()))
+    for m, fn in (("floor", run_floor), ("ours", run_ours)):
+        per_chunk = kernels_per_chunk(lambda fn=fn: fn(weights, k), weights)
+        sweeps = {n: c for n, c in per_chunk.items() if n not in _SPARSE_OPS}
+        sparse = {n: c for n, c in per_chunk.items() if n in _SPARSE_OPS}
+        print(f"{m}: {sum(sweeps.values()):.1f} sweeps per {CHUNK:,}-value chunk ("
+              + ", ".join(f"{n.replace('aten::', '')} {c:.2f}" for n, c in sorted(sweeps.items())) + ")"
+              + (f"; plus {sum(sparse.values()):.1f} gathers/scatters of the in-bracket positions only ("
+                 + ", ".join(f"{n.replace('aten::', '')} {c:.2f}" for n, c in sorted(sparse.items())) + ")"
+                 if sparse else ""))
     if args.profile_ops:
         with torch.profiler.profile() as prof:
             run_ours(weights, k)

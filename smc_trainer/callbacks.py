@@ -3,8 +3,9 @@
 Event order inside one optimizer step of `transformers.Trainer` (see DESIGN.md "Pitfalls"):
 backward of the last micro-batch -> [SparseTrainer.training_step: `before_optimizer_step`: the
 method may read dense gradients, then gradients are masked] -> gradient clipping ->
-optimizer.step -> `on_optimizer_step`: weights re-masked, schedules advance (never on a step the
-fp16 grad scaler skipped), masks may change -> zero_grad.
+optimizer.step -> `on_optimizer_step`: weights re-masked (unless the optimizer provably kept pruned
+weights at zero, see `MaskSet.after_optimizer_step`), schedules advance (never on a step the fp16
+grad scaler skipped), masks may change -> zero_grad.
 
 Schedules count optimizer steps that really happened (`self.step`), not micro-batches, and that
 count is saved in every checkpoint with the method's own state.
@@ -64,7 +65,8 @@ class SparsityCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         ctx = self.context(state.max_steps)
         if self.initialized:  # resumed from a checkpoint, or a second train() call: keep masks
-            self.masks.apply_to_weights()
+            if self.masks.active:  # re-install: re-mask, and zero this optimizer's (loaded) state at pruned positions
+                self.masks.set_masks(self.masks.masks, optimizer)
             return
         masks = self.preset_masks if self.preset_masks is not None else self.method.initial_masks(ctx)
         self.preset_masks = None
@@ -95,7 +97,7 @@ class SparsityCallback(TrainerCallback):
             self.method.discard_dense_gradients()
             return
         self.step += 1
-        self.masks.apply_to_weights()
+        self.masks.after_optimizer_step(optimizer)  # re-masks the weights unless the step kept pruned ones at 0
         new_masks = self.method.update_masks(self.ctx, self.step)
         if new_masks is not None:
             self.masks.set_masks(new_masks, optimizer)

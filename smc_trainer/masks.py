@@ -5,6 +5,11 @@ Weights and gradients are masked with grouped `torch._foreach_mul_` calls rather
 loop of kernels, and when a mask changes the optimizer state at every position that is not kept
 by both the old and the new mask is zeroed, so pruned weights hold no Adam moments and regrown
 weights start from a clean state (DESIGN invariants 1, 2 and 4).
+
+After an optimizer step the weights are re-masked only when the step may have moved a pruned
+weight: SGD, Adam and AdamW keep zero-gradient, zero-state zeros at exactly zero
+(`smc_trainer.zero_preserving`), which halves the per-step cost. A periodic check re-masks and
+stops skipping should a pruned weight ever be found non-zero.
 """
 
 from __future__ import annotations
@@ -16,22 +21,36 @@ from collections.abc import Iterable, Mapping
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
+from transformers.utils import logging
 
 from smc_trainer.targets import PruneTarget
+from smc_trainer.zero_preserving import unwrap_optimizer, why_not_zero_preserving
+
+logger = logging.get_logger(__name__)
 
 MASKS_NAME = "sparse_masks.safetensors"
 REPORT_NAME = "sparsity_report.json"
 
 
 class MaskSet:
-    """Bool keep-masks keyed by parameter name; empty while the model is dense."""
+    """Bool keep-masks keyed by parameter name; empty while the model is dense.
 
-    def __init__(self, targets: list[PruneTarget]):
+    `verify_every`: while re-masking after optimizer steps is skipped, every this many skipped steps
+    the pruned weights are checked to be exactly zero (0 turns skipping off: re-mask every step).
+    """
+
+    def __init__(self, targets: list[PruneTarget], verify_every: int = 100):
+        if verify_every < 0:
+            raise ValueError(f"verify_every must be >= 0; got {verify_every}")
         self.targets = targets
         self.by_name = {t.name: t for t in targets}
         self.masks: dict[str, Tensor] = {}
         self._params: list[Tensor] = []
         self._mask_list: list[Tensor] = []
+        self.verify_every = verify_every
+        self.skipped_steps = 0  # optimizer steps after which re-masking the weights was skipped
+        self._grads_masked = False  # apply_to_grads ran since the weights were last known masked
+        self._clean_state_of: torch.optim.Optimizer | None = None  # optimizer zeroed at pruned positions
 
     @property
     def active(self) -> bool:
@@ -66,6 +85,7 @@ class MaskSet:
             installed[name] = mask.to(target.param.device)
         if optimizer is not None:
             self._reset_optimizer_state(installed, optimizer)
+        self._clean_state_of = None if optimizer is None else unwrap_optimizer(optimizer)
         self.masks = installed
         self._params = [self.by_name[n].param for n in self.masks]
         # uint8 views of the same bytes: float x uint8 multiplies ~1.5x faster than float x bool
@@ -75,16 +95,21 @@ class MaskSet:
     def _reset_optimizer_state(self, new_masks: Mapping[str, Tensor], optimizer: torch.optim.Optimizer) -> None:
         """Zero every per-element optimizer state (e.g. Adam moments) not kept by both old and new mask."""
         state = optimizer.state
+        values, factors = [], []
         for name, new in new_masks.items():
             param = self.by_name[name].param
             slots = state.get(param)
             if not slots:
                 continue
             old = self.masks.get(name)
-            stable = new if old is None else (old & new)
+            stable = (new if old is None else (old & new)).view(torch.uint8)  # uint8: the fast multiply path
             for value in slots.values():
                 if isinstance(value, Tensor) and value.shape == param.shape:
-                    value.mul_(stable)
+                    values.append(value)
+                    factors.append(stable)
+        if values:
+            with torch.no_grad():
+                torch._foreach_mul_(values, factors)
 
     # ---- enforcing masks ----------------------------------------------------------------------
 
@@ -103,6 +128,51 @@ class MaskSet:
         if pairs:
             grads, masks = zip(*pairs)
             torch._foreach_mul_(list(grads), list(masks))
+        self._grads_masked = True
+
+    @torch.no_grad()
+    def after_optimizer_step(self, optimizer: torch.optim.Optimizer | None) -> bool:
+        """Keep pruned weights at zero after a step of `optimizer`; True if the weights were re-masked.
+
+        The pass is skipped when nothing could have moved a pruned weight: gradients were masked since
+        the last step, the optimizer's state was zeroed at pruned positions by `set_masks`, and its
+        update rule keeps such zeros at zero (`smc_trainer.zero_preserving`).
+        """
+        if not self._params:
+            return False
+        skip = (
+            self.verify_every > 0
+            and self._grads_masked
+            and optimizer is not None
+            and self._clean_state_of is unwrap_optimizer(optimizer)
+            and why_not_zero_preserving(optimizer, self._params) is None
+        )
+        self._grads_masked = False
+        if not skip:
+            self.apply_to_weights()
+            return True
+        self.skipped_steps += 1
+        if self.skipped_steps % self.verify_every == 0:
+            leaks = self.pruned_nonzero()
+            if leaks:
+                kind = type(unwrap_optimizer(optimizer)).__name__
+                logger.warning(f"pruned weights of {leaks[:3]} became non-zero after a {kind} step; re-masking the "
+                               "weights after every optimizer step from now on")
+                self.verify_every = 0
+                self.apply_to_weights()
+                return True
+        return False
+
+    @torch.no_grad()
+    def pruned_nonzero(self) -> list[str]:
+        """Names of the weights that are non-zero (or NaN) at a pruned position."""
+        leaks = []
+        for name, param, mask in zip(self.masks, self._params, self.masks.values()):
+            flags = param.ne(0)
+            torch.gt(flags, mask, out=flags)  # bools: non-zero and not kept
+            if bool(flags.any()):
+                leaks.append(name)
+        return leaks
 
     # ---- reporting ----------------------------------------------------------------------------
 

@@ -6,9 +6,12 @@ order, then flat index within a layer) is kept. That equals a stable descending 
 scores concatenated, which `reference_keep_masks` implements as the test oracle.
 
 Global selection never concatenates or sorts all scores (invariant 4). Scores are produced
-lazily, chunk by chunk, by a `LayerScores`; the k-th largest score is found from a small random
-sample that brackets it, one counting pass that gathers only the scores inside the bracket, and
-one pass that writes the bool masks. Peak extra memory is the masks plus a few chunks.
+lazily, chunk by chunk, by a `LayerScores`. A small random sample (about 2 N^(2/3) scores) gives a
+bracket [lo, hi] around the k-th largest score. One pass over the scores then writes every mask
+bit outside the bracket in place and gathers only the few scores inside it (about 4 N / sqrt(sample)),
+whose order statistic `kthvalue` finds; the in-bracket bits are set from the gathered positions.
+The pass reuses a few preallocated chunk buffers, so the extra memory is the masks plus a few
+chunks and the in-bracket scores (see `smc_trainer.selection_passes`).
 """
 
 from __future__ import annotations
@@ -20,9 +23,18 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-CHUNK_SIZE = 1 << 22
-SAMPLE_SIZE = 1 << 18
+from smc_trainer.random_stream import uniform_into
+from smc_trainer.selection_passes import Workspace, as_scores, score_dtype
+from smc_trainer.selection_passes import bracket as _bracket
+from smc_trainer.selection_passes import sample_count as _sample_count
+from smc_trainer.selection_passes import sample_scores as _sample_scores
+from smc_trainer.selection_passes import threshold_in_bracket as _threshold_in_bracket
+from smc_trainer.selection_passes import write_masks as _write_masks
+
+CHUNK_SIZE = 1 << 20  # 4 MiB of float32: a chunk's scores and flags stay in cache between the kernels
+SAMPLE_SIZE = 1 << 20
 _NEG_INF = float("-inf")
+_INF = float("inf")
 
 
 def keep_count(density: float, numel: int) -> int:
@@ -39,6 +51,10 @@ class LayerScores:
     `values(start, stop)` returns float scores of flat positions `[start, stop)`; it must return the
     same numbers every time it is called. `at(index)` optionally returns scores at arbitrary flat
     positions (used to sample). Positions where `within` is False are never kept.
+
+    `into(start, stop, out)` optionally computes the same scores as `values` into `out`, a buffer of
+    `dtype` on `device`, and returns it, or returns a tensor it must not write to (a view of the
+    source) when no computation is needed. With it the chunk passes allocate nothing per chunk.
     """
 
     numel: int
@@ -46,19 +62,11 @@ class LayerScores:
     within: Tensor | None = None
     at: Callable[[Tensor], Tensor] | None = None
     device: torch.device = torch.device("cpu")
+    into: Callable[[int, int, Tensor], Tensor] | None = None
+    dtype: torch.dtype | None = None
 
     def within_count(self) -> int:
         return self.numel if self.within is None else int(torch.count_nonzero(self.within))
-
-
-def as_scores(x: Tensor) -> Tensor:
-    """Scores in a float dtype that ranks them exactly: float64 stays, integers go to float64,
-    half precision and float32 to float32."""
-    if x.dtype == torch.float64:
-        return x
-    if not x.is_floating_point():
-        return x.to(torch.float64)
-    return x.float()
 
 
 def tensor_scores(
@@ -67,13 +75,30 @@ def tensor_scores(
     """Scores read from `tensor` (optionally through an elementwise `transform`, e.g. `torch.abs`)."""
     flat = tensor.detach().reshape(-1)
     fn = transform or (lambda x: x)
+    into = _tensor_into(flat, transform)
     return LayerScores(
         numel=flat.numel(),
         values=lambda start, stop: as_scores(fn(flat[start:stop])),
         within=None if within is None else within.reshape(-1),
         at=lambda index: as_scores(fn(flat[index.to(flat.device)])),
         device=flat.device,
+        into=into,
+        dtype=None if into is None else score_dtype(flat.dtype),
     )
+
+
+def _tensor_into(flat: Tensor, transform: Callable[[Tensor], Tensor] | None):
+    """`into` for the identity and `torch.abs` (the transforms the methods use); None for others."""
+    same = score_dtype(flat.dtype) == flat.dtype
+    if transform is None:
+        return (lambda a, b, out: flat[a:b]) if same else (lambda a, b, out: out.copy_(flat[a:b]))
+    if transform is torch.abs:
+        if same:
+            return lambda a, b, out: torch.abs(flat[a:b], out=out)
+        if flat.is_floating_point():  # half precision: convert, then abs (both exact)
+            return lambda a, b, out: out.copy_(flat[a:b]).abs_()
+        return lambda a, b, out: out.copy_(torch.abs(flat[a:b]))  # integers: abs in the integer type, as `values`
+    return None
 
 
 def magnitude_scores(weight: Tensor, within: Tensor | None = None) -> LayerScores:
@@ -84,37 +109,38 @@ def magnitude_scores(weight: Tensor, within: Tensor | None = None) -> LayerScore
 def product_scores(weight: Tensor, grad: Tensor, within: Tensor | None = None) -> LayerScores:
     """|w * g|: SNIP's connection sensitivity, computed per chunk."""
     w, g = weight.detach().reshape(-1), grad.detach().reshape(-1)
+    product_dtype = torch.promote_types(w.dtype, g.dtype)
+    dtype = score_dtype(product_dtype)
+
+    def into(start: int, stop: int, out: Tensor) -> Tensor:
+        if product_dtype == dtype:
+            return torch.mul(w[start:stop], g[start:stop], out=out).abs_()
+        return out.copy_((w[start:stop] * g[start:stop]).abs())
+
     return LayerScores(
         numel=w.numel(),
         values=lambda start, stop: as_scores((w[start:stop] * g[start:stop]).abs()),
         within=None if within is None else within.reshape(-1),
         at=lambda index: as_scores((w[index.to(w.device)] * g[index.to(w.device)]).abs()),
         device=w.device,
+        into=into,
+        dtype=dtype,
     )
 
 
 def random_scores(
     numel: int, seed: int, within: Tensor | None = None, device: torch.device | str = "cpu"
 ) -> LayerScores:
-    """Uniform random scores, reproducible chunk by chunk from `seed` (identical on every process)."""
-
-    def values(start: int, stop: int) -> Tensor:
-        out = torch.empty(stop - start)
-        pos = start
-        while pos < stop:  # generate whole aligned chunks so any slice is reproducible
-            block = pos // CHUNK_SIZE
-            gen = torch.Generator().manual_seed(mix_seed(seed, block))
-            full = torch.rand(min(CHUNK_SIZE, numel - block * CHUNK_SIZE), generator=gen)
-            lo, hi = pos - block * CHUNK_SIZE, min(stop, (block + 1) * CHUNK_SIZE) - block * CHUNK_SIZE
-            out[pos - start : pos - start + hi - lo] = full[lo:hi]
-            pos += hi - lo
-        return out.to(device)
-
+    """Uniform [0, 1) float32 scores; score i depends only on (`seed`, i) (see `smc_trainer.random_stream`),
+    so any slice costs its own length and every process draws the same numbers."""
+    device = torch.device(device)
     return LayerScores(
         numel=numel,
-        values=values,
+        values=lambda start, stop: uniform_into(seed, start, torch.empty(stop - start, device=device)),
         within=None if within is None else within.reshape(-1),
-        device=torch.device(device),
+        device=device,
+        into=lambda start, stop, out: uniform_into(seed, start, out),
+        dtype=torch.float32,
     )
 
 
@@ -155,7 +181,11 @@ def layer_keep_masks(scores: Mapping[str, Tensor], density: float) -> dict[str, 
 def select_topk(
     sources: Mapping[str, LayerScores], k: int, *, chunk_size: int = CHUNK_SIZE, sample_size: int = SAMPLE_SIZE
 ) -> dict[str, Tensor]:
-    """Flat bool masks keeping exactly the `k` highest scores among all `within` positions of `sources`."""
+    """Flat bool masks keeping exactly the `k` highest scores among all `within` positions of `sources`.
+
+    `sample_size` caps the bracket sample (about N^(2/3) scores are drawn); `chunk_size` is the number
+    of scores each pass handles at a time. Neither changes the result, only time and memory.
+    """
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be positive; got {chunk_size}")
     available = sum(s.within_count() for s in sources.values())
@@ -164,16 +194,16 @@ def select_topk(
     if k == 0 or k == available:
         return {name: _all_or_within(src, keep=k > 0) for name, src in sources.items()}
     total = sum(s.numel for s in sources.values())
-    sample = _sample_scores(sources, sample_size, total)
+    sample = _sample_scores(sources, _sample_count(total, sample_size), total)
+    work = Workspace(sources, chunk_size, sample.dtype)
+    masks = {name: torch.empty(src.numel, dtype=torch.bool, device=src.device) for name, src in sources.items()}
     for widen in (1, 4, 16, 64, None):
-        lo, hi = _bracket(sample, k / total, widen)
-        threshold = _threshold_in_bracket(sources, k, lo, hi, chunk_size)
+        threshold = _threshold_in_bracket(sources, k, _bracket(sample, k / total, widen, total), work, masks)
         if threshold is not None:
             break
-    else:  # pragma: no cover - the last bracket is (-inf, +inf] and always contains the threshold
+    else:  # pragma: no cover - the last bracket is [-inf, +inf] and always contains the threshold
         raise RuntimeError("selection bracket search failed")
-    tau, n_greater = threshold
-    return _write_masks(sources, tau, k - n_greater, chunk_size)
+    return _write_masks(sources, threshold, work, masks)
 
 
 def reference_keep_masks(sources: Mapping[str, LayerScores], k: int) -> dict[str, Tensor]:
@@ -197,121 +227,9 @@ def reference_keep_masks(sources: Mapping[str, LayerScores], k: int) -> dict[str
     return out
 
 
-# ---------------------------------------------------------------------------------------------
-# The three passes
-# ---------------------------------------------------------------------------------------------
-
-
 def _all_or_within(src: LayerScores, keep: bool) -> Tensor:
     if not keep:
         return torch.zeros(src.numel, dtype=torch.bool, device=src.device)
     if src.within is None:
         return torch.ones(src.numel, dtype=torch.bool, device=src.device)
     return src.within.clone()
-
-
-def _chunks(src: LayerScores, chunk_size: int):
-    """Yield (start, stop, scores, within) per chunk; excluded positions score -inf."""
-    for start in range(0, src.numel, chunk_size):
-        stop = min(start + chunk_size, src.numel)
-        s = src.values(start, stop)
-        w = None if src.within is None else src.within[start:stop]
-        if w is not None:
-            s = s.masked_fill(~w, _NEG_INF)
-        yield start, stop, s, w
-
-
-def _sample_scores(sources: Mapping[str, LayerScores], sample_size: int, total: int) -> Tensor:
-    """A deterministic random sample of all scores (excluded positions as -inf), sorted descending."""
-    gen = torch.Generator().manual_seed(0)
-    parts = []
-    for src in sources.values():
-        if src.numel == 0:
-            continue
-        m = max(1, min(src.numel, math.ceil(sample_size * src.numel / total)))
-        if src.at is not None:
-            idx = torch.randint(src.numel, (m,), generator=gen)
-            s = src.at(idx)
-        else:  # contiguous blocks at random offsets
-            block = max(1, m // 16)
-            starts = torch.randint(max(1, src.numel - block + 1), (max(1, m // block),), generator=gen).tolist()
-            idx = torch.cat([torch.arange(a, min(a + block, src.numel)) for a in starts])
-            s = torch.cat([src.values(a, min(a + block, src.numel)) for a in starts])
-        if src.within is not None:
-            s = s.masked_fill(~src.within[idx.to(src.within.device)], _NEG_INF)
-        parts.append(s.cpu())
-    return torch.sort(torch.cat([p.to(torch.float64) for p in parts]), descending=True).values
-
-
-def _bracket(sample: Tensor, keep_fraction: float, widen: int | None) -> tuple[float, float]:
-    """Scores (lo, hi) that should enclose the k-th largest score; `widen=None` gives (-inf, +inf)."""
-    if widen is None:
-        return _NEG_INF, float("inf")
-    m = sample.numel()
-    rank = keep_fraction * m
-    spread = widen * (4.0 * math.sqrt(max(rank * (1.0 - keep_fraction), 1.0)) + 8.0)
-    hi_rank, lo_rank = math.floor(rank - spread), math.ceil(rank + spread)
-    hi = float("inf") if hi_rank < 0 else float(sample[hi_rank])
-    lo = _NEG_INF if lo_rank >= m else float(sample[lo_rank])
-    return lo, hi
-
-
-def _threshold_in_bracket(
-    sources: Mapping[str, LayerScores], k: int, lo: float, hi: float, chunk_size: int
-) -> tuple[float, int] | None:
-    """Find (tau, n_greater): the k-th largest score and how many scores exceed it, or None if outside."""
-    n_above, n_eq_hi, n_eq_lo, inside = 0, 0, 0, []
-    for name, src in sources.items():
-        for _, _, s, w in _chunks(src, chunk_size):
-            if torch.isnan(s).any():
-                raise ValueError(f"scores of {name!r} contain NaN; cannot rank weights")
-            n_above += int(torch.count_nonzero(s > hi))
-            if n_above >= k:  # the threshold is above the bracket: stop early
-                return None
-            eq_hi = s == hi
-            if w is not None:
-                eq_hi &= w
-            n_eq_hi += int(torch.count_nonzero(eq_hi))
-            if lo != hi:
-                eq_lo = s == lo
-                if w is not None:
-                    eq_lo &= w
-                n_eq_lo += int(torch.count_nonzero(eq_lo))
-                inside.append(s[(s > lo) & (s < hi)].cpu())
-    rank = k - n_above  # 1-based rank of tau among scores <= hi
-    if rank <= n_eq_hi:
-        return hi, n_above
-    rank -= n_eq_hi
-    between = torch.cat([x.to(torch.float64) for x in inside]) if inside else torch.empty(0, dtype=torch.float64)
-    if rank <= between.numel():
-        tau = float(torch.kthvalue(between, between.numel() - rank + 1).values)
-        return tau, n_above + n_eq_hi + int(torch.count_nonzero(between > tau))
-    rank -= between.numel()
-    if lo != hi and rank <= n_eq_lo:
-        return lo, n_above + n_eq_hi + between.numel()
-    return None
-
-
-def _write_masks(
-    sources: Mapping[str, LayerScores], tau: float, ties_to_keep: int, chunk_size: int
-) -> dict[str, Tensor]:
-    """Keep every score > tau, plus the first `ties_to_keep` scores == tau in layer/index order."""
-    out = {}
-    for name, src in sources.items():
-        mask = torch.empty(src.numel, dtype=torch.bool, device=src.device)
-        for start, stop, s, w in _chunks(src, chunk_size):
-            part = s > tau
-            if ties_to_keep > 0:
-                eq = s == tau
-                if w is not None:
-                    eq &= w
-                n_eq = int(torch.count_nonzero(eq))
-                if n_eq <= ties_to_keep:
-                    part |= eq
-                    ties_to_keep -= n_eq
-                elif n_eq:
-                    part[eq.nonzero().squeeze(1)[:ties_to_keep]] = True
-                    ties_to_keep = 0
-            mask[start:stop] = part
-        out[name] = mask
-    return out

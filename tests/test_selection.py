@@ -483,8 +483,8 @@ def test_exact_even_when_the_sample_misleads_the_bracket(lie):
             expected = brute_keep_flat(truth, k)
             assert torch.equal(got["a"], expected[0]) and torch.equal(got["b"], expected[1]), (trial, k)
             most_passes = max(most_passes, b.passes())
-    # one threshold pass + one write pass is the fast path; more passes mean the bracket was widened
-    assert most_passes >= 3
+    # one pass (threshold and masks together) is the fast path; more passes mean the bracket was widened
+    assert most_passes >= 2
 
 
 def test_values_are_read_in_chunks_no_larger_than_chunk_size():
@@ -571,7 +571,7 @@ def test_magnitude_scores_with_within_count():
 
 @pytest.mark.parametrize("chunk", [7, 16, None])
 def test_random_scores_any_slice_is_reproducible(monkeypatch, chunk):
-    if chunk is not None:  # small blocks so slices cross block boundaries
+    if chunk is not None:  # the scores must not depend on the selection's chunk size
         monkeypatch.setattr(selection, "CHUNK_SIZE", chunk)
     for numel in (1, 5, 40, 49):
         full = random_scores(numel, seed=123).values(0, numel)
