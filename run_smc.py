@@ -6,6 +6,7 @@
   python run_smc.py config.yaml                      one run, flags from a JSON/YAML file
   python run_smc.py sweep --recipes csqa --methods omp_after,lth,gmp --sparsities paper [flags]
   python run_smc.py report LEDGER [--out DIR]        tables, CSV and plots from a results ledger
+  python run_smc.py push RUN_DIR --hub_model_id ID   upload a finished run's sparse release to the Hub
 
 The recipe (recipes/<name>.yaml) gives the task, checkpoint, dataset and the paper's
 hyper-parameters as defaults; every flag overrides it. `python run_smc.py --help` lists the flags
@@ -17,14 +18,16 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 
 import datasets
 import transformers
 from transformers import HfArgumentParser
-from transformers.trainer_utils import get_last_checkpoint
 
+from smc_trainer.checkpoints import incomplete_checkpoints, last_complete_checkpoint, resolve_resume_checkpoint
 from smc_trainer.config import parse_run_config
+from smc_trainer.hub import prepare_push, push_sparse_folder
 from smc_trainer.pipeline import RunConfig, RunOutcome
 
 logger = transformers.utils.logging.get_logger("run_smc")
@@ -49,14 +52,28 @@ def setup_logging(level: int, library_level: int | None = None) -> None:
 
 
 def check_output_dir(config: RunConfig) -> None:
-    """Never train over a user's files: a non-empty output_dir must hold a checkpoint to resume."""
+    """Never train over a user's files: a non-empty output_dir must hold a complete checkpoint to resume, and
+    an explicit --resume_from_checkpoint must be complete (smc_trainer.checkpoints)."""
     args = config.training_args
     out = args.output_dir
-    if args.overwrite_output_dir or args.resume_from_checkpoint or not os.path.isdir(out) or not os.listdir(out):
+    if args.resume_from_checkpoint:
+        resolve_resume_checkpoint(args.resume_from_checkpoint, out)
         return
-    if get_last_checkpoint(out) is None:
-        raise ValueError(f"output directory {out!r} exists, is not empty and holds no checkpoint to resume; "
-                         "choose another --output_dir, remove it, or pass --overwrite_output_dir")
+    if args.overwrite_output_dir or not os.path.isdir(out) or not os.listdir(out):
+        return
+    if holds_stages(out):  # an interrupted LTH/LRR chain or CV run: the pipeline reuses its finished stages
+        return
+    if last_complete_checkpoint(out) is None:
+        broken = incomplete_checkpoints(out)
+        detail = f" (only incomplete ones, left in place: {', '.join(broken)})" if broken else ""
+        raise ValueError(f"output directory {out!r} exists, is not empty and holds no complete checkpoint to resume"
+                         f"{detail}; choose another --output_dir, remove it, or pass --overwrite_output_dir")
+
+
+def holds_stages(out: str) -> bool:
+    """Whether `out` holds the per-round (`round-XX`) or per-fold (`fold-K`) folders of a multi-stage run."""
+    return any(re.fullmatch(r"(round-\d+|fold-\d+)", name) and os.path.isdir(os.path.join(out, name))
+               for name in os.listdir(out))
 
 
 def single_run(argv: list[str]) -> dict[str, float]:
@@ -68,12 +85,26 @@ def single_run(argv: list[str]) -> dict[str, float]:
     setup_logging(args.get_process_log_level())
     logger.info(f"Recipe {config.recipe.name}: {config.recipe.description}")
     check_output_dir(config)
+    repo_id = prepare_push(args)  # before training: bad Hub flags or tokens fail now, not after hours
     outcomes = pipeline.run(config)
-    if args.ledger:
+    if repo_id is not None:
+        folder = final_run_dir(config, outcomes)
+        push_sparse_folder(folder, repo_id, token=args.hub_token, create=False, revision=args.hub_revision)
+        logger.warning(f"Pushed {folder} to https://huggingface.co/{repo_id}")
+    if args.ledger and args.process_index == 0:  # one ledger row per run, not one per process
         record_outcomes(config, outcomes)
     final = outcomes[-1]
     summarize(config, final)
     return {**final.metrics, "sparsity/overall": final.measured_sparsity}
+
+
+def final_run_dir(config: RunConfig, outcomes: list[RunOutcome]) -> str:
+    """The folder holding the run the user asked for: the last LTH/LRR round, else --output_dir."""
+    from smc_trainer.methods import get_method_class
+
+    if get_method_class(config.training_args.sparse_method).phase == "iterative":
+        return outcomes[-1].output_dir
+    return config.training_args.output_dir
 
 
 def record_outcomes(config: RunConfig, outcomes: list[RunOutcome]) -> None:
@@ -91,7 +122,9 @@ def record_outcomes(config: RunConfig, outcomes: list[RunOutcome]) -> None:
 
 def summarize(config: RunConfig, outcome: RunOutcome) -> None:
     metric, recipe = config.recipe.metric, config.recipe
-    scores = ", ".join(f"{k} {v:.4f}" for k, v in outcome.metrics.items() if k in (f"eval_{metric}", f"test_{metric}"))
+    names = [metric, *(f"{subset}_{metric}" for subset in recipe.subsets)]  # RACE: middle and high as well
+    shown = {f"{split}_{name}" for split in ("eval", "test") for name in names}
+    scores = ", ".join(f"{k} {v:.4f}" for k, v in outcome.metrics.items() if k in shown)
     chance = f" (chance {recipe.chance_level:g})" if recipe.chance_level is not None else ""
     logger.warning(f"Done: {recipe.name} with {outcome.model or 'the recipe model'}: {outcome.method} at target "
                    f"sparsity {outcome.target_sparsity:g} (measured {outcome.measured_sparsity:.4f}); "
@@ -112,6 +145,9 @@ def sweep_command(argv: list[str]) -> dict[str, float]:
         return {}
     sweep_args, run_argv = HfArgumentParser(SweepArguments).parse_args_into_dataclasses(
         argv, return_remaining_strings=True)
+    if make_parser().parse_known_args(run_argv)[0].push_to_hub:
+        raise ValueError("--push_to_hub uploads one run and a sweep holds many; push the run you want after the "
+                         "sweep with `python run_smc.py push SWEEP_DIR/runs/... --hub_model_id ...`")
     if not any(a.startswith("--disable_tqdm") for a in run_argv):
         run_argv += ["--disable_tqdm", "false"]
     setup_logging(logging.INFO, library_level=logging.WARNING)
@@ -146,6 +182,22 @@ def report_command(argv: list[str]) -> dict[str, float]:
     return {"reports": float(len(paths.get("png", [])))}
 
 
+def push_command(argv: list[str]) -> dict[str, float]:
+    """`run_smc.py push RUN_DIR --hub_model_id ID`: upload a finished run's sparse release (e.g. one run of a sweep)."""
+    parser = argparse.ArgumentParser(prog="run_smc.py push", description="Upload a finished run's sparse release.")
+    parser.add_argument("run_dir", help="a run's --output_dir (for LTH/LRR: its round-XX folder)")
+    parser.add_argument("--hub_model_id", required=True, help="repository to create or update, e.g. you/model-name")
+    parser.add_argument("--hub_token", default=None, help="write token (default: HF_TOKEN or the cached login)")
+    parser.add_argument("--hub_private_repo", action="store_true", help="create the repository as private")
+    parser.add_argument("--hub_revision", default=None, help="branch to push to (default: main)")
+    ns = parser.parse_args(argv)
+    setup_logging(logging.INFO, library_level=logging.WARNING)
+    commit = push_sparse_folder(ns.run_dir, ns.hub_model_id, token=ns.hub_token, private=ns.hub_private_repo,
+                                revision=ns.hub_revision)
+    logger.warning(f"Pushed {ns.run_dir} to {getattr(commit, 'repo_url', ns.hub_model_id)}")
+    return {"pushed": 1.0}
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv == ["--recipe", "quickstart"]:
@@ -156,6 +208,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         return sweep_command(argv[1:])
     if argv[0] == "report":
         return report_command(argv[1:])
+    if argv[0] == "push":
+        return push_command(argv[1:])
     return single_run(argv)
 
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 from transformers import Seq2SeqTrainingArguments
 
+from smc_trainer.parallel import check_parallel_support
+
 DISTRIBUTIONS = ("global", "uniform", "erk")
 SELECT_ON = ("validation", "test")
 
@@ -72,8 +74,101 @@ class DataArguments:
                   "CSV folders); used instead of a Hub dataset."},
     )
     # ---- arithmetic (smc_trainer/tasks/arithmetic) -------------------------------------------------
+    fold: int | None = field(
+        default=None,
+        metadata={"help": "Arithmetic: run only this fold of a cross-validated recipe (MAWPS, ASDiv-A: 0-4). "
+                  "Default: every fold, reported pooled (total correct / total problems) and per fold."},
+    )
+    encoder_learning_rate: float = field(
+        default=8e-6,
+        metadata={"help": "Arithmetic: learning rate of the pretrained encoder (paper: 8e-6); --learning_rate is "
+                  "the BiLSTM and tree decoder's (paper: 1e-3)."},
+    )
+    lr_step_epochs: int = field(
+        default=20, metadata={"help": "Arithmetic: StepLR period in epochs (paper: every 20 epochs)."}
+    )
+    lr_step_gamma: float = field(
+        default=0.5, metadata={"help": "Arithmetic: StepLR factor applied every --lr_step_epochs (paper: 0.5)."}
+    )
+    gts_hidden_size: int = field(default=512, metadata={"help": "Arithmetic: GTS hidden size (paper: 512)."})
+    gts_num_layers: int = field(
+        default=2, metadata={"help": "Arithmetic: BiLSTM layers over the encoder states (paper: 2)."}
+    )
+    gts_dropout: float = field(default=0.5, metadata={"help": "Arithmetic: GTS dropout (paper: 0.5)."})
     # ---- protein (smc_trainer/tasks/protein) -------------------------------------------------------
+    protein_labels: str | None = field(
+        default=None,
+        metadata={"help": "Protein: comma-separated class names in label-id order (e.g. cold,hot). An integer label "
+                  "in the data is an index into this list; a text label must be one of the names (any case)."},
+    )
+    protein_tm_bins: str | None = field(
+        default=None,
+        metadata={"help": "Protein: ascending melting-temperature thresholds in deg C (comma-separated) that bin a "
+                  "`tm` column into the classes when the data has no label: class i holds bins[i-1] <= tm < "
+                  "bins[i]. The Meltome recipe's 45,80 is UNCONFIRMED (the paper gives no thresholds)."},
+    )
+    protein_max_residues: int = field(
+        default=1022,
+        metadata={"help": "Protein: longer sequences are cropped to their first N (N-terminal) residues and the "
+                  "count is logged. ESM-1b and ESM-2 take at most 1022 residues + 2 special tokens."},
+    )
+    protein_head_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "Protein: learning rate of the new classification head (paper: 2e-2); --learning_rate is "
+                  "the backbone's (paper: 1e-6). Default: --learning_rate."},
+    )
+    protein_lr_schedule: str = field(
+        default="one_cycle",
+        metadata={"help": "Protein: one_cycle (torch OneCycleLR over all optimizer steps, each parameter group "
+                  "peaking at its own learning rate, as the paper) or trainer (--lr_scheduler_type)."},
+    )
+    protein_dropout: float | None = field(
+        default=None,
+        metadata={"help": "Protein: hidden and attention dropout of the ESM backbone (paper: 0 for ESM-1B). "
+                  "Default: the checkpoint's config."},
+    )
+    protein_validation_percentage: float = field(
+        default=10.0,
+        metadata={"help": "Protein: without a validation file, this percentage of the training set (stratified by "
+                  "class, seeded) becomes the validation split used for checkpoint selection."},
+    )
     # ---- translation (smc_trainer/tasks/translation) -----------------------------------------------
+    train_languages: str | None = field(
+        default=None,
+        metadata={"help": "Translation: comma-separated languages trained to and from English, both directions mixed "
+                  "(2-to-2: fr,cs; 5-to-5: fr,cs,de,gu,ja; 10-to-10: all ten). Default: the recipe's."},
+    )
+    eval_languages: str | None = field(
+        default=None,
+        metadata={"help": "Translation: comma-separated languages evaluated to and from English, whatever the "
+                  "training set (default: SMC-Bench's ten, fr,cs,de,gu,ja,my,ro,ru,vi,zh = 20 directions)."},
+    )
+    max_source_length: int = field(
+        default=128, metadata={"help": "Translation: training source tokens kept per example (codes included); "
+                               "evaluation sentences are cut only at the model's position limit."}
+    )
+    max_target_length: int = field(
+        default=128, metadata={"help": "Translation: training target tokens kept per example (codes included)."}
+    )
+    lang_code_format: str = field(
+        default="auto",
+        metadata={"help": "Translation: where the language codes go: cc25 (`X </s> <lang>`, decoder starts with the "
+                  "target code: mBART-cc25), mbart50 (`<lang> X </s>`, target code forced as first token: "
+                  "mBART-50), or auto (mbart50 for MBart50 tokenizers, cc25 otherwise)."},
+    )
+    bleu_tokenize: str = field(
+        default="zh=zh,ja=char",
+        metadata={"help": "Translation: sacreBLEU tokenizer per target language (LANG=NAME, comma-separated); other "
+                  "targets use 13a. ja-mecab needs `pip install sacrebleu[ja]`."},
+    )
+    translation_dropout: float | None = field(
+        default=None, metadata={"help": "Translation: the model's dropout (mBART `dropout`; paper 0.3). Default: "
+                                "the checkpoint's."}
+    )
+    translation_attention_dropout: float | None = field(
+        default=None, metadata={"help": "Translation: the model's attention dropout (paper 0.1). Default: the "
+                                "checkpoint's."}
+    )
 
 
 @dataclass
@@ -115,6 +210,14 @@ class SparseTrainingArguments(Seq2SeqTrainingArguments):
     prune_exclude: str | None = field(
         default=None, metadata={"help": "Regex: parameters whose name matches are never pruned (re.search)."}
     )
+    prune_modules: str | None = field(
+        default=None,
+        metadata={
+            "help": "Only these linears of the transformer layers are prunable (BERT/RoBERTa/ESM names): a combination "
+            "of q, k, v, o (attention) and ffn, e.g. qkvo_ffn, qkv, qk (the paper's Table 1). Applied together with "
+            "--prune_include/--prune_exclude."
+        },
+    )
     snip_batches: int = field(default=1, metadata={"help": "SNIP: training batches whose gradients are summed."})
     gmp_start: float = field(
         default=0.1, metadata={"help": "GMP: fraction of training steps at which pruning starts (paper: 0.1)."}
@@ -150,6 +253,11 @@ class SparseTrainingArguments(Seq2SeqTrainingArguments):
     ledger: str | None = field(
         default=None, metadata={"help": "Append a record of each finished run to this results ledger (JSON lines)."}
     )
+    save_compressed: bool = field(
+        default=False,
+        metadata={"help": "Also write model.sparse.safetensors: the weights in smc-trainer's bitmask format (packed "
+                  "bits + non-zero values), with its size against the dense file in the model card."},
+    )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Train from scratch even if output_dir holds checkpoints (files there may be replaced)."},
@@ -169,6 +277,7 @@ class SparseTrainingArguments(Seq2SeqTrainingArguments):
     def validate_sparse_flags(self) -> None:
         """Reject bad sparse flags with the flag, the value and the valid choices, before anything runs."""
         from smc_trainer.methods import get_method_class, method_names
+        from smc_trainer.module_groups import parse_module_group
 
         if not 0.0 <= self.sparsity < 1.0:
             raise ValueError(f"--sparsity must be in [0, 1); got {self.sparsity!r}")
@@ -178,6 +287,8 @@ class SparseTrainingArguments(Seq2SeqTrainingArguments):
             raise _choices_error("select_on", self.select_on, SELECT_ON)
         if self.sparse_method not in method_names():
             raise _choices_error("sparse_method", self.sparse_method, method_names())
+        if self.prune_modules is not None:
+            parse_module_group(self.prune_modules)
         for flag in ("prune_include", "prune_exclude"):
             pattern = getattr(self, flag)
             if pattern is not None:
@@ -186,3 +297,4 @@ class SparseTrainingArguments(Seq2SeqTrainingArguments):
                 except re.error as err:
                     raise ValueError(f"--{flag} is not a valid regular expression: {pattern!r} ({err})") from None
         get_method_class(self.sparse_method).validate_args(self)
+        check_parallel_support(self)  # FSDP / DeepSpeed with a sparse method: refused before any model loads

@@ -16,6 +16,7 @@ from transformers import HfArgumentParser
 
 from smc_trainer.arguments import DataArguments, ModelArguments, SparseTrainingArguments
 from smc_trainer.pipeline import RunConfig
+from smc_trainer.provenance import override_flags
 from smc_trainer.recipes import Recipe, load_recipe
 
 CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
@@ -50,10 +51,12 @@ def parse_run_config(argv: list[str], description: str | None = None) -> RunConf
             raise ValueError(f"config file {argv[0]}: unknown flag(s) {', '.join(unknown)}; see run_smc.py --help")
         argv = []
         recipe_name = str(file_values.get("recipe", DEFAULT_RECIPE))
+        flags = override_flags(file_values)
     else:
         pre = argparse.ArgumentParser(add_help=False)
         pre.add_argument("--recipe", default=DEFAULT_RECIPE)
         recipe_name = pre.parse_known_args(argv)[0].recipe
+        flags = tuple(argv)
     recipe = load_recipe(recipe_name)
     # defaults pass through argparse's type conversion, so "1e-5" from YAML still becomes a float
     parser.set_defaults(**{**recipe.args, **file_values})
@@ -61,7 +64,7 @@ def parse_run_config(argv: list[str], description: str | None = None) -> RunConf
     if namespace.output_dir is None:
         namespace.output_dir = default_output_dir(recipe, namespace.sparse_method, namespace.sparsity)
     model_args, data_args, training_args = parser.parse_dict(vars(namespace))
-    return RunConfig(model_args, data_args, training_args, recipe)
+    return RunConfig(model_args, data_args, training_args, recipe, flags=flags)
 
 
 def default_output_dir(recipe: Recipe, method: str, sparsity: float) -> str:

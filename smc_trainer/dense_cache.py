@@ -9,17 +9,19 @@ entry is renamed into place (with a COMPLETE marker).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from transformers import Seq2SeqTrainingArguments
 from transformers.utils import logging
 
+from smc_trainer.parallel import decided_by_main, wait_for_all
 from smc_trainer.version import __version__
 
 if TYPE_CHECKING:
@@ -38,7 +40,7 @@ _VOLATILE = {
     "save_only_model", "push_to_hub", "hub_model_id", "hub_strategy", "hub_token", "hub_private_repo",
     "hub_always_push", "hub_revision", "resume_from_checkpoint", "dataloader_num_workers", "log_level",
     "log_level_replica", "print_config", "trackio_space_id", "project",
-    "dense_cache_dir", "ledger", "overwrite_output_dir",  # ours: where results go, not what is learned
+    "dense_cache_dir", "ledger", "overwrite_output_dir", "save_compressed",  # ours: where/how results are written
 }
 
 
@@ -86,26 +88,45 @@ class DenseCache:
         return os.path.isfile(os.path.join(self.path(key), COMPLETE))
 
     def get_or_train(self, key: str, train: Callable[[str], None], describe: RunConfig) -> str:
-        """The finished entry for `key`, training it with `train(directory)` first if needed."""
+        """The finished entry for `key`, training it with `train(directory)` first if needed.
+
+        Under multi-process training (DDP) every process calls this together: the main process alone
+        takes the file lock and decides, all processes train the entry together (training is collective),
+        and none returns before the main process has published the entry.
+        """
         final = self.path(key)
-        if self.is_complete(key):
-            logger.info(f"dense cache hit: {final}")
-            return final
+        is_main = describe.training_args.process_index == 0
         os.makedirs(self.root, exist_ok=True)
-        with open(os.path.join(self.root, f"{key}.lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                if self.is_complete(key):  # another process finished it while we waited
-                    return final
-                if os.path.exists(final):
-                    raise RuntimeError(f"{final} exists but is not a complete cache entry; move it away to retrain")
-                partial = final + ".partial"
-                logger.info(f"dense cache miss: training {key} in {partial}")
-                train(partial)
+        with self._lock(key) if is_main else contextlib.nullcontext():
+            decision = decided_by_main(self._decide(key) if is_main else None)
+            if decision == "stale":
+                raise RuntimeError(f"{final} exists but is not a complete cache entry; move it away to retrain")
+            if decision == "hit":
+                logger.info(f"dense cache hit: {final}")
+                return final
+            partial = final + ".partial"
+            logger.info(f"dense cache miss: training {key} in {partial}")
+            train(partial)
+            if is_main:
                 with open(os.path.join(partial, KEY_FILE), "w", encoding="utf-8") as fh:
                     json.dump(config_fingerprint(describe), fh, indent=2, sort_keys=True, default=str)
                 open(os.path.join(partial, COMPLETE), "w").close()
                 os.rename(partial, final)
+            wait_for_all()
+        return final
+
+    def _decide(self, key: str) -> str:
+        """'hit' (complete), 'stale' (a non-entry sits at the final path) or 'train'."""
+        if self.is_complete(key):
+            return "hit"
+        return "stale" if os.path.exists(self.path(key)) else "train"
+
+    @contextlib.contextmanager
+    def _lock(self, key: str) -> Iterator[None]:
+        """Exclusive file lock on `key`: two sweeps never train the same entry at once."""
+        with open(os.path.join(self.root, f"{key}.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
-        return final

@@ -25,22 +25,24 @@ from typing import Any
 import torch
 from safetensors.torch import load_model, save_model
 from transformers import set_seed
-from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
 
 from smc_trainer.arguments import DataArguments, ModelArguments, SparseTrainingArguments
+from smc_trainer.checkpoints import last_complete_checkpoint
 from smc_trainer.dense_cache import INIT_WEIGHTS, DenseCache
+from smc_trainer.folds import is_inside, over_folds
+from smc_trainer.hub import write_release_files
 from smc_trainer.masks import MASKS_NAME, MaskSet
 from smc_trainer.methods import get_method_class
 from smc_trainer.methods.base import SparseContext, magnitude_sources, select_masks
 from smc_trainer.methods.iterative import imp_round_for, imp_sparsity
+from smc_trainer.parallel import wait_for_all
 from smc_trainer.targets import targets_for_args
 from smc_trainer.trainer import SparseTrainer
 
 logger = logging.get_logger(__name__)
 
 RESULT_NAME = "run_result.json"
-WEIGHTS_NAME = "model.safetensors"
 
 
 @dataclass
@@ -51,10 +53,24 @@ class RunConfig:
     data_args: DataArguments
     training_args: SparseTrainingArguments
     recipe: Any  # smc_trainer.recipes.Recipe
+    flags: tuple[str, ...] | None = None
+    """The `run_smc.py` flags that give this configuration (later flags win); None for the Python API.
+    Kept so a run can state the command that reproduces it without re-parsing (smc_trainer.provenance)."""
 
     def with_training(self, **changes: Any) -> RunConfig:
         """A copy with some training arguments replaced (validated again by __post_init__)."""
-        return dataclasses.replace(self, training_args=dataclasses.replace(self.training_args, **changes))
+        return dataclasses.replace(self, training_args=dataclasses.replace(self.training_args, **changes),
+                                   flags=self._flags_with(changes))
+
+    def with_data(self, **changes: Any) -> RunConfig:
+        """A copy with some data arguments replaced (e.g. one fold of a cross-validated recipe)."""
+        return dataclasses.replace(self, data_args=dataclasses.replace(self.data_args, **changes),
+                                   flags=self._flags_with(changes))
+
+    def _flags_with(self, changes: dict[str, Any]) -> tuple[str, ...] | None:
+        from smc_trainer.provenance import override_flags
+
+        return None if self.flags is None else (*self.flags, *override_flags(changes))
 
 
 @dataclass
@@ -96,10 +112,15 @@ def build_task(config: RunConfig):
 
 
 def load_weights(model: torch.nn.Module, path: str) -> None:
-    """Load a safetensors file (a directory means its model.safetensors) into `model`, strictly."""
+    """Load weights into `model`, strictly: a folder written by `save_pretrained` through transformers' own loader
+    (it maps the key renamings transformers applies on save, e.g. ESM's legacy `LayerNorm.gamma/beta`), a
+    safetensors file written with `safetensors.torch.save_model` (the LTH rewind point) directly."""
     if os.path.isdir(path):
-        path = os.path.join(path, WEIGHTS_NAME)
-    missing, unexpected = load_model(model, path, strict=False)
+        source = type(model).from_pretrained(path, config=model.config, dtype=next(model.parameters()).dtype)
+        missing, unexpected = model.load_state_dict(source.state_dict(), strict=False)
+        del source
+    else:
+        missing, unexpected = load_model(model, path, strict=False)
     tied = {n for n, _ in model.named_parameters(remove_duplicate=False)} - {n for n, _ in model.named_parameters()}
     missing = [m for m in missing if m not in tied]
     if missing or unexpected:
@@ -122,9 +143,11 @@ def fine_tune(
     fine-tune for after-methods, the initial weights for an LTH rewind). A run interrupted earlier
     resumes from its last checkpoint in `output_dir`.
     """
-    args = dataclasses.replace(config.training_args, output_dir=output_dir)
+    # stages never push: run_smc.py pushes the user's final run once (smc_trainer.hub)
+    args = dataclasses.replace(config.training_args, output_dir=output_dir, push_to_hub=False)
     if not args.overwrite_output_dir and not args.resume_from_checkpoint:
-        set_aside_incomplete(output_dir)
+        with args.main_process_first(local=False, desc="set_aside_incomplete"):  # one process renames
+            set_aside_incomplete(output_dir)
     bundle = build_task(config)
     model = bundle.model
     initial_masks = None
@@ -163,6 +186,9 @@ def fine_tune(
             metrics.update(split_metrics)
     metrics.update(trainer.masks.measured_sparsity())
     trainer.save_metrics("all", metrics)
+    if args.should_save:  # card, run config, sparsity in config.json (smc_trainer.hub)
+        write_release_files(output_dir, trainer.masks, trainer.sparsity_metadata(), metrics=metrics, run_config=config,
+                            compressed=args.save_compressed, base_model=bundle.model_source or None)
     report = trainer.masks.report()
     outcome = RunOutcome(
         method=args.sparse_method,
@@ -179,17 +205,18 @@ def fine_tune(
     )
     if args.should_save:
         outcome.save(output_dir)
+    wait_for_all()  # under DDP no process reads this run before all of it is written
     return outcome
 
 
 def evaluate_split(trainer: SparseTrainer, bundle, split: str, dataset) -> dict[str, float]:
-    """Metrics of one split; a dict of named subsets is evaluated subset by subset (`<split>_<name>_...`),
-    then the task's `aggregate_metrics` may add the split's headline numbers."""
+    """Metrics of one split; a dict of named subsets is evaluated subset by subset (`<split>_<name>_...`, with
+    the subset's `bundle.eval_kwargs`), then the task's `aggregate_metrics` may add the split's headline numbers."""
     if isinstance(dataset, dict):
         metrics: dict[str, float] = {}
         for name, subset in dataset.items():
             prefix = f"{split}_{name}"
-            metrics.update(trainer.evaluate(subset, metric_key_prefix=prefix))
+            metrics.update(trainer.evaluate(subset, metric_key_prefix=prefix, **bundle.eval_kwargs.get(name, {})))
             metrics[f"{prefix}_samples"] = len(subset)
     else:
         metrics = {**trainer.evaluate(dataset, metric_key_prefix=split), f"{split}_samples": len(dataset)}
@@ -199,8 +226,8 @@ def evaluate_split(trainer: SparseTrainer, bundle, split: str, dataset) -> dict[
 
 
 def set_aside_incomplete(output_dir: str) -> None:
-    """A run directory left by a killed run with no checkpoint to resume is renamed aside, never deleted."""
-    if not os.path.isdir(output_dir) or not os.listdir(output_dir) or get_last_checkpoint(output_dir):
+    """A run directory left by a killed run with no complete checkpoint to resume is renamed aside, never deleted."""
+    if not os.path.isdir(output_dir) or not os.listdir(output_dir) or last_complete_checkpoint(output_dir):
         return
     if os.path.isfile(os.path.join(output_dir, RESULT_NAME)):
         raise ValueError(f"{output_dir} already holds a finished run; pick another output directory")
@@ -210,12 +237,12 @@ def set_aside_incomplete(output_dir: str) -> None:
 
 
 def _resume_point(args: SparseTrainingArguments, output_dir: str) -> str | None:
-    """--resume_from_checkpoint, else the last checkpoint in output_dir (unless --overwrite_output_dir)."""
+    """--resume_from_checkpoint, else the last complete checkpoint in output_dir (unless --overwrite_output_dir)."""
     if args.resume_from_checkpoint:
         return args.resume_from_checkpoint
     if args.overwrite_output_dir or not os.path.isdir(output_dir):
         return None
-    last = get_last_checkpoint(output_dir)
+    last = last_complete_checkpoint(output_dir)
     if last is not None:
         logger.info(f"Resuming from {last} (pass --overwrite_output_dir to train from scratch)")
     return last
@@ -239,13 +266,15 @@ def _iterative_masks(model: torch.nn.Module, args: SparseTrainingArguments, prev
 def run_dense(config: RunConfig) -> tuple[str, RunOutcome]:
     """The cached dense fine-tune of this configuration: (its directory, its outcome)."""
     cache = DenseCache(config.training_args.dense_cache_dir)
-    dense_config = config.with_training(sparse_method="dense", sparsity=0.0)
+    # a --resume_from_checkpoint names the user's run, never the dense entry (which resumes its own .partial)
+    dense_config = config.with_training(sparse_method="dense", sparsity=0.0, resume_from_checkpoint=None)
     key = cache.key(dense_config)
 
     def train(directory: str) -> None:
         def save_initial(model: torch.nn.Module) -> None:
             os.makedirs(directory, exist_ok=True)
-            save_model(model, os.path.join(directory, INIT_WEIGHTS))
+            if dense_config.training_args.should_save:  # one writer under DDP
+                save_model(model, os.path.join(directory, INIT_WEIGHTS))
 
         fine_tune(dense_config, directory, before_train=save_initial)
 
@@ -253,7 +282,8 @@ def run_dense(config: RunConfig) -> tuple[str, RunOutcome]:
     outcome = RunOutcome.load(directory)
     if outcome is None:
         raise RuntimeError(f"dense cache entry {directory} has no {RESULT_NAME}")
-    return directory, outcome
+    # the entry was trained in `<key>.partial` and renamed when complete: report where it is now
+    return directory, dataclasses.replace(outcome, output_dir=directory)
 
 
 def run_after(config: RunConfig, output_dir: str) -> RunOutcome:
@@ -278,7 +308,9 @@ def run_iterative(
         round_dir = os.path.join(chain_dir, f"round-{k:02d}")
         outcome = RunOutcome.load(round_dir)
         if outcome is None:
-            round_config = config.with_training(sparsity=imp_sparsity(k, args.imp_rate))
+            # an explicit --resume_from_checkpoint belongs to the round whose folder holds it, not to every round
+            resume = args.resume_from_checkpoint if is_inside(args.resume_from_checkpoint, round_dir) else None
+            round_config = config.with_training(sparsity=imp_sparsity(k, args.imp_rate), resume_from_checkpoint=resume)
             start = os.path.join(dense_dir, INIT_WEIGHTS) if rewind else None
             outcome = fine_tune(round_config, round_dir, start_from=start, prune_from=previous, round_index=k)
         if on_round is not None:
@@ -289,18 +321,25 @@ def run_iterative(
 
 
 def run(config: RunConfig, output_dir: str | None = None) -> list[RunOutcome]:
-    """Run `config`'s method with every stage it needs; returns one outcome (a list of rounds for LTH/LRR)."""
+    """Run `config`'s method with every stage it needs; returns one outcome (a list of rounds for LTH/LRR).
+    A cross-validated recipe run without --fold runs every fold and returns the pooled outcomes (`folds`)."""
+    return over_folds(config, output_dir or config.training_args.output_dir, run_split)
+
+
+def run_split(config: RunConfig, output_dir: str, on_round: Callable[[RunOutcome], None] | None = None
+              ) -> list[RunOutcome]:
+    """`run` on one data split (one fold); `on_round` sees each finished LTH/LRR round."""
     args = config.training_args
-    output_dir = output_dir or args.output_dir
     phase = get_method_class(args.sparse_method).phase
     if phase == "dense":
         dense_dir, outcome = run_dense(config)
-        _link_tree(dense_dir, output_dir)
+        if args.should_save:
+            _link_tree(dense_dir, output_dir)
         return [outcome]
     if phase == "after":
         return [run_after(config, output_dir)]
     if phase == "iterative":
-        return run_iterative(config, output_dir)
+        return run_iterative(config, output_dir, on_round=on_round)
     return [fine_tune(config, output_dir)]
 
 

@@ -25,7 +25,8 @@ logger = logging.get_logger(__name__)
 
 SPLITS = ("auto", "eval", "test")
 MISSING = "–"
-CSV_LEADING = ("key", "recipe", "method", "target_sparsity", "mask_sparsity", "measured_sparsity", "seed", "round")
+CSV_LEADING = ("key", "recipe", "method", "module_group", "target_sparsity", "mask_sparsity", "measured_sparsity",
+               "seed", "round")
 CSV_TRAILING = ("wall_time_s", "steps", "version", "git_commit", "output_dir")
 
 # method -> (legend label, colour, line style), after the paper's figures
@@ -60,16 +61,33 @@ class ResultTable:
     dense: Stat | None
     chance_level: float | None
     selected_on: str = "validation"  # the split checkpoints were selected on (records' select_on)
+    subset: str | None = None  # a named evaluation subset reported on its own (RACE: middle, high)
+
+    @property
+    def title(self) -> str:
+        """The panel's name: the recipe, and its subset if any ("race (middle)")."""
+        return f"{self.recipe} ({self.subset})" if self.subset else self.recipe
+
+    @property
+    def stem(self) -> str:
+        """The panel's file name without suffix: "race-middle" for a subset, else the recipe."""
+        return f"{self.recipe}-{self.subset}" if self.subset else self.recipe
 
 
 # ---- aggregation ----------------------------------------------------------------------------------
 
 
 def method_order(methods: Iterable[str]) -> list[str]:
-    """Dense first, then the registry's order, then unknown names alphabetically."""
+    """Dense first, then the registry's order (rows `method [group]` by their method), then unknown names."""
     known = method_names()
     rank = {name: i for i, name in enumerate(known)}
-    return sorted(set(methods), key=lambda m: (m != "dense", rank.get(m, len(known)), m))
+    return sorted(set(methods), key=lambda m: (m != "dense", rank.get(m.split(" [", 1)[0], len(known)), m))
+
+
+def row_label(record: Mapping[str, Any], by_group: bool) -> str:
+    """A record's table row: its method, plus its module group (`omp_after [qk]`) when the table compares groups."""
+    group = record.get("module_group")
+    return f"{record['method']} [{group}]" if by_group and group and record["method"] != "dense" else record["method"]
 
 
 def choose_metric_key(records: Sequence[Mapping[str, Any]], metric: str, split: str = "auto") -> tuple[str, str]:
@@ -95,16 +113,18 @@ def _recipe_metric(recipe: str, records: Sequence[Mapping[str, Any]]) -> str:
 
 
 def _by_seed(recipe: str, records: Sequence[Mapping[str, Any]], metric_key: str) -> dict[tuple[str, float], dict]:
-    """(method, sparsity) -> {seed: value}; a seed recorded twice keeps its last record (ledger order)."""
+    """(row, sparsity) -> {seed: value}; a seed recorded twice keeps its last record (ledger order). The row is the
+    method, or `method [module group]` when the records compare several module groups."""
     groups: dict[tuple[str, float], dict[int, float]] = {}
     skipped = []
+    by_group = len({r.get("module_group") for r in records if r["method"] != "dense"}) > 1  # Table 1: row per group
     for r in records:
         value = r["metrics"].get(metric_key)
         if not isinstance(value, (int, float)) or math.isnan(value):
             skipped.append(r["key"])
             continue
         sparsity = 0.0 if r["method"] == "dense" else round(float(r["target_sparsity"]), 6)
-        seeds = groups.setdefault((r["method"], sparsity), {})
+        seeds = groups.setdefault((row_label(r, by_group), sparsity), {})
         if r["seed"] in seeds:
             logger.warning(f"{recipe}: {r['method']} at sparsity {sparsity:g} has seed {r['seed']} twice; "
                            f"using the later record {r['key']}")
@@ -115,9 +135,11 @@ def _by_seed(recipe: str, records: Sequence[Mapping[str, Any]], metric_key: str)
     return groups
 
 
-def summarize_recipe(recipe: str, records: Sequence[Mapping[str, Any]], split: str = "auto") -> ResultTable:
-    """The table of one recipe's records."""
-    metric_key, split = choose_metric_key(records, _recipe_metric(recipe, records), split)
+def summarize_recipe(recipe: str, records: Sequence[Mapping[str, Any]], split: str = "auto",
+                     subset: str | None = None) -> ResultTable:
+    """The table of one recipe's records; with `subset`, of its `<split>_<subset>_<metric>` values."""
+    metric = _recipe_metric(recipe, records)
+    metric_key, split = choose_metric_key(records, f"{subset}_{metric}" if subset else metric, split)
     groups = _by_seed(recipe, records, metric_key)
     dense = groups.pop(("dense", 0.0), None)
     chance = next((r["chance_level"] for r in records if r.get("chance_level") is not None), None)
@@ -131,11 +153,19 @@ def summarize_recipe(recipe: str, records: Sequence[Mapping[str, Any]], split: s
         dense=_stat(list(dense.values())) if dense else None,
         chance_level=float(chance) if chance is not None else None,
         selected_on="/".join(sorted({str(r.get("select_on", "validation")) for r in records})),
+        subset=subset,
     )
 
 
+def record_subsets(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The named evaluation subsets the records' recipe reports separately (union, in order of appearance)."""
+    return list(dict.fromkeys(s for r in records for s in r.get("subsets") or ()))
+
+
 def summarize(records: Sequence[Mapping[str, Any]], split: str = "auto") -> list[ResultTable]:
-    """One table per recipe (in order of first appearance), with means and population stds over seeds."""
+    """One table per recipe (in order of first appearance), or one per subset for a recipe with named
+    evaluation subsets (RACE: middle, high, like the paper's RACE-M / RACE-H panels); means and population
+    stds over seeds."""
     if split not in SPLITS:
         raise ValueError(f"--split must be one of {', '.join(SPLITS)}; got {split!r}")
     by_recipe: dict[str, list[Mapping[str, Any]]] = {}
@@ -143,11 +173,12 @@ def summarize(records: Sequence[Mapping[str, Any]], split: str = "auto") -> list
         by_recipe.setdefault(r["recipe"], []).append(r)
     tables = []
     for recipe, rs in by_recipe.items():
-        table = summarize_recipe(recipe, rs, split)
-        if table.cells or table.dense:
-            tables.append(table)
-        else:
-            logger.warning(f"{recipe}: no record has {table.metric_key!r}; no table for this recipe")
+        for subset in record_subsets(rs) or [None]:
+            table = summarize_recipe(recipe, rs, split, subset=subset)
+            if table.cells or table.dense:
+                tables.append(table)
+            else:
+                logger.warning(f"{table.title}: no record has {table.metric_key!r}; no table for it")
     return tables
 
 
@@ -169,7 +200,7 @@ def to_markdown(table: ResultTable) -> str:
     """A GitHub markdown table: a row per method, a column per sparsity; dense repeats its value in every column."""
     sparsities = table.sparsities or [0.0]
     lines = [
-        f"### {table.recipe}: {table.metric_key} ({table.split} split; checkpoints selected on {table.selected_on})",
+        f"### {table.title}: {table.metric_key} ({table.split} split; checkpoints selected on {table.selected_on})",
         "",
         "| method | " + " | ".join(_sparsity_label(s) for s in sparsities) + " |",
         "| --- | " + " | ".join("---:" for _ in sparsities) + " |",
@@ -239,7 +270,7 @@ def plot(table: ResultTable, path: str) -> str:
         ax.set_xticks(xs, [f"{s:g}" for s in table.sparsities] or ["0"], rotation=45)
         ax.set_xlabel("Sparsity", fontsize=13)
         ax.set_ylabel(ylabel, fontsize=13)
-        ax.set_title(table.recipe, fontsize=14)
+        ax.set_title(table.title, fontsize=14)
         ax.grid(True, color="0.75", lw=0.8)
         ax.set_axisbelow(True)
         fig.tight_layout()
@@ -276,7 +307,8 @@ def _file_name(recipe: str) -> str:
 
 
 def write_report(ledger_path: str, out_dir: str, split: str = "auto") -> dict[str, list[str]]:
-    """results.md, results.csv and <recipe>.png in `out_dir` from the ledger; returns the paths by kind."""
+    """results.md, results.csv and <recipe>.png (<recipe>-<subset>.png per subset) in `out_dir` from the ledger;
+    returns the paths by kind."""
     records = Ledger(ledger_path).records()
     if not records:
         where = "is empty" if os.path.exists(ledger_path) else "does not exist"
@@ -287,5 +319,5 @@ def write_report(ledger_path: str, out_dir: str, split: str = "auto") -> dict[st
     with open(markdown, "w", encoding="utf-8") as fh:
         fh.write(f"# Results\n\nFrom `{ledger_path}` ({len(records)} runs).\n\n")
         fh.write("\n".join(to_markdown(t) for t in tables))
-    pngs = [plot(t, os.path.join(out_dir, f"{_file_name(t.recipe)}.png")) for t in tables]
+    pngs = [plot(t, os.path.join(out_dir, f"{_file_name(t.stem)}.png")) for t in tables]
     return {"markdown": [markdown], "csv": [to_csv(records, os.path.join(out_dir, "results.csv"))], "png": pngs}

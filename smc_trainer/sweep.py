@@ -19,9 +19,11 @@ from typing import Any
 from transformers.utils import logging
 
 from smc_trainer.dense_cache import config_fingerprint, fingerprint_hash
+from smc_trainer.folds import over_folds
 from smc_trainer.ledger import Ledger
 from smc_trainer.methods import get_method_class
 from smc_trainer.methods.iterative import imp_round_for, imp_sparsity
+from smc_trainer.module_groups import parse_module_group
 from smc_trainer.pipeline import RunConfig, RunOutcome, run, run_dense, run_iterative
 from smc_trainer.version import __version__
 
@@ -42,6 +44,11 @@ class SweepArguments:
         metadata={"help": "Comma-separated sparsities, or 'paper' for 1 - 0.8^k, k = 1..10."},
     )
     seeds: str = field(default="0", metadata={"help": "Comma-separated seeds."})
+    module_groups: str | None = field(
+        default=None,
+        metadata={"help": "Comma-separated module groups, one more sweep dimension (the paper's Table 1: "
+                  "qkvo_ffn,qkv,qk,qv,kv): each sparse run prunes only those linears (its --prune_modules)."},
+    )
     sweep_dir: str = field(default="smc_outputs/sweep", metadata={"help": "Where runs, the ledger and report go."})
     sweep_ledger: str | None = field(default=None, metadata={"help": "Ledger path (default: SWEEP_DIR/ledger.jsonl)."})
     dry_run: bool = field(default=False, metadata={"help": "Print the plan and stop."})
@@ -59,10 +66,16 @@ class Job:
     seed: int
     method: str
     sparsities: tuple[float, ...]
+    module_group: str | None = None  # --prune_modules of the job's runs (None: the recipe's / flags')
 
     @property
     def fine_tunes(self) -> int:
         return len(self.sparsities) if self.kind == "chain" else 1
+
+    @property
+    def label(self) -> str:
+        """The method, with the module group when there is one: `omp_after[qk]`."""
+        return self.method if self.module_group is None else f"{self.method}[{self.module_group}]"
 
 
 @dataclass
@@ -77,7 +90,7 @@ class Plan:
         """One line per (recipe, seed, method): what is trained and how many fine-tunes it costs."""
         groups: dict[tuple[str, int, str], list[Job]] = {}
         for j in self.jobs:
-            groups.setdefault((j.recipe, j.seed, j.method), []).append(j)
+            groups.setdefault((j.recipe, j.seed, j.label), []).append(j)
         lines = [f"Sweep plan: {self.fine_tunes} fine-tunes"]
         for (recipe, seed, method), jobs in groups.items():
             kind = jobs[0].kind
@@ -122,9 +135,12 @@ def snap_to_grid(sparsity: float, rate: float) -> float:
 
 def make_plan(
     recipes: Sequence[str], methods: Sequence[str], sparsities: Sequence[float], seeds: Sequence[int],
-    imp_rate: float = 0.2,
+    imp_rate: float = 0.2, module_groups: Sequence[str | None] = (None,),
 ) -> Plan:
-    """The cheapest set of fine-tunes covering the grid. Unknown methods raise before anything runs."""
+    """The cheapest set of fine-tunes covering the grid. Unknown methods raise before anything runs.
+
+    Every sparse method runs once per module group; the dense fine-tune (which prunes nothing) is shared.
+    """
     phases = {m: get_method_class(m).phase for m in methods}
     grid = sorted({snap_to_grid(s, imp_rate) for s in sparsities})
     jobs: list[Job] = []
@@ -135,12 +151,13 @@ def make_plan(
             for method, phase in phases.items():
                 if phase == "dense":
                     continue
-                if phase == "iterative":
-                    rounds = max(imp_round_for(s, imp_rate) for s in grid)
-                    jobs.append(Job("chain", recipe, seed, method,
-                                    tuple(imp_sparsity(k, imp_rate) for k in range(1, rounds + 1))))
-                else:
-                    jobs.extend(Job("single", recipe, seed, method, (s,)) for s in grid)
+                for group in module_groups:
+                    if phase == "iterative":
+                        rounds = max(imp_round_for(s, imp_rate) for s in grid)
+                        jobs.append(Job("chain", recipe, seed, method,
+                                        tuple(imp_sparsity(k, imp_rate) for k in range(1, rounds + 1)), group))
+                    else:
+                        jobs.extend(Job("single", recipe, seed, method, (s,), group) for s in grid)
     return Plan(jobs)
 
 
@@ -152,7 +169,10 @@ def make_plan(
 def run_key(config: RunConfig) -> str:
     a = config.training_args
     digest = fingerprint_hash(config_fingerprint(config, include_sparse=True))
-    return f"{config.recipe.name}/{a.sparse_method}/{a.sparsity:.6f}/seed{a.seed}/{digest}"
+    method = a.sparse_method
+    if a.prune_modules and method != "dense":  # module groups (Table 1) are told apart in the key
+        method = f"{method}[{a.prune_modules}]"
+    return f"{config.recipe.name}/{method}/{a.sparsity:.6f}/seed{a.seed}/{digest}"
 
 
 def _git_commit() -> str | None:
@@ -175,6 +195,7 @@ def make_record(config: RunConfig, outcome: RunOutcome, key: str) -> dict[str, A
         "model": outcome.model or config.model_args.model_name_or_path,
         "method": a.sparse_method,
         "phase": get_method_class(a.sparse_method).phase,
+        "module_group": a.prune_modules if a.sparse_method != "dense" else None,
         "target_sparsity": a.sparsity,
         "mask_sparsity": outcome.mask_sparsity,
         "measured_sparsity": outcome.measured_sparsity,
@@ -183,6 +204,7 @@ def make_record(config: RunConfig, outcome: RunOutcome, key: str) -> dict[str, A
         "metrics": outcome.metrics,
         "metric": config.recipe.metric,
         "chance_level": config.recipe.chance_level,
+        "subsets": list(config.recipe.subsets),  # reported separately: metrics <split>_<subset>_<metric>
         "select_on": a.select_on,
         "layers": outcome.layers,
         "wall_time_s": outcome.wall_time_s,
@@ -222,20 +244,23 @@ def execute(
     finished = 0
     for job in plan.jobs:
         base = config_for(job.recipe, job.seed)
-        configs = [base.with_training(sparse_method=job.method, sparsity=s) for s in job.sparsities]
+        group = {} if job.module_group is None else {"prune_modules": job.module_group}
+        configs = [base.with_training(sparse_method=job.method, sparsity=s, **group) for s in job.sparsities]
         keys = [run_key(c) for c in configs]
         if all(k in done for k in keys):
             finished += job.fine_tunes
-            progress(f"[{finished}/{total}] skip {job.method} {job.recipe} seed {job.seed}: already in the ledger")
+            progress(f"[{finished}/{total}] skip {job.label} {job.recipe} seed {job.seed}: already in the ledger")
             continue
-        progress(f"[{finished + 1}/{total}] {job.kind} {job.method} on {job.recipe} (seed {job.seed})")
+        progress(f"[{finished + 1}/{total}] {job.kind} {job.label} on {job.recipe} (seed {job.seed})")
         run_dir = _run_dir(sweep_dir, configs[0], job)
+        # over_folds: a cross-validated recipe runs every fold, then records the pooled outcome(s)
         if job.kind == "dense":
-            _, outcome = run_dense(configs[0])
+            outcome = over_folds(configs[0], run_dir, lambda c, _dir, _cb: [run_dense(c)[1]])[0]
             record(configs[0], outcome)
         elif job.kind == "chain":
-            run_iterative(configs[-1], run_dir, rounds=len(configs),
-                          on_round=lambda o, cs=configs: record(cs[o.round - 1], o))
+            over_folds(configs[-1], run_dir,
+                       lambda c, d, cb, n=len(configs): run_iterative(c, d, rounds=n, on_round=cb),
+                       on_outcome=lambda o, cs=configs: record(cs[o.round - 1], o))
         else:
             outcome = RunOutcome.load(run_dir)  # finished but killed before the ledger append
             if outcome is None:  # pipeline.run adds the dense stage for after-methods
@@ -246,12 +271,12 @@ def execute(
 
 
 def _run_dir(sweep_dir: str, config: RunConfig, job: Job) -> str:
+    recipe = config.recipe.name  # not job.recipe, which may be a path to a recipe YAML
     if job.kind == "chain":
         digest = fingerprint_hash(config_fingerprint(config.with_training(sparsity=0.0), include_sparse=True))
-        return os.path.join(sweep_dir, "runs", job.recipe, job.method, f"chain-seed{job.seed}-{digest[:8]}")
+        return os.path.join(sweep_dir, "runs", recipe, job.label, f"chain-seed{job.seed}-{digest[:8]}")
     digest = run_key(config).rsplit("/", 1)[-1]
-    return os.path.join(sweep_dir, "runs", job.recipe, job.method,
-                        f"s{job.sparsities[0]:.4f}-seed{job.seed}-{digest[:8]}")
+    return os.path.join(sweep_dir, "runs", recipe, job.label, f"s{job.sparsities[0]:.4f}-seed{job.seed}-{digest[:8]}")
 
 
 def seeds_from(text: str) -> list[int]:
@@ -263,6 +288,16 @@ def seeds_from(text: str) -> list[int]:
 
 def unique(items: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(items))
+
+
+def module_groups_from(text: str | None) -> list[str | None]:
+    """The --module_groups list, each validated ("qkvo_ffn,qkv" -> ["qkvo_ffn", "qkv"]); [None] when unset."""
+    if text is None:
+        return [None]
+    groups = unique(parse_list(text, "module_groups"))
+    for group in groups:
+        parse_module_group(group, flag="module_groups")
+    return groups
 
 
 
@@ -277,10 +312,12 @@ def run_sweep(sweep_args: SweepArguments, run_argv: list[str]) -> list[dict[str,
     methods = unique(parse_list(sweep_args.methods, "methods"))
     sparsities = parse_sparsities(sweep_args.sparsities)
     seeds = seeds_from(sweep_args.seeds)
+    groups = module_groups_from(sweep_args.module_groups)
     if not any(a.startswith("--dense_cache_dir") for a in run_argv):
         run_argv = [*run_argv, "--dense_cache_dir", os.path.join(sweep_args.sweep_dir, "dense_cache")]
     bases = {r: parse_run_config([*run_argv, "--recipe", r]) for r in recipes}  # bad flags/recipes fail here
-    plan = make_plan(recipes, methods, sparsities, seeds, imp_rate=next(iter(bases.values())).training_args.imp_rate)
+    plan = make_plan(recipes, methods, sparsities, seeds, imp_rate=next(iter(bases.values())).training_args.imp_rate,
+                     module_groups=groups)
     logger.info(plan.describe())
     ledger = Ledger(sweep_args.ledger_path())
     done = ledger.done_keys()  # a foreign or outdated ledger is refused before any training

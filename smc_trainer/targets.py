@@ -1,4 +1,4 @@
-"""Which parameters are prunable: the 2-D weights of Linear, Conv1D and Embedding modules.
+"""Which parameters are prunable: the 2-D weights of Linear, Conv1D, Embedding and recurrent (LSTM/GRU) modules.
 
 No per-architecture code: embeddings are found by module type, the task head as the parameters
 outside `model.base_model` (or the output embeddings when the model is its own base). Biases and
@@ -8,9 +8,12 @@ norm weights are 1-D and never pruned. Tied weights appear once (by their first 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from torch import nn
+
+from smc_trainer.module_groups import module_group_regex
 
 try:  # GPT-2 style transposed linear
     from transformers.pytorch_utils import Conv1D
@@ -18,6 +21,7 @@ except ImportError:  # pragma: no cover - very old transformers
     Conv1D = ()  # type: ignore[assignment]
 
 PRUNABLE_MODULES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Embedding) + ((Conv1D,) if Conv1D else ())
+RECURRENT_MODULES: tuple[type[nn.Module], ...] = (nn.RNNBase,)  # LSTM / GRU / RNN: every 2-D `weight_*`
 GROUPS = ("embeddings", "head", "layers", "other")
 _LAYER_INDEX = re.compile(r"\.(\d+)\.")
 
@@ -49,6 +53,21 @@ def _head_prefixes(model: nn.Module) -> tuple[set[str], set[int]]:
     return {base_prefix + "."}, head_ids
 
 
+def _module_weights(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, nn.Parameter]]:
+    """(module name, module, attribute, weight) for every 2-D weight of a prunable module: `weight` of a
+    Linear / Conv1D / Embedding, each `weight_ih_l<k>` / `weight_hh_l<k>` (and `_reverse`) of a recurrent layer."""
+    for mod_name, module in model.named_modules():
+        if isinstance(module, RECURRENT_MODULES):
+            weights = [(n, p) for n, p in module.named_parameters(recurse=False) if n.startswith("weight_")]
+        elif isinstance(module, PRUNABLE_MODULES):
+            weights = [("weight", getattr(module, "weight", None))]
+        else:
+            continue
+        for attr, weight in weights:
+            if isinstance(weight, nn.Parameter) and weight.dim() == 2:
+                yield mod_name, module, attr, weight
+
+
 def find_targets(
     model: nn.Module,
     *,
@@ -56,22 +75,23 @@ def find_targets(
     prune_heads: bool = True,
     include: str | None = None,
     exclude: str | None = None,
+    modules: str | None = None,
 ) -> list[PruneTarget]:
     """The prunable weights of `model`, in `named_modules` order.
+
+    `modules` names a module group of the transformer layers (`smc_trainer.module_groups`, e.g. "qkv"):
+    only the weights of those linears stay prunable.
 
     Raises ValueError when a regex matches no candidate weight or when nothing is left to prune.
     """
     base_prefixes, head_ids = _head_prefixes(model)
     candidates: list[PruneTarget] = []
     seen: set[int] = set()
-    for mod_name, module in model.named_modules():
-        if not isinstance(module, PRUNABLE_MODULES):
-            continue
-        weight = getattr(module, "weight", None)
-        if not isinstance(weight, nn.Parameter) or weight.dim() != 2 or id(weight) in seen:
+    for mod_name, module, attr, weight in _module_weights(model):
+        if id(weight) in seen:
             continue
         seen.add(id(weight))
-        name = f"{mod_name}.weight" if mod_name else "weight"
+        name = f"{mod_name}.{attr}" if mod_name else attr
         is_head = id(weight) in head_ids or (bool(base_prefixes) and not name.startswith(tuple(base_prefixes)))
         if isinstance(module, nn.Embedding):  # an input embedding tied to the LM head is still an embedding
             group = "embeddings"
@@ -89,18 +109,22 @@ def find_targets(
     ]
     targets = _apply_regex(targets, candidates, include, "prune_include", keep_matches=True)
     targets = _apply_regex(targets, candidates, exclude, "prune_exclude", keep_matches=False)
+    if modules is not None:
+        targets = _apply_regex(targets, candidates, module_group_regex(modules), "prune_modules", keep_matches=True)
     if not targets:
         raise ValueError(
             f"{type(model).__name__} has no prunable parameters (2-D weights of Linear, Conv1D or Embedding "
-            "modules) left after --prune_embeddings/--prune_heads/--prune_include/--prune_exclude"
+            "modules) left after --prune_embeddings/--prune_heads/--prune_include/--prune_exclude/--prune_modules"
         )
     return targets
 
 
 def targets_for_args(model: nn.Module, args) -> list[PruneTarget]:
-    """`find_targets` configured by the --prune_embeddings/--prune_heads/--prune_include/--prune_exclude flags."""
+    """`find_targets` configured by the --prune_embeddings/--prune_heads/--prune_include/--prune_exclude/
+    --prune_modules flags."""
     return find_targets(model, prune_embeddings=args.prune_embeddings, prune_heads=args.prune_heads,
-                        include=args.prune_include, exclude=args.prune_exclude)
+                        include=args.prune_include, exclude=args.prune_exclude,
+                        modules=getattr(args, "prune_modules", None))
 
 
 def _apply_regex(

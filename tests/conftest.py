@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
-import pytest
-import torch
-from tiny_models import MODEL_NAMES, make_tiny
+# Tests never reach the network, whoever runs them: set before any Hugging Face library is imported.
+os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from tiny_models import MODEL_NAMES, make_tiny  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -81,3 +86,16 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "arithmetic").is_dir():
         pytest.skip(f"shared benchmark data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def restore_logger_levels():
+    """`run_smc.setup_logging` (CLI tests) sets package logger levels globally; put them back after each test
+    so a later test's `caplog` sees what it expects whatever ran before it."""
+    import logging
+
+    names = ("run_smc", "smc_trainer", "transformers", "datasets")
+    levels = {name: logging.getLogger(name).level for name in names}
+    yield
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)

@@ -72,6 +72,20 @@ def test_cli_refuses_non_empty_output_dir_without_checkpoint(tmp_path):
         main(tiny_run(tmp_path, "--sparse_method", "dense", "--sparsity", "0"))
 
 
+def test_cli_rerun_of_an_interrupted_chain_or_cv_run_is_allowed(tmp_path):
+    """A folder holding an LTH chain's rounds or a CV run's folds is resumed stage by stage, not refused."""
+    from run_smc import check_output_dir
+    from smc_trainer.config import parse_run_config
+
+    for stage in ("round-01", "fold-0"):
+        out = tmp_path / stage.split("-")[0]
+        (out / stage).mkdir(parents=True)
+        check_output_dir(parse_run_config(tiny_run(out, "--sparse_method", "lth", "--sparsity", "0.2")))
+    (tmp_path / "other" / "round-x").mkdir(parents=True)  # not one of ours: still refused
+    with pytest.raises(ValueError, match="is not empty"):
+        check_output_dir(parse_run_config(tiny_run(tmp_path / "other", "--sparse_method", "lth", "--sparsity", "0.2")))
+
+
 def test_help_lists_every_flag():
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     result = subprocess.run([sys.executable, str(ROOT / "run_smc.py"), "--help"], capture_output=True, text=True,

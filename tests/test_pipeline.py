@@ -113,3 +113,41 @@ def test_selection_split_follows_select_on(tmp_path, start_weights, monkeypatch,
     expected = bundles[0].eval_dataset if select_on == "validation" else bundles[0].test_dataset
     assert start_weights[0]["eval_dataset"] is expected
     assert {"eval_accuracy", "test_accuracy"} <= set(outcome.metrics)  # both always reported, separately
+
+
+def test_dense_outcome_names_the_cache_entry_not_its_partial_folder(tmp_path):
+    config = tiny_config(tmp_path, "dense", 0.0)
+    directory, outcome = pipeline.run_dense(config)
+    assert outcome.output_dir == directory and os.path.isdir(outcome.output_dir)
+    assert not outcome.output_dir.endswith(".partial")
+    _, again = pipeline.run_dense(config)  # a cache hit reports the same place
+    assert again.output_dir == directory
+
+
+def test_explicit_resume_reaches_only_the_round_that_holds_it(tmp_path, start_weights, monkeypatch):
+    """--resume_from_checkpoint inside round-02 must not make round 1 resume from round 2's checkpoint."""
+    resumed: dict[str, object] = {}
+
+    def spy(args, output_dir):
+        resumed[os.path.basename(output_dir)] = args.resume_from_checkpoint
+        return None  # train from scratch: the point is which round was handed the path
+
+    monkeypatch.setattr(pipeline, "_resume_point", spy)
+    chain = tmp_path / "chain"
+    target = str(chain / "round-02" / "checkpoint-2")
+    config = tiny_config(tmp_path, "lth", 0.36, "--resume_from_checkpoint", target)
+    pipeline.run_iterative(config, str(chain))
+    assert {k: v for k, v in resumed.items() if k.startswith("round-")} == {"round-01": None, "round-02": target}
+    assert all(v is None for k, v in resumed.items() if not k.startswith("round-"))  # nor the dense stage
+
+
+@pytest.mark.parametrize("arch", ["esm", "roberta", "t5"])
+def test_load_weights_reads_save_pretrained_folders_of_any_architecture(tmp_path, arch):
+    """transformers renames some keys on save (ESM: LayerNorm.gamma/beta); the dense cache must still load."""
+    from tiny_models import make_tiny
+
+    source, target = make_tiny(arch, seed=0), make_tiny(arch, seed=1)
+    source.save_pretrained(tmp_path)
+    pipeline.load_weights(target, str(tmp_path))
+    for (name, a), b in zip(source.state_dict().items(), target.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name

@@ -21,6 +21,10 @@ def snip_scores(ctx: SparseContext) -> dict[str, LayerScores]:
         grad = t.param.grad
         if grad is None:  # a weight the loss does not reach has zero sensitivity
             scores[t.name] = tensor_scores(torch.zeros(t.numel, device=t.param.device))
+        elif not bool(torch.isfinite(grad).all()):  # fp16: the loss scale overflowed; inf would rank first
+            raise FloatingPointError(
+                f"SNIP gradients of {t.name} are not finite; under --fp16 the scaled loss overflowed on the "
+                f"--snip_batches {ctx.args.snip_batches} batch(es). Use --bf16, or fp32 for this run.")
         else:
             scores[t.name] = product_scores(t.param, grad)
     return scores

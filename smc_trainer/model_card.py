@@ -1,0 +1,192 @@
+"""The model card (README.md) of a sparse release, generated from the run that produced it.
+
+YAML metadata through `huggingface_hub.ModelCardData` (library_name, tags, base_model, datasets), then
+markdown: method, target and achieved sparsity, the prunable set, per-layer sparsity, metrics, data,
+base checkpoint, the exact command that reproduces the run, how to load it, and the files.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from huggingface_hub import ModelCard, ModelCardData
+
+TAGS = ["sparse", "pruning", "smc-bench", "smc-trainer"]
+_SPEED_SUFFIXES = ("_runtime", "_samples_per_second", "_steps_per_second")
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+@dataclass
+class CardFacts:
+    """Everything the card says; `hub.write_release_files` gathers it from the run."""
+
+    sparsity: dict[str, Any]
+    """The `sparsity` dict written into config.json (method, target, achieved, distribution, scope ...)."""
+    layers: list[dict[str, Any]]
+    """Per-layer rows of the sparsity report: name, shape, total, kept, nonzero."""
+    metrics: dict[str, float] = field(default_factory=dict)
+    run: dict[str, Any] | None = None
+    """`provenance.run_config_dict` of the run (command, recipe, argument dataclasses)."""
+    architecture: str | None = None
+    base_model: str | None = None
+    """What the run started from, in words or as an id."""
+    base_model_id: str | None = None
+    """The Hub id of the base checkpoint, for the card's metadata."""
+    dataset: str | None = None
+    repo_id: str | None = None
+    files: dict[str, int] = field(default_factory=dict)
+    """File name -> size in bytes of the release."""
+    compressed: dict[str, int] | None = None
+    """{'dense_bytes': ..., 'compressed_bytes': ...} when model.sparse.safetensors was written."""
+
+
+def is_hub_id(name: str | None) -> bool:
+    """A Hub repository id `org/name` (not a local path, nor a bare name such as the quickstart's `tiny`)."""
+    return bool(name) and _HUB_ID.fullmatch(name) is not None and not os.path.exists(name)
+
+
+def headline_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """Evaluation and test scores (and the training loss), without speed counters."""
+    keep = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+            and (k.startswith(("eval_", "test_")) or k == "train_loss") and not k.endswith(_SPEED_SUFFIXES)}
+    return dict(sorted(keep.items(), key=lambda kv: (not kv[0].startswith("eval_"), kv[0])))
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return "-" if value is None or value == "" else str(value)
+
+
+def _cell(value: Any) -> str:
+    """A markdown table cell: `|` escaped, even inside code spans (GFM splits cells on it otherwise)."""
+    return _fmt(value).replace("|", "\\|")
+
+
+def _size(n: float) -> str:
+    if n < 1024:
+        return f"{int(n)} B"
+    for unit in ("KiB", "MiB", "GiB"):
+        n /= 1024
+        if n < 1024 or unit == "GiB":
+            break
+    return f"{n:.1f} {unit}"
+
+
+def card_data(facts: CardFacts) -> ModelCardData:
+    s = facts.sparsity
+    return ModelCardData(
+        library_name="transformers",
+        tags=TAGS + ([s["method"]] if s.get("phase") else []),
+        base_model=facts.base_model_id if is_hub_id(facts.base_model_id) else None,
+        datasets=[facts.dataset] if is_hub_id(facts.dataset) else None,
+    )
+
+
+def _sparsity_section(facts: CardFacts) -> list[str]:
+    s, scope = facts.sparsity, facts.sparsity.get("scope", {})
+    rows = [
+        ("method", f"`{s['method']}` ({s.get('phase', '-')})"),
+        ("target sparsity", _fmt(s["target_sparsity"])),
+        ("achieved sparsity (zeros in the weights)", _fmt(s["achieved_sparsity"])),
+        ("mask sparsity", _fmt(s["mask_sparsity"])),
+        ("distribution over layers", s.get("distribution")),
+        ("prunable weights", f"{_fmt(s['prunable_parameters'])} of {_fmt(s.get('total_parameters'))} parameters"),
+        ("embeddings / task head prunable", f"{scope.get('prune_embeddings')} / {scope.get('prune_heads')}"),
+        ("include / exclude regex", " / ".join(f"`{v}`" if v else "-" for v in (scope.get("prune_include"),
+                                                                                   scope.get("prune_exclude")))),
+        ("optimizer steps", _fmt(s.get("optimizer_steps"))),
+    ]
+    lines = ["## Sparsity", "", "| | |", "| --- | --- |", *[f"| {k} | {_cell(v)} |" for k, v in rows], ""]
+    lines += ["<details><summary>Per-layer sparsity (mask, and measured on the weights)</summary>", "",
+              "| layer | shape | kept / total | sparsity | measured |", "| --- | --- | ---: | ---: | ---: |"]
+    for r in facts.layers:
+        total = max(1, r["total"])
+        lines.append(f"| `{r['name']}` | {'x'.join(map(str, r['shape']))} | {r['kept']:,} / {r['total']:,} | "
+                     f"{1 - r['kept'] / total:.4f} | {1 - r['nonzero'] / total:.4f} |")
+    return lines + ["", "</details>", ""]
+
+
+def _results_section(facts: CardFacts) -> list[str]:
+    metrics = headline_metrics(facts.metrics)
+    if not metrics:
+        return ["## Results", "", "No evaluation metrics were recorded for this run.", ""]
+    lines = ["## Results", "", "`eval_*`: validation split (used for any checkpoint selection); `test_*`: test split.",
+             "", "| metric | value |", "| --- | ---: |"]
+    return lines + [f"| {k} | {_fmt(v)} |" for k, v in metrics.items()] + [""]
+
+
+def _training_section(facts: CardFacts) -> list[str]:
+    lines = ["## Training", "", f"- base checkpoint: {_fmt(facts.base_model)}", f"- data: {_fmt(facts.dataset)}"]
+    run = facts.run or {}
+    recipe, args = run.get("recipe"), run.get("training_args") or {}
+    if recipe:
+        lines.append(f"- recipe: `{recipe['name']}` (task `{recipe['task']}`, metric `{recipe['metric']}`)")
+    length = "max_steps" if (args.get("max_steps") or -1) > 0 else "num_train_epochs"
+    picks = ("learning_rate", length, "per_device_train_batch_size", "gradient_accumulation_steps", "seed")
+    hyper = ", ".join(f"{k} {args[k]}" for k in picks if k in args)
+    if hyper:
+        lines.append(f"- hyper-parameters: {hyper}; all values in `smc_run_config.json`")
+    lines += ["", "## How to reproduce", ""]
+    if run.get("command"):
+        lines += [f"With smc-trainer {run.get('smc_trainer_version', '')} installed, from its repository root "
+                  "(where `run_smc.py` and `recipes/` are):", "",
+                  "```bash", run["command"] + " --output_dir my_run", "```", ""]
+    else:
+        lines += ["Trained through the Python API (`SparseTrainer`); its arguments are in `smc_run_config.json`.", ""]
+    return lines
+
+
+def _usage_section(facts: CardFacts) -> list[str]:
+    where = facts.repo_id or "path/to/this/folder"
+    cls = facts.architecture or "AutoModel"
+    return [
+        "## How to use", "",
+        "The weights are standard safetensors with the pruned weights stored as exact zeros:", "",
+        "```python", f"from transformers import {cls}", "", f'model = {cls}.from_pretrained("{where}")', "```", "",
+        "With the bool masks (e.g. to keep training sparse) and the sparsity report:", "",
+        "```python", "from smc_trainer.hub import load_sparse_pretrained", "",
+        f'ckpt = load_sparse_pretrained("{where}")   # .model, .masks, .report, .metrics, .run_config',
+        "# SparseTrainer(model=ckpt.model, args=..., initial_masks=ckpt.masks) keeps exactly this mask", "```", "",
+    ]
+
+
+def _files_section(facts: CardFacts) -> list[str]:
+    what = {
+        "model.safetensors": "the weights, dense layout, zeros in place (loads with `from_pretrained`)",
+        "config.json": "the model config; its `sparsity` entry holds the metadata above",
+        "sparse_masks.safetensors": "bool keep-masks, one per prunable weight, keyed by parameter name",
+        "sparsity_report.json": "per-layer kept / total / non-zero counts, measured from the tensors",
+        "smc_run_config.json": "smc-trainer version, the command, the recipe and every argument",
+        "model.sparse.safetensors": "the weights in smc-trainer's bitmask format (`smc_trainer.compressed`)",
+        "all_results.json": "the metrics above",
+    }
+    lines = ["## Files", "", "| file | size | content |", "| --- | ---: | --- |"]
+    lines += [f"| `{n}` | {_size(facts.files[n])} | {d} |" for n, d in what.items() if n in facts.files]
+    if facts.compressed:
+        dense, small = facts.compressed["dense_bytes"], facts.compressed["compressed_bytes"]
+        lines += ["", f"Compressed: `model.sparse.safetensors` is {_size(small)} against {_size(dense)} for "
+                  f"`model.safetensors` ({small / dense:.3f}x). It stores a bitmask of the non-zero elements "
+                  "(1 bit each), their values and the signs of the zeros; `smc_trainer.compressed.load_compressed` "
+                  "restores the exact state dict. Delete `model.safetensors` to ship only the compressed file; "
+                  "`load_sparse_pretrained` then reads it."]
+    return lines + [""]
+
+
+def model_card(facts: CardFacts) -> ModelCard:
+    """The card of one sparse release."""
+    s = facts.sparsity
+    title = facts.repo_id or f"{facts.base_model or 'model'} - {s['method']} sparse"
+    intro = (f"`{_fmt(facts.base_model)}` fine-tuned with the sparse method **{s['method']}** to "
+             f"**{s['achieved_sparsity']:.2%}** sparsity (target {s['target_sparsity']:g}) over its prunable weights, "
+             "by smc-trainer, the Hugging Face Trainer implementation of SMC-Bench "
+             "([Sparsity May Cry, ICLR 2023](https://arxiv.org/abs/2303.02141)).")
+    body = [f"# {title}", "", intro, "", *_sparsity_section(facts), *_results_section(facts),
+            *_training_section(facts), *_usage_section(facts), *_files_section(facts)]
+    return ModelCard(f"---\n{card_data(facts).to_yaml()}\n---\n\n" + "\n".join(body))

@@ -1,0 +1,192 @@
+"""One process of the multi-process test (tests/test_distributed.py); not a test module itself.
+
+    accelerate launch --multi_gpu --num_processes 2 tests/ddp_worker.py --out DIR [--cases rigl,gmp,...]
+
+Trainer cases train a tiny BERT per case on this process's shard of the data, from weights
+initialised with a process-dependent seed (DDP must synchronise them before any mask is chosen).
+Pipeline cases run `smc_trainer.pipeline.run` (dense cache, after-method retraining, LTH rounds).
+After every `train()` each process writes `DIR/<case>.<stage>.rank<r>.safetensors` (its masks and
+weights) and `.json` (counts, schedule position, digests of its data and of the gradients the
+method read); the test compares the processes bit for bit. Cases named `fault_*` plant a known
+divergence, to prove that the comparison can fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import faulthandler
+import hashlib
+import json
+import os
+import sys
+import time
+
+import torch
+from safetensors.torch import save_file
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from sparse_helpers import sparse_args, toy_dataset  # noqa: E402
+from tiny_models import make_tiny  # noqa: E402
+
+import smc_trainer.methods.random_before as random_before_module  # noqa: E402
+from smc_trainer import SparseTrainer, pipeline  # noqa: E402
+from smc_trainer.config import parse_run_config  # noqa: E402
+from smc_trainer.selection import keep_count  # noqa: E402
+
+SPARSITY = 0.59
+# every trainer case: 6 optimizer steps of 2 micro-batches of 4 examples per process
+COMMON = dict(max_steps=6, per_device_train_batch_size=4, gradient_accumulation_steps=2, update_interval=2,
+              prune_frequency=1, gmp_start=0.0, gmp_end=1.0, snip_batches=2, drop_fraction=0.5)
+TRAINER_CASES: dict[str, dict] = {
+    "rigl": dict(sparse_method="rigl", init_method="random_before"),
+    "rigl_snip": dict(sparse_method="rigl", init_method="snip"),
+    "set": dict(sparse_method="set", init_method="omp_before"),
+    "gmp": dict(sparse_method="gmp"),
+    "random_before": dict(sparse_method="random_before"),
+    "snip": dict(sparse_method="snip"),
+    # planted faults: random scores seeded by rank; SNIP gradients from the bare (never all-reduced) model
+    "fault_rank_seed": dict(sparse_method="random_before"),
+    "fault_local_snip": dict(sparse_method="snip"),
+}
+PIPELINE_CASES: dict[str, list[str]] = {  # run in this order: lth reuses the dense cache omp_after trains
+    "omp_after": ["--sparse_method", "omp_after", "--sparsity", "0.5"],
+    "lth": ["--sparse_method", "lth", "--sparsity", "0.36"],
+}
+CASES = [*TRAINER_CASES, *PIPELINE_CASES]
+
+
+def digest(tensors: list[torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class RecordingTrainer(SparseTrainer):
+    """Records the data each process trains on and the gradients its method reads; dumps its state after train()."""
+
+    case = "unnamed"
+    out = "."
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.record: dict = {"grad_digests": [], "data_digests": []}
+        method, callback = self.sparse_method, self.sparsity_callback
+        observe, accumulate = method.observe_dense_gradients, callback.accumulate_gradients
+
+        def observe_and_record(ctx, step):  # RigL: the gradients it grows by, before masking
+            observe(ctx, step)
+            self.record["grad_digests"].append(digest([method._grad_scores[t.name] for t in self.masks.targets]))
+
+        def accumulate_and_record(n):  # SNIP (also as RigL's initial mask): the gradients it scores
+            accumulate(n)
+            self.record["grad_digests"].append(digest([t.param.grad for t in self.masks.targets]))
+
+        method.observe_dense_gradients = observe_and_record
+        callback.accumulate_gradients = accumulate_and_record
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        self.record["data_digests"].append(digest([inputs["input_ids"]]))
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def train(self, *args, **kwargs):
+        result = super().train(*args, **kwargs)
+        self.dump()
+        return result
+
+    def dump(self) -> None:
+        rank = self.args.process_index
+        stage = os.path.basename(self.args.output_dir.rstrip("/")).removesuffix(".partial")
+        stage = "dense" if self.args.sparse_method == "dense" else stage
+        targets = self.masks.targets
+        self.record.update(
+            rank=rank,
+            world_size=self.args.world_size,
+            method=self.args.sparse_method,
+            target_sparsity=self.args.sparsity,
+            kept=self.masks.kept(),
+            expected_kept=keep_count(1.0 - self.args.sparsity, self.masks.total),
+            nonzero=sum(int(torch.count_nonzero(t.param)) for t in targets),
+            sparse_step=self.sparsity_callback.step,
+            global_step=self.state.global_step,
+            mask_events=len(self.sparsity_callback.events),
+            wrapped=type(self.model_wrapped).__name__,
+            # the masked tensors are those DDP synchronises and the optimizer updates (no copies)
+            masks_on_trained_tensors=all(
+                any(t.param is p for p in self.model_wrapped.parameters())
+                and any(t.param is p for g in self.optimizer.param_groups for p in g["params"]) for t in targets),
+        )
+        tensors = {f"mask/{n}": m.cpu() for n, m in self.masks.masks.items()}
+        tensors.update({f"weight/{n}": p.detach().cpu().clone() for n, p in self.model.named_parameters()})
+        base = os.path.join(self.out, f"{self.case}.{stage}.rank{rank}")
+        save_file(tensors, base + ".safetensors")
+        with open(base + ".json", "w", encoding="utf-8") as fh:
+            json.dump(self.record, fh, indent=1)
+
+
+class LocalSnipTrainer(RecordingTrainer):
+    """The bug a SNIP implementation makes under DDP: gradients through the bare module are never all-reduced."""
+
+    def _accumulate_gradients(self, n_batches: int) -> None:
+        wrapped, self.model_wrapped = self.model_wrapped, self.model
+        try:
+            super()._accumulate_gradients(n_batches)
+        finally:
+            self.model_wrapped = wrapped
+
+
+def run_trainer_case(case: str, out: str) -> None:
+    rank = int(os.environ.get("RANK", "0"))
+    config = {**COMMON, **TRAINER_CASES[case]}
+    args = sparse_args(os.path.join(out, case), config.pop("sparse_method"), SPARSITY, **config)
+    model = make_tiny("bert", seed=1000 + rank)  # differs per process until DDP broadcasts rank 0's weights
+    trainer_cls = type(case, (LocalSnipTrainer if case == "fault_local_snip" else RecordingTrainer,),
+                       {"case": case, "out": out})
+    trainer = trainer_cls(model=model, args=args, train_dataset=toy_dataset())
+    original_mix_seed = random_before_module.mix_seed
+    if case == "fault_rank_seed":
+        random_before_module.mix_seed = lambda seed, *parts: original_mix_seed(seed + rank, *parts)
+    try:
+        trainer.train()
+    finally:
+        random_before_module.mix_seed = original_mix_seed
+
+
+def run_pipeline_case(case: str, out: str) -> None:
+    config = parse_run_config([
+        "--model_name_or_path", "tiny", "--max_steps", "3", "--num_synthetic_examples", "48",
+        "--max_eval_samples", "16", "--per_device_train_batch_size", "4", "--learning_rate", "1e-2",
+        "--dense_cache_dir", os.path.join(out, "cache"), "--output_dir", os.path.join(out, case),
+        "--report_to", "none", "--disable_tqdm", "true", "--log_level", "warning", "--use_cpu",
+        *PIPELINE_CASES[case],
+    ])
+    original = pipeline.SparseTrainer
+    pipeline.SparseTrainer = type(case, (RecordingTrainer,), {"case": case, "out": out})
+    try:
+        pipeline.run(config)
+    finally:
+        pipeline.SparseTrainer = original
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--timeout", type=float, default=240.0,
+                        help="seconds after which this process prints every thread's stack and exits (a hang)")
+    opts = parser.parse_args(argv)
+    unknown = [c for c in opts.cases.split(",") if c not in CASES]
+    if unknown:
+        raise SystemExit(f"--cases: unknown {', '.join(unknown)}; choose from {', '.join(CASES)}")
+    faulthandler.dump_traceback_later(opts.timeout, exit=True)
+    torch.set_num_threads(1)
+    os.makedirs(opts.out, exist_ok=True)
+    for case in opts.cases.split(","):
+        started = time.perf_counter()
+        (run_trainer_case if case in TRAINER_CASES else run_pipeline_case)(case, opts.out)
+        print(f"ddp_worker rank {os.environ.get('RANK')}: {case} took {time.perf_counter() - started:.1f}s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
