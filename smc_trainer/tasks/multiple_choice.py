@@ -1,147 +1,96 @@
-"""Multiple-choice QA (CSQA and friends) for `AutoModelForMultipleChoice` models (RoBERTa, BERT ...).
+"""Multiple-choice QA (CSQA, WinoGrande, RACE) for `AutoModelForMultipleChoice` models (RoBERTa, BERT ...).
 
-Every dataset is first converted to one canonical schema, `{"question": str, "choices": list[str],
-"label": int}` (label -1: unlabeled), by the adapters below; tokenization, collation and the metric
-then know nothing about the source. Each (question, choice) pair is encoded as a sentence pair
-`Q: <question>` / `A: <choice>` as in the paper's fairseq inputs, truncating only the question side
-so that no answer is ever cut.
+Every dataset is first converted to one canonical schema by the adapters of
+`multiple_choice_schemas` (question, choices, label, optional context and subset); tokenization,
+collation and the metric then know nothing about the source. Each choice is encoded as a sentence
+pair: (`Q: <question>`, `A: <choice>`) as in the paper's fairseq inputs, or (context, choice) when
+the example has a context (WinoGrande: the sentence before the blank; RACE: the article). Only the
+first segment is ever truncated, so no answer is cut; an answer that cannot fit is an error.
+Recipes with `subsets` (RACE: middle, high) evaluate each subset on its own.
 """
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from datasets import Dataset, load_dataset
+from datasets import Dataset, DatasetDict, load_dataset
 from transformers import AutoConfig, AutoModelForMultipleChoice, AutoTokenizer, DataCollatorForMultipleChoice
 from transformers.utils import logging
 
 from smc_trainer.tasks import TaskBundle
+from smc_trainer.tasks.multiple_choice_schemas import (
+    ADAPTERS,
+    CANONICAL_COLUMNS,
+    check_canonical,
+    to_canonical,
+)
 
 logger = logging.get_logger(__name__)
 
-CANONICAL_COLUMNS = ("question", "choices", "label")
 LOCAL_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv"}
 QUESTION_PREFIX = "Q: "
 ANSWER_PREFIX = "A: "
+SPLITS = ("train", "validation", "test")
 
-
-# ---- adapters: source schema -> canonical ---------------------------------------------------------
-
-
-def _is_canonical(columns: set[str], example: dict[str, Any]) -> bool:
-    return set(CANONICAL_COLUMNS) <= columns and isinstance(example["choices"], list)
-
-
-def _is_hub_csqa(columns: set[str], example: dict[str, Any]) -> bool:
-    """tau/commonsense_qa (also ARC / OpenBookQA-like): choices {label: [...], text: [...]}, answerKey."""
-    return {"question", "choices", "answerKey"} <= columns and isinstance(example["choices"], dict)
-
-
-def _is_original_csqa(columns: set[str], example: dict[str, Any]) -> bool:
-    """The original CSQA jsonl: question {stem, choices: [{label, text}]}, answerKey."""
-    return {"question", "answerKey"} <= columns and isinstance(example["question"], dict)
-
-
-def _is_flat(columns: set[str], example: dict[str, Any]) -> bool:
-    """CSV-friendly: question, choice0 .. choiceK, label."""
-    return {"question", "choice0", "label"} <= columns
-
-
-def _label_of(key: str | None, labels: list[str]) -> int:
-    return labels.index(key) if key and key in labels else -1
-
-
-def _from_canonical(ex: dict[str, Any]) -> dict[str, Any]:
-    label = ex["label"]
-    return {"question": ex["question"], "choices": list(ex["choices"]), "label": -1 if label is None else int(label)}
-
-
-def _from_hub_csqa(ex: dict[str, Any]) -> dict[str, Any]:
-    labels = list(ex["choices"]["label"])
-    return {"question": ex["question"], "choices": list(ex["choices"]["text"]),
-            "label": _label_of(ex["answerKey"], labels)}
-
-
-def _from_original_csqa(ex: dict[str, Any]) -> dict[str, Any]:
-    choices = ex["question"]["choices"]
-    if isinstance(choices, dict):  # datasets may load a list of structs as a struct of lists
-        labels, texts = list(choices["label"]), list(choices["text"])
-    else:
-        labels, texts = [c["label"] for c in choices], [c["text"] for c in choices]
-    return {"question": ex["question"]["stem"], "choices": texts, "label": _label_of(ex.get("answerKey"), labels)}
-
-
-def _from_flat(ex: dict[str, Any]) -> dict[str, Any]:
-    choices, i = [], 0
-    while f"choice{i}" in ex and ex[f"choice{i}"] is not None:
-        choices.append(str(ex[f"choice{i}"]))
-        i += 1
-    label = ex["label"]
-    return {"question": ex["question"], "choices": choices, "label": -1 if label is None else int(label)}
-
-
-ADAPTERS: list[tuple[str, Callable[[set[str], dict], bool], Callable[[dict], dict]]] = [
-    ("canonical", _is_canonical, _from_canonical),
-    ("csqa", _is_hub_csqa, _from_hub_csqa),
-    ("csqa-jsonl", _is_original_csqa, _from_original_csqa),
-    ("flat", _is_flat, _from_flat),
-]
-
-
-def to_canonical(dataset: Dataset, where: str = "dataset") -> Dataset:
-    """Convert `dataset` to the canonical schema with the first adapter that recognizes it."""
-    if len(dataset) == 0:
-        raise ValueError(f"{where} is empty")
-    columns, first = set(dataset.column_names), dataset[0]
-    for name, detect, convert in ADAPTERS:
-        if detect(columns, first):
-            logger.info(f"{where}: {name} schema, {len(dataset)} examples")
-            converted = dataset.map(convert, remove_columns=dataset.column_names, desc=f"Reading {where}")
-            check_canonical(converted, where)
-            return converted
-    raise ValueError(f"{where} has columns {sorted(columns)}, which no adapter recognizes; expected "
-                     "question/choices/label, the CSQA schema (question, choices{label,text}, answerKey) or "
-                     "question/choice0..choiceK/label")
-
-
-def check_canonical(dataset: Dataset, where: str) -> None:
-    """Every example has the same number of choices (the model scores a fixed set) and a valid label."""
-    counts = {len(c) for c in dataset["choices"]}
-    if len(counts) != 1 or min(counts) < 2:
-        raise ValueError(f"{where}: every question needs the same number (>= 2) of choices; found {sorted(counts)}")
-    n = counts.pop()
-    bad = [y for y in dataset["label"] if not -1 <= y < n]
-    if bad:
-        raise ValueError(f"{where}: labels must be in [0, {n}) (or -1 for unlabeled); found {bad[0]}")
+RawSplit = Dataset | dict[str, Dataset] | None  # a dict: one dataset per named evaluation subset
 
 
 # ---- loading -----------------------------------------------------------------------------------
 
 
-def load_raw_splits(data_args, model_args, recipe) -> dict[str, Dataset | None]:
-    """Raw train/validation/test splits: local files when given, else the Hub dataset mapped by the recipe."""
+def load_raw_splits(data_args, model_args, recipe) -> dict[str, RawSplit]:
+    """Raw train/validation/test splits: local files when given, else the Hub dataset mapped by the recipe.
+
+    With recipe `subsets` (RACE: middle, high), the Hub's validation and test splits come from one
+    dataset config per subset; local validation/test files are split by their rows' subset later.
+    """
     files = {"train": data_args.train_file, "validation": data_args.validation_file, "test": data_args.test_file}
     if any(files.values()):
         return {split: _load_local(path, split, model_args.cache_dir) if path else None
                 for split, path in files.items()}
-    if not data_args.dataset_name:
+    name = data_args.dataset_name
+    if not name:
         raise ValueError("no data: pass --dataset_name or --train_file/--validation_file (the recipe sets neither)")
-    try:
-        dataset = load_dataset(data_args.dataset_name, data_args.dataset_config_name, cache_dir=model_args.cache_dir)
-    except Exception as err:
-        raise OSError(f"could not load dataset {data_args.dataset_name!r} from the Hugging Face Hub or the local "
-                      f"cache ({type(err).__name__}: {err}). Offline? Pass local files with --train_file and "
-                      "--validation_file (json, jsonl or csv).") from err
-    splits: dict[str, Dataset | None] = {}
-    for ours in ("train", "validation", "test"):
-        theirs = recipe.split(ours) if recipe is not None else ours
-        splits[ours] = dataset[theirs] if theirs is not None and theirs in dataset else None
-        if theirs is not None and theirs not in dataset and ours != "test":
-            logger.warning(f"{data_args.dataset_name} has no split {theirs!r} (ours: {ours}); it has {list(dataset)}")
+    dataset = _load_hub(name, data_args.dataset_config_name, model_args.cache_dir)
+    theirs = {ours: recipe.split(ours) if recipe is not None else ours for ours in SPLITS}
+    subsets = list(getattr(recipe, "subsets", None) or [])
+    if subsets and any(theirs[s] is not None for s in SPLITS[1:]):
+        by_subset = {subset: _load_hub(name, subset, model_args.cache_dir) for subset in subsets}
+    else:
+        by_subset = {}
+    splits: dict[str, RawSplit] = {}
+    for ours in SPLITS:
+        if theirs[ours] is None:
+            splits[ours] = None
+        elif ours != "train" and by_subset:
+            splits[ours] = {s: d[theirs[ours]] for s, d in by_subset.items() if _has_split(d, theirs[ours], name, ours)}
+        else:
+            splits[ours] = dataset[theirs[ours]] if _has_split(dataset, theirs[ours], name, ours) else None
     return splits
+
+
+def _has_split(dataset: DatasetDict, theirs: str, name: str, ours: str) -> bool:
+    if theirs in dataset:
+        return True
+    if ours != "test":
+        logger.warning(f"{name} has no split {theirs!r} (ours: {ours}); it has {list(dataset)}")
+    return False
+
+
+def _load_hub(name: str, config: str | None, cache_dir: str | None) -> DatasetDict:
+    """`datasets.load_dataset(name, config)`, with an error naming the id and the local-file flags when it fails."""
+    try:
+        return load_dataset(name, config, cache_dir=cache_dir)
+    except Exception as err:
+        which = f"{name!r}" + (f" (config {config!r})" if config else "")
+        raise OSError(f"could not load dataset {which} from the Hugging Face Hub or the local cache "
+                      f"({type(err).__name__}: {err}). Offline? Pass local files in the dataset's schema with "
+                      "--train_file, --validation_file and --test_file (json, jsonl or csv).") from err
 
 
 def _load_local(path: str, split: str, cache_dir: str | None) -> Dataset:
@@ -171,54 +120,124 @@ def load_model_and_tokenizer(model_args) -> tuple[Any, Any, str]:
     return model, tokenizer, f"{name} (pretrained)"
 
 
-# ---- preprocessing and metric --------------------------------------------------------------------
+# ---- preprocessing -------------------------------------------------------------------------------
+
+
+def segment_pairs(examples: dict[str, list]) -> tuple[list[str], list[str], list[int]]:
+    """(first segments, second segments, choices per example) of a batch of canonical examples."""
+    n = len(examples["question"])
+    contexts = examples["context"] if "context" in examples else [None] * n
+    firsts, seconds, counts = [], [], []
+    for question, choices, context in zip(examples["question"], examples["choices"], contexts):
+        if context is None:
+            firsts.extend([QUESTION_PREFIX + question] * len(choices))
+            seconds.extend(ANSWER_PREFIX + c for c in choices)
+        else:
+            firsts.extend(context if isinstance(context, list) else [context] * len(choices))
+            seconds.extend(choices)
+        counts.append(len(choices))
+    return firsts, seconds, counts
+
+
+def check_answers_fit(seconds: list[str], tokenizer: Any, max_length: int) -> None:
+    """Raise if a second segment (an answer) leaves no room in `max_length` for even one token of its first
+    segment (the question or context): the first segment is the only one truncated, and it cannot vanish."""
+    specials = tokenizer.num_special_tokens_to_add(pair=True)
+    lengths = [len(ids) for ids in tokenizer(seconds, add_special_tokens=False)["input_ids"]]
+    too_long = [i for i, n in enumerate(lengths) if n + specials >= max_length]
+    if too_long:
+        worst = max(too_long, key=lambda i: lengths[i])
+        raise ValueError(f"{len(too_long)} of {len(seconds)} answer candidates in this batch leave no room for the "
+                         f"question/context in --max_seq_length {max_length} (the longest needs {lengths[worst]} "
+                         f"tokens + {specials} special tokens: {seconds[worst][:80]!r}); answers are never "
+                         "truncated, so raise --max_seq_length")
 
 
 def tokenize_batch(examples: dict[str, list], tokenizer: Any, max_length: int) -> dict[str, list]:
-    """Encode each (question, choice) pair; nested per example: input_ids[i][choice]."""
-    firsts, seconds, counts = [], [], []
-    for question, choices in zip(examples["question"], examples["choices"]):
-        firsts.extend([QUESTION_PREFIX + question] * len(choices))
-        seconds.extend(ANSWER_PREFIX + c for c in choices)
-        counts.append(len(choices))
+    """Encode each (first, second) pair truncating only the first; nested per example: input_ids[i][choice]."""
+    firsts, seconds, counts = segment_pairs(examples)
+    check_answers_fit(seconds, tokenizer, max_length)
     encoded = tokenizer(firsts, seconds, truncation="only_first", max_length=max_length)
-    out: dict[str, list] = {}
-    for key, values in encoded.items():
-        starts = np.cumsum([0, *counts])
-        out[key] = [values[s:e] for s, e in zip(starts[:-1], starts[1:])]
+    starts = np.cumsum([0, *counts])
+    out: dict[str, list] = {key: [values[s:e] for s, e in zip(starts[:-1], starts[1:])]
+                            for key, values in encoded.items()}
     out["label"] = list(examples["label"])
     return out
 
 
-def prepare_split(dataset: Dataset | None, split: str, tokenizer: Any, data_args, training_args) -> Dataset | None:
-    """Canonicalize, drop unlabeled rows, truncate (debug flags) and tokenize one split."""
+def split_subsets(dataset: Dataset, subsets: Sequence[str], where: str) -> dict[str, Dataset]:
+    """Group a canonical split's rows by their `subset` column into the recipe's named subsets."""
+    if "subset" not in dataset.column_names or all(s is None for s in dataset["subset"]):
+        raise ValueError(f"{where}: the recipe reports subsets {', '.join(subsets)} separately, but the rows name "
+                         "no subset (RACE rows carry it in example_id, e.g. 'middle12.txt'; canonical files need a "
+                         "'subset' column)")
+    seen = Counter(dataset["subset"])
+    others = {str(k): v for k, v in seen.items() if k not in subsets}
+    if others:
+        logger.warning(f"{where}: {sum(others.values())} row(s) of subset(s) {sorted(others)} are not among the "
+                       f"recipe's subsets ({', '.join(subsets)}) and are not evaluated")
+    missing = [s for s in subsets if not seen.get(s)]
+    if len(missing) == len(subsets):
+        raise ValueError(f"{where}: no row belongs to any of the subsets {', '.join(subsets)}; found {sorted(others)}")
+    if missing:
+        logger.warning(f"{where}: no rows of subset(s) {', '.join(missing)}; they are not evaluated")
+    return {s: dataset.filter(lambda x, s=s: x == s, input_columns="subset", desc=f"Selecting {where} ({s})")
+            for s in subsets if s not in missing}
+
+
+def prepare_split(dataset: RawSplit, split: str, tokenizer: Any, data_args, training_args,
+                  subsets: Sequence[str] = ()) -> Dataset | dict[str, Dataset] | None:
+    """Canonicalize, drop unlabeled rows, truncate (debug flags) and tokenize one split.
+
+    With `subsets`, an evaluation split becomes a dict {subset: Dataset}: a dict given here (one Hub
+    config per subset) is kept, a single dataset is grouped by its rows' `subset`. Train stays whole.
+    """
     if dataset is None:
         return None
-    dataset = to_canonical(dataset, where=f"{split} split")
-    labeled = dataset.filter(lambda y: y >= 0, input_columns="label", desc=f"Dropping unlabeled {split} rows")
+    prepare = functools.partial(_prepare_canonical, tokenizer=tokenizer, data_args=data_args,
+                                training_args=training_args)
+    if isinstance(dataset, dict):
+        parts = {name: to_canonical(part, where=f"{split} split ({name})") for name, part in dataset.items()}
+    else:
+        canonical = to_canonical(dataset, where=f"{split} split")
+        if not subsets or split == "train":
+            return prepare(canonical, split, split)
+        parts = split_subsets(canonical, subsets, where=f"{split} split")
+    prepared = {name: prepare(part, split, f"{split} ({name})") for name, part in parts.items()}
+    prepared = {name: part for name, part in prepared.items() if part is not None}
+    return prepared or None
+
+
+def _prepare_canonical(dataset: Dataset, split: str, where: str, tokenizer: Any, data_args,
+                       training_args) -> Dataset | None:
+    labeled = dataset.filter(lambda y: y >= 0, input_columns="label", desc=f"Dropping unlabeled {where} rows")
     if len(labeled) == 0:
-        logger.warning(f"the {split} split has no labels (hidden test labels?); it is not evaluated")
+        logger.warning(f"the {where} split has no labels (hidden test labels?); it is not evaluated")
         return None
     if len(labeled) < len(dataset):
-        logger.warning(f"{split}: dropped {len(dataset) - len(labeled)} unlabeled examples")
+        logger.warning(f"{where}: dropped {len(dataset) - len(labeled)} unlabeled examples")
     limit = data_args.max_train_samples if split == "train" else data_args.max_eval_samples
     if limit is not None:
         labeled = labeled.select(range(min(limit, len(labeled))))
-    with training_args.main_process_first(desc=f"{split} tokenization"):
+    with training_args.main_process_first(desc=f"{where} tokenization"):
         return labeled.map(
             tokenize_batch,
             batched=True,
             fn_kwargs={"tokenizer": tokenizer, "max_length": data_args.max_seq_length},
-            remove_columns=["question", "choices"],
+            remove_columns=[c for c in labeled.column_names if c != "label"],
             num_proc=data_args.preprocessing_num_workers,
             load_from_cache_file=not data_args.overwrite_cache,
-            desc=f"Tokenizing {split}",
+            desc=f"Tokenizing {where}",
         )
 
 
-def prepare_splits(raw: dict[str, Dataset | None], tokenizer: Any, data_args, training_args) -> list[Dataset | None]:
+def prepare_splits(raw: dict[str, RawSplit], tokenizer: Any, data_args, training_args,
+                   subsets: Sequence[str] = ()) -> list[Dataset | dict[str, Dataset] | None]:
     """[train, validation, test], each prepared by `prepare_split`."""
-    return [prepare_split(raw.get(s), s, tokenizer, data_args, training_args) for s in ("train", "validation", "test")]
+    return [prepare_split(raw.get(s), s, tokenizer, data_args, training_args, subsets) for s in SPLITS]
+
+
+# ---- metric, collator, bundle ----------------------------------------------------------------------
 
 
 def compute_metrics(eval_pred: Any) -> dict[str, float]:
@@ -226,6 +245,17 @@ def compute_metrics(eval_pred: Any) -> dict[str, float]:
     logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
     labels = np.asarray(eval_pred.label_ids)
     return {"accuracy": float((np.argmax(logits, axis=-1) == labels).mean())}
+
+
+def pooled_accuracy(metrics: dict[str, float], split: str, subsets: Sequence[str] = ()) -> dict[str, float]:
+    """`<split>_accuracy` over the examples of all subsets together (RACE: M + H), from each subset's
+    accuracy and size; nothing unless every subset was evaluated."""
+    keys = [(f"{split}_{s}_accuracy", f"{split}_{s}_samples") for s in subsets]
+    if not keys or any(a not in metrics or n not in metrics for a, n in keys):
+        return {}
+    total = sum(metrics[n] for _, n in keys)
+    return {f"{split}_accuracy": sum(metrics[a] * metrics[n] for a, n in keys) / total,
+            f"{split}_samples": total}
 
 
 def make_collator(tokenizer: Any, training_args) -> DataCollatorForMultipleChoice:
@@ -240,12 +270,14 @@ def build(model_args, data_args, training_args, recipe) -> TaskBundle:
     logger.info(f"multiple_choice: model {source}")
     raw = load_raw_splits(data_args, model_args, recipe)
     chance = recipe.chance_level if recipe is not None else None
-    return assemble(model, tokenizer, source, raw, data_args, training_args, chance)
+    subsets = recipe.subsets if recipe is not None else ()
+    return assemble(model, tokenizer, source, raw, data_args, training_args, chance, subsets=subsets)
 
 
-def assemble(model, tokenizer, source: str, raw, data_args, training_args, chance_level: float | None) -> TaskBundle:
+def assemble(model, tokenizer, source: str, raw, data_args, training_args, chance_level: float | None,
+             subsets: Sequence[str] = ()) -> TaskBundle:
     """Tokenize canonical raw splits and wrap them with the model, collator and accuracy metric."""
-    train, validation, test = prepare_splits(raw, tokenizer, data_args, training_args)
+    train, validation, test = prepare_splits(raw, tokenizer, data_args, training_args, subsets)
     return TaskBundle(
         model=model,
         processing_class=tokenizer,
@@ -256,4 +288,27 @@ def assemble(model, tokenizer, source: str, raw, data_args, training_args, chanc
         compute_metrics=compute_metrics,
         chance_level=chance_level,
         model_source=source,
+        aggregate_metrics=functools.partial(pooled_accuracy, subsets=list(subsets)) if subsets else None,
     )
+
+
+__all__ = [
+    "ADAPTERS",
+    "ANSWER_PREFIX",
+    "CANONICAL_COLUMNS",
+    "QUESTION_PREFIX",
+    "assemble",
+    "build",
+    "check_answers_fit",
+    "check_canonical",
+    "compute_metrics",
+    "load_model_and_tokenizer",
+    "load_raw_splits",
+    "pooled_accuracy",
+    "prepare_split",
+    "prepare_splits",
+    "segment_pairs",
+    "split_subsets",
+    "to_canonical",
+    "tokenize_batch",
+]

@@ -1,0 +1,68 @@
+"""The model and tokenizer of an arithmetic run: a new GTS on a pretrained encoder, or a saved GTS checkpoint.
+
+`--model_name_or_path` names either any `AutoModel` encoder (Hub id or folder; `roberta-base` in the
+recipes), which gets a new GTS decoder whose vocabulary comes from the training equations, or a
+saved GTS checkpoint (its config has `model_type: gts`), which is loaded whole with its own vocabulary.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from datasets import Dataset
+from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers.utils import logging
+
+from smc_trainer.tasks.arithmetic.configuration_gts import GTSConfig
+from smc_trainer.tasks.arithmetic.data import max_numbers
+from smc_trainer.tasks.arithmetic.equations import tokenize
+from smc_trainer.tasks.arithmetic.modeling_gts import GTSForMathWordProblems
+from smc_trainer.tasks.arithmetic.vocab import EquationVocab
+
+logger = logging.get_logger(__name__)
+
+
+def load_model_and_tokenizer(model_args, data_args, training_args,
+                             raw: dict[str, Dataset | None]) -> tuple[GTSForMathWordProblems, Any, str]:
+    """(model, fast tokenizer, where the weights came from); errors name the id and the local-folder flag."""
+    name = model_args.model_name_or_path
+    if not name:
+        raise ValueError("--model_name_or_path is required (the recipe sets none)")
+    common = {"revision": model_args.model_revision, "cache_dir": model_args.cache_dir}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or name, **common)
+        config = AutoConfig.from_pretrained(model_args.config_name or name, **common)
+        if isinstance(config, GTSConfig):
+            model, source = GTSForMathWordProblems.from_pretrained(name, config=config, **common), f"{name} (GTS)"
+        else:
+            model, source = _new_gts(name, config, common, model_args, data_args, raw)
+    except OSError as err:
+        raise OSError(f"could not load model {name!r} ({err}). Offline? Pass a local folder with the encoder's "
+                      "config, weights and tokenizer as --model_name_or_path (and the data as --data_dir).") from err
+    if not tokenizer.is_fast:
+        raise ValueError(f"tokenizer of {name!r} is not a fast tokenizer; number positions need its offsets")
+    needed = max_numbers(*raw.values())
+    if needed > model.config.max_numbers:
+        raise ValueError(f"a problem has {needed} numbers but the GTS checkpoint {name!r} has "
+                         f"{model.config.max_numbers} number slots")
+    if training_args.generation_num_beams:
+        model.config.beam_size = training_args.generation_num_beams
+    if training_args.generation_max_length:
+        model.config.max_decode_length = training_args.generation_max_length
+    return model, tokenizer, source
+
+
+def _new_gts(name: str, config, common: dict, model_args, data_args, raw) -> tuple[GTSForMathWordProblems, str]:
+    """A new GTS over the encoder `name`, with the vocabulary of the training equations."""
+    vocab = EquationVocab.from_equations((tokenize(e) for e in raw["train"]["Equation"]), max_numbers(*raw.values()))
+    logger.info(f"arithmetic: operators {' '.join(vocab.operators)}, constants {' '.join(vocab.constants) or '-'}, "
+                f"{vocab.max_numbers} number slots")
+    if model_args.from_scratch:
+        encoder, source = AutoModel.from_config(config), f"{name} config, random weights + new GTS"
+    else:
+        encoder, source = AutoModel.from_pretrained(name, config=config, **common), f"{name} (pretrained) + new GTS"
+    model = GTSForMathWordProblems.from_encoder(
+        encoder, hidden_size=data_args.gts_hidden_size, num_layers=data_args.gts_num_layers,
+        dropout=data_args.gts_dropout, operators=list(vocab.operators), constants=list(vocab.constants),
+        max_numbers=vocab.max_numbers)
+    return model, source
