@@ -19,10 +19,11 @@ from typing import Any
 
 import numpy as np
 from datasets import Dataset, DatasetDict, load_dataset
-from transformers import AutoConfig, AutoModelForMultipleChoice, AutoTokenizer, DataCollatorForMultipleChoice
+from transformers import AutoModelForMultipleChoice, DataCollatorForMultipleChoice
 from transformers.utils import logging
 
 from smc_trainer.tasks import TaskBundle
+from smc_trainer.tasks.loading import checkpoint_name, hub_kwargs, load_tokenizer_and_config, offline_hint
 from smc_trainer.tasks.multiple_choice_schemas import (
     ADAPTERS,
     CANONICAL_COLUMNS,
@@ -104,19 +105,12 @@ def _load_local(path: str, split: str, cache_dir: str | None) -> Dataset:
 
 def load_model_and_tokenizer(model_args) -> tuple[Any, Any, str]:
     """(model, tokenizer, description of where the weights came from) for `--model_name_or_path`."""
-    name = model_args.model_name_or_path
-    if not name:
-        raise ValueError("--model_name_or_path is required (the recipe sets none)")
-    common = {"revision": model_args.model_revision, "cache_dir": model_args.cache_dir}
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or name, **common)
-        config = AutoConfig.from_pretrained(model_args.config_name or name, **common)
+    name = checkpoint_name(model_args)
+    with offline_hint(name):
+        tokenizer, config = load_tokenizer_and_config(model_args)
         if model_args.from_scratch:
             return AutoModelForMultipleChoice.from_config(config), tokenizer, f"{name} config, random weights"
-        model = AutoModelForMultipleChoice.from_pretrained(name, config=config, **common)
-    except OSError as err:
-        raise OSError(f"could not load model {name!r} ({err}). Offline? Pass a local folder with the model's "
-                      "config, weights and tokenizer as --model_name_or_path.") from err
+        model = AutoModelForMultipleChoice.from_pretrained(name, config=config, **hub_kwargs(model_args))
     return model, tokenizer, f"{name} (pretrained)"
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from datasets import Dataset
-from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers import AutoModel
 from transformers.utils import logging
 
 from smc_trainer.tasks.arithmetic.configuration_gts import GTSConfig
@@ -18,6 +18,7 @@ from smc_trainer.tasks.arithmetic.data import max_numbers
 from smc_trainer.tasks.arithmetic.equations import tokenize
 from smc_trainer.tasks.arithmetic.modeling_gts import GTSForMathWordProblems
 from smc_trainer.tasks.arithmetic.vocab import EquationVocab
+from smc_trainer.tasks.loading import checkpoint_name, hub_kwargs, load_tokenizer_and_config, offline_hint
 
 logger = logging.get_logger(__name__)
 
@@ -25,20 +26,14 @@ logger = logging.get_logger(__name__)
 def load_model_and_tokenizer(model_args, data_args, training_args,
                              raw: dict[str, Dataset | None]) -> tuple[GTSForMathWordProblems, Any, str]:
     """(model, fast tokenizer, where the weights came from); errors name the id and the local-folder flag."""
-    name = model_args.model_name_or_path
-    if not name:
-        raise ValueError("--model_name_or_path is required (the recipe sets none)")
-    common = {"revision": model_args.model_revision, "cache_dir": model_args.cache_dir}
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or name, **common)
-        config = AutoConfig.from_pretrained(model_args.config_name or name, **common)
+    name, common = checkpoint_name(model_args), hub_kwargs(model_args)
+    with offline_hint(name, "a local folder with the encoder's config, weights and tokenizer as "
+                      "--model_name_or_path (and the data as --data_dir)"):
+        tokenizer, config = load_tokenizer_and_config(model_args)
         if isinstance(config, GTSConfig):
             model, source = GTSForMathWordProblems.from_pretrained(name, config=config, **common), f"{name} (GTS)"
         else:
             model, source = _new_gts(name, config, common, model_args, data_args, raw)
-    except OSError as err:
-        raise OSError(f"could not load model {name!r} ({err}). Offline? Pass a local folder with the encoder's "
-                      "config, weights and tokenizer as --model_name_or_path (and the data as --data_dir).") from err
     if not tokenizer.is_fast:
         raise ValueError(f"tokenizer of {name!r} is not a fast tokenizer; number positions need its offsets")
     needed = max_numbers(*raw.values())

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
+from transformers import PretrainedConfig
 from transformers.utils import logging
 
+from smc_trainer.tasks.loading import checkpoint_name, hub_kwargs, load_tokenizer_and_config, offline_hint
 from smc_trainer.tasks.protein.data import ProteinSettings
 from smc_trainer.tasks.protein.modeling import EsmForThermostability, EsmThermostabilityConfig
 
@@ -49,19 +50,13 @@ def check_length(config: EsmThermostabilityConfig, max_residues: int) -> None:
 
 def load_model_and_tokenizer(model_args, settings: ProteinSettings) -> tuple[EsmForThermostability, Any, str]:
     """(model, tokenizer, where the weights came from) for --model_name_or_path (any HF ESM checkpoint)."""
-    name = model_args.model_name_or_path
-    if not name:
-        raise ValueError("--model_name_or_path is required (the recipe sets none)")
-    common = {"revision": model_args.model_revision, "cache_dir": model_args.cache_dir}
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or name, **common)
-        base = AutoConfig.from_pretrained(model_args.config_name or name, **common)
+    name, common = checkpoint_name(model_args), hub_kwargs(model_args)
+    with offline_hint(name, LOCAL_FLAGS):
+        tokenizer, base = load_tokenizer_and_config(model_args)
         config = thermostability_config(base, tokenizer, settings)
         if model_args.from_scratch:
             return EsmForThermostability(config), tokenizer, f"{name} config, random weights"
         model = EsmForThermostability.from_pretrained(name, config=config, **common)
-    except OSError as err:
-        raise OSError(f"could not load the ESM checkpoint {name!r} ({err}). Offline? Pass {LOCAL_FLAGS}.") from err
     logger.info(f"protein: {name} loaded into EsmForThermostability ({config.num_hidden_layers} layers, hidden "
                 f"{config.hidden_size}); new head {config.hidden_size}->{config.head_hidden_size}->{config.num_labels}")
     return model, tokenizer, f"{name} (pretrained)"

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
+from transformers import AutoModelForSeq2SeqLM
 from transformers.utils import logging
+
+from smc_trainer.tasks.loading import (
+    LOCAL_MODEL_HINT,
+    checkpoint_name,
+    hub_kwargs,
+    load_tokenizer_and_config,
+    offline_hint,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -21,13 +29,9 @@ def config_overrides(data_args: Any) -> dict[str, float]:
 
 def load_model_and_tokenizer(model_args: Any, data_args: Any) -> tuple[Any, Any, str]:
     """(model, tokenizer, where the weights came from) for `--model_name_or_path`."""
-    name = model_args.model_name_or_path
-    if not name:
-        raise ValueError("--model_name_or_path is required (the recipe sets none)")
-    common = {"revision": model_args.model_revision, "cache_dir": model_args.cache_dir}
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or name, **common)
-        config = AutoConfig.from_pretrained(model_args.config_name or name, **common, **config_overrides(data_args))
+    name, common = checkpoint_name(model_args), hub_kwargs(model_args)
+    with offline_hint(name, f"{LOCAL_MODEL_HINT} (or the tokenizer's as --tokenizer_name)"):
+        tokenizer, config = load_tokenizer_and_config(model_args, **config_overrides(data_args))
         if not getattr(config, "is_encoder_decoder", False):
             raise ValueError(f"translation needs an encoder-decoder model (e.g. mBART); {name!r} is a "
                              f"{config.model_type} model")
@@ -35,10 +39,6 @@ def load_model_and_tokenizer(model_args: Any, data_args: Any) -> tuple[Any, Any,
             model, source = AutoModelForSeq2SeqLM.from_config(config), f"{name} config, random weights"
         else:
             model, source = AutoModelForSeq2SeqLM.from_pretrained(name, config=config, **common), f"{name} (pretrained)"
-    except OSError as err:
-        raise OSError(f"could not load model {name!r} ({err}). Offline? Pass a local folder with the model's "
-                      "config, weights and tokenizer as --model_name_or_path (or the tokenizer's as "
-                      "--tokenizer_name).") from err
     tokenizer.padding_side = "right"  # mBART's shift_tokens_right reads the last non-pad label as the decoder start
     if tokenizer.pad_token_id is None:
         raise ValueError(f"the tokenizer of {name!r} has no pad token")
