@@ -218,6 +218,39 @@ def test_head_architecture_and_padding_invariance(esm_dir):
     torch.testing.assert_close(batch[0], alone[0], atol=1e-5, rtol=1e-5)  # pads and <eos> do not enter the mean
 
 
+def test_forward_pools_the_final_layer_over_the_residues_only(esm_dir):
+    """The head sees the mean of the last hidden states at the residue positions (not <cls>, <eos>, pads), and
+    maps it through dense -> norm -> ReLU -> out_proj in that order."""
+    model = tiny_model(num_labels=3).eval()
+    batch = tokenizer_of(esm_dir)(["MKTAYIAK", "MKTAYIAKQRQISFVKSH"], padding=True, return_tensors="pt")
+    seen: list[torch.Tensor] = []
+    model.head.register_forward_hook(lambda module, args, out: seen.append(args[0]))
+    with torch.no_grad():
+        logits = model(**batch).logits
+        hidden = model.esm(**batch).last_hidden_state
+        expected = torch.stack([hidden[0, 1:9].mean(0), hidden[1, 1:19].mean(0)])  # <cls> at 0, <eos> after
+        head = model.head
+        by_hand = head.out_proj(torch.relu(head.norm(head.dense(expected))))
+    torch.testing.assert_close(seen[0], expected)
+    torch.testing.assert_close(logits, by_hand)
+
+
+def test_esm2_style_rotary_checkpoint_loads_without_a_position_limit(tmp_path):
+    """ESM-2 checkpoints (rotary positions, no embedding LayerNorm) load by --model_name_or_path like ESM-1b."""
+    (tmp_path / "vocab.txt").write_text("\n".join(ESM_VOCAB) + "\n", encoding="utf-8")
+    EsmTokenizer(str(tmp_path / "vocab.txt")).save_pretrained(tmp_path)
+    config = tiny_esm_config()
+    config.position_embedding_type, config.emb_layer_norm_before = "rotary", False
+    torch.manual_seed(0)
+    EsmForMaskedLM(config).save_pretrained(tmp_path)
+    model, tok, _ = load_model_and_tokenizer(ModelArguments(model_name_or_path=str(tmp_path)),
+                                             settings(protein_max_residues=100))  # rotary: no learned-position cap
+    pretrained = load_file(str(tmp_path / "model.safetensors"))
+    name = "esm.encoder.layer.0.attention.self.query.weight"
+    assert model.config.position_embedding_type == "rotary" and torch.equal(model.state_dict()[name], pretrained[name])
+    assert model(**tok(["MKTAYIAK"], return_tensors="pt")).logits.shape == (1, 2)
+
+
 def test_loads_esm_checkpoint_saves_and_reloads_through_auto_classes(esm_dir, tmp_path):
     model, tok, source = load_model_and_tokenizer(ModelArguments(model_name_or_path=str(esm_dir)),
                                                   settings("cold,hot", protein_dropout=0.0,
@@ -273,7 +306,16 @@ def test_backbone_and_head_both_step_with_their_own_learning_rates(esm_dir, tmp_
 
     groups = {g["name"]: g for g in trainer.optimizer.param_groups}
     assert set(groups) == {"backbone", "backbone_no_decay", "head", "head_no_decay"}
-    assert [groups[n]["max_lr"] for n in ("backbone", "head")] == [1e-3, 2e-2]
+    assert [groups[n]["max_lr"] for n in ("backbone", "backbone_no_decay", "head", "head_no_decay")] == [
+        1e-3, 1e-3, 2e-2, 2e-2]
+    group_of = {id(p): g["name"] for g in trainer.optimizer.param_groups for p in g["params"]}
+    placed = {n: group_of[id(p)] for n, p in model.named_parameters() if p.requires_grad}
+    assert {n for n, g in placed.items() if g.startswith("head")} == {n for n in placed if n.startswith("head.")}
+    assert {n for n, g in placed.items() if g.startswith("backbone")} == {n for n in placed if n.startswith("esm.")}
+    assert (placed["head.dense.weight"], placed["head.norm.weight"], placed["head.out_proj.bias"]) == (
+        "head", "head_no_decay", "head_no_decay")
+    assert (placed["esm.encoder.layer.0.attention.self.query.weight"], placed["esm.embeddings.word_embeddings.weight"],
+            placed["esm.encoder.layer.0.attention.self.query.bias"]) == ("backbone", "backbone", "backbone_no_decay")
     assert groups["backbone_no_decay"]["weight_decay"] == 0.0 and groups["head"]["weight_decay"] == 0.01
     in_optimizer = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -286,12 +328,13 @@ def test_backbone_and_head_both_step_with_their_own_learning_rates(esm_dir, tmp_
     schedule = trainer.lr_scheduler
     assert isinstance(schedule, torch.optim.lr_scheduler.OneCycleLR) and schedule.total_steps == 3
     assert schedule.last_epoch == trainer.state.global_step == 3  # stepped per optimizer step, not per epoch
-    reference = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=2e-2)
-    ref_schedule = torch.optim.lr_scheduler.OneCycleLR(reference, max_lr=2e-2, total_steps=3)
-    for _ in range(3):
-        reference.step()
-        ref_schedule.step()
-    assert groups["head"]["lr"] == pytest.approx(reference.param_groups[0]["lr"], rel=1e-12)
+    for name, peak in (("backbone", 1e-3), ("head", 2e-2)):
+        reference = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=peak)
+        ref_schedule = torch.optim.lr_scheduler.OneCycleLR(reference, max_lr=peak, total_steps=3)
+        for _ in range(3):
+            reference.step()
+            ref_schedule.step()
+        assert groups[name]["lr"] == pytest.approx(reference.param_groups[0]["lr"], rel=1e-12), name
 
 
 def test_trainer_schedule_option_and_head_lr_default():
@@ -339,11 +382,22 @@ def test_only_attention_and_ffn_weights_are_pruned(method, sparsity):
             assert torch.equal(param.detach(), before[name]), name
 
 
+QUERY, KEY, VALUE, OUT = "attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"
+TABLE1_MODULES = {  # the rows of the paper's Table 1, written out here (not derived from the code under test)
+    "qkvo_ffn": (QUERY, KEY, VALUE, OUT, "intermediate.dense", "output.dense"),
+    "qkv": (QUERY, KEY, VALUE),
+    "qk": (QUERY, KEY),
+    "qv": (QUERY, VALUE),
+    "kv": (KEY, VALUE),
+}
+
+
 def group_names(group: str) -> set[str]:
-    modules = {"q": ["attention.self.query"], "k": ["attention.self.key"], "v": ["attention.self.value"],
-               "o": ["attention.output.dense"], "ffn": ["intermediate.dense", "output.dense"]}
-    return {f"esm.encoder.layer.{i}.{m}.weight" for i in range(LAYERS) for kind in parse_module_group(group)
-            for m in modules[kind]}
+    return {f"esm.encoder.layer.{i}.{m}.weight" for i in range(LAYERS) for m in TABLE1_MODULES[group]}
+
+
+def test_table1_groups_are_the_papers_rows():
+    assert tuple(TABLE1_MODULES) == TABLE1_GROUPS
 
 
 @pytest.mark.parametrize("group", TABLE1_GROUPS)

@@ -139,6 +139,7 @@ def test_recipe_runs_offline_and_reports_bleu_over_all_20_directions(tmp_path, r
         assert metrics["sparsity/overall"] == pytest.approx(0.5, abs=1e-3)
     (record,) = Ledger(str(ledger)).records()
     assert record["metric"] == "bleu" and expected <= set(record["metrics"])
+    assert all(record["metrics"][k] == pytest.approx(metrics[k]) for k in expected)  # per direction, in the ledger
 
 
 def test_recipes_hold_the_paper_hyper_parameters():
@@ -163,6 +164,18 @@ def test_dropout_flags_reach_the_model_config(tmp_path):
 
 
 # ---- evaluation directions and language codes -------------------------------------------------------
+
+
+def test_language_codes_of_the_ten_languages_and_english():
+    assert len(DIRECTIONS) == 20
+    assert {x: LANG_CODES[x] for x in ["en", *ALL]} == {
+        "en": "en_XX", "fr": "fr_XX", "cs": "cs_CZ", "de": "de_DE", "gu": "gu_IN", "ja": "ja_XX", "my": "my_MM",
+        "ro": "ro_RO", "ru": "ru_RU", "vi": "vi_VN", "zh": "zh_CN"}
+    for tokenizer_cls in (MBartTokenizer, MBart50Tokenizer):  # both real tokenizers know every code
+        tok = tokenizer_cls()
+        codes = LanguageCodes(tok, ALL, resolve_format(tok, "auto"))
+        assert {x: tok.convert_ids_to_tokens(codes.ids[x]) for x in ["en", *ALL]} == {
+            x: LANG_CODES[x] for x in ["en", *ALL]}
 
 
 def test_training_on_2_languages_evaluates_all_20_directions(tmp_path):
@@ -211,6 +224,10 @@ def test_generation_for_each_direction_starts_with_its_target_code(tmp_path, tok
     bundle = build_bundle(tmp_path, tokenizer=tokenizer, languages=["fr", "cs", "ja"], eval_languages="fr,ja")
     tok = bundle.processing_class
     assert resolve_format(tok, "auto") == expected_format
+    english = tok.convert_tokens_to_ids(LANG_CODES["en"])
+    # settings a checkpoint's generation config may carry must not leak into any direction's decoding
+    bundle.model.generation_config.decoder_start_token_id = tok.bos_token_id
+    bundle.model.generation_config.forced_bos_token_id = english
     starts: list[list[int]] = []
 
     def spy(eval_pred):
@@ -225,6 +242,8 @@ def test_generation_for_each_direction_starts_with_its_target_code(tmp_path, tok
         code = tok.convert_tokens_to_ids(LANG_CODES[name.split("-")[1]])
         expected = [code] if expected_format == "cc25" else [tok.eos_token_id, code]
         assert all(row[:len(expected)] == expected for row in rows), (name, rows)
+    if expected_format == "cc25":  # nothing is forced after the target code
+        assert not all(row[1] == english for rows in starts for row in rows), starts
     assert metrics["test_bleu"] == pytest.approx(np.mean([metrics[f"test_{n}_bleu"] for n in bundle.test_dataset]))
 
 
