@@ -21,6 +21,8 @@ MODULE_PATTERNS: dict[str, str] = {
 KIND_ORDER = ("q", "k", "v", "o", "ffn")
 TABLE1_GROUPS = ("qkvo_ffn", "qkv", "qk", "qv", "kv")
 """The module groups of the paper's Table 1 (ESM-1B on HP-S2C2, OMP (After) at 5% sparsity)."""
+TABLE1_PRESET = "table1"
+"""`--module_groups table1` in a sweep means all of TABLE1_GROUPS."""
 
 
 def parse_module_group(group: str, flag: str = "prune_modules") -> tuple[str, ...]:

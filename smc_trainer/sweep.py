@@ -23,7 +23,7 @@ from smc_trainer.folds import over_folds
 from smc_trainer.ledger import Ledger
 from smc_trainer.methods import get_method_class
 from smc_trainer.methods.iterative import imp_round_for, imp_sparsity
-from smc_trainer.module_groups import parse_module_group
+from smc_trainer.module_groups import TABLE1_GROUPS, TABLE1_PRESET, parse_module_group
 from smc_trainer.pipeline import RunConfig, RunOutcome, run, run_dense, run_iterative
 from smc_trainer.version import __version__
 
@@ -46,8 +46,9 @@ class SweepArguments:
     seeds: str = field(default="0", metadata={"help": "Comma-separated seeds."})
     module_groups: str | None = field(
         default=None,
-        metadata={"help": "Comma-separated module groups, one more sweep dimension (the paper's Table 1: "
-                  "qkvo_ffn,qkv,qk,qv,kv): each sparse run prunes only those linears (its --prune_modules)."},
+        metadata={"help": "Comma-separated module groups, one more sweep dimension: each sparse run prunes "
+                  "only those linears (its --prune_modules). 'table1' is the paper's Table 1 preset, "
+                  "qkvo_ffn,qkv,qk,qv,kv."},
     )
     sweep_dir: str = field(default="smc_outputs/sweep", metadata={"help": "Where runs, the ledger and report go."})
     sweep_ledger: str | None = field(default=None, metadata={"help": "Ledger path (default: SWEEP_DIR/ledger.jsonl)."})
@@ -291,15 +292,17 @@ def unique(items: Iterable[str]) -> list[str]:
 
 
 def module_groups_from(text: str | None) -> list[str | None]:
-    """The --module_groups list, each validated ("qkvo_ffn,qkv" -> ["qkvo_ffn", "qkv"]); [None] when unset."""
+    """The --module_groups list, each validated ("qkvo_ffn,qkv" -> ["qkvo_ffn", "qkv"]); [None] when unset.
+
+    The name `table1` stands for the paper's Table 1 groups (`TABLE1_GROUPS`), in the paper's row order.
+    """
     if text is None:
         return [None]
-    groups = unique(parse_list(text, "module_groups"))
+    names = parse_list(text, "module_groups")
+    groups = unique(g for name in names for g in (TABLE1_GROUPS if name.strip().lower() == TABLE1_PRESET else (name,)))
     for group in groups:
         parse_module_group(group, flag="module_groups")
     return groups
-
-
 
 
 def run_sweep(sweep_args: SweepArguments, run_argv: list[str]) -> list[dict[str, Any]]:

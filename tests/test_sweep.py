@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from smc_trainer.ledger import Ledger
-from smc_trainer.sweep import PAPER_GRID, SweepArguments, make_plan, run_sweep
+from smc_trainer.sweep import PAPER_GRID, SweepArguments, make_plan, module_groups_from, run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_METHODS = ["omp_after", "random_after", "lth", "lrr", "gmp", "omp_before", "random_before", "snip", "rigl",
@@ -127,3 +127,11 @@ def test_interrupted_sweep_leaves_a_valid_ledger(tmp_path):
     proc.wait(120)
     records = Ledger(str(sweep_dir / "ledger.jsonl")).records()  # parses: no torn record
     assert 1 <= len(records) <= 6
+
+
+def test_table1_preset_expands_to_the_papers_groups_and_mixes_with_named_groups():
+    assert module_groups_from("table1") == ["qkvo_ffn", "qkv", "qk", "qv", "kv"]
+    assert module_groups_from("ffn, TABLE1,qk") == ["ffn", "qkvo_ffn", "qkv", "qk", "qv", "kv"]
+    assert module_groups_from(None) == [None]
+    with pytest.raises(ValueError, match=r"--module_groups must combine .*got 'table2'"):
+        module_groups_from("table2")
