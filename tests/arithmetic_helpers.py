@@ -57,6 +57,16 @@ def write_cv_data(root: Path, name: str = "cv_tiny", folds: int = 2, train: int 
     return root
 
 
+def write_shipped_layouts(root: Path) -> Path:
+    """Tiny data where the shipped recipes look for it under --data_dir: fold 0 of `cv_mawps` and `cv_asdiv-a`
+    (4 test problems each) and `mawps-asdiv-a_svamp` (6 test problems)."""
+    for name in ("cv_mawps", "cv_asdiv-a"):
+        write_cv_data(root, name=name, folds=1, dev=(4,))
+    write_csv(root / "mawps-asdiv-a_svamp" / "train.csv", [problem(i) for i in range(8)])
+    write_csv(root / "mawps-asdiv-a_svamp" / "dev.csv", [problem(i + 50) for i in range(6)])
+    return root
+
+
 def write_cv_recipe(path: Path, name: str = "cv_tiny", folds: int = 2) -> str:
     path.write_text(
         "task: arithmetic\nmetric: accuracy\n"

@@ -14,10 +14,20 @@ import huggingface_hub
 import numpy as np
 import pytest
 import torch
-from arithmetic_helpers import problem, tiny_encoder, tiny_tokenizer, write_csv
+from arithmetic_helpers import (
+    TINY_GTS_FLAGS,
+    problem,
+    tiny_encoder,
+    tiny_tokenizer,
+    write_csv,
+    write_encoder,
+    write_shipped_layouts,
+)
 from transformers import AutoModel, AutoTokenizer, EvalPrediction, TrainingArguments
 
+from smc_trainer import pipeline
 from smc_trainer.arguments import DataArguments, ModelArguments
+from smc_trainer.config import parse_run_config
 from smc_trainer.folds import pool_metrics
 from smc_trainer.recipes import load_recipe
 from smc_trainer.targets import find_targets
@@ -384,6 +394,59 @@ def test_two_learning_rates_and_step_lr_in_epochs(tmp_path):
         optimizer.step()
         scheduler.step()
     assert lrs[0] == lrs[9] == 1e-3 and lrs[10] == lrs[19] == 5e-4 and lrs[20] == 2.5e-4  # every 2 epochs
+
+
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory):
+    """A tiny encoder checkpoint and tiny data in the shipped recipes' layout."""
+    root = tmp_path_factory.mktemp("shipped")
+    return {"encoder": write_encoder(root / "encoder"), "data": str(write_shipped_layouts(root / "data"))}
+
+
+def shipped_flags(shipped, tmp_path, recipe: str, *extra: str) -> list[str]:
+    fold = ["--fold", "0"] if load_recipe(recipe).folds else []
+    return ["--recipe", recipe, "--model_name_or_path", shipped["encoder"], "--data_dir", shipped["data"], *fold,
+            "--output_dir", str(tmp_path / "out"), "--cache_dir", str(tmp_path / "hf"), "--report_to", "none",
+            "--use_cpu", *extra]
+
+
+@pytest.mark.parametrize(("recipe", "batch"), [("mawps", 4), ("asdiv_a", 4), ("svamp", 8)])
+def test_recipes_build_the_papers_gts_optimizer_schedule_and_beam(shipped, tmp_path, recipe, batch):
+    """The recipes' paper settings (Table 4, the SVAMP code) reach the built task unchanged: GTS hidden 512,
+    2 layers, dropout 0.5, beam 5; Adam (0.9, 0.999), eps 1e-8, wd 1e-5 with the encoder at 8e-6 and the rest
+    at 1e-3; StepLR x 0.5 every 20 epochs; 50 epochs at batch 4 (MAWPS, ASDiv-A) or 8 (SVAMP); no clipping."""
+    config = parse_run_config(shipped_flags(shipped, tmp_path, recipe, "--max_seq_length", "64"))
+    args = config.training_args
+    assert (args.num_train_epochs, args.per_device_train_batch_size, args.max_grad_norm) == (50, batch, 0.0)
+    bundle = pipeline.build_task(config)
+    gts = bundle.model.config
+    assert (gts.hidden_size, gts.num_layers, gts.dropout, gts.beam_size) == (512, 2, 0.5, 5)
+    optimizer, scheduler = bundle.trainer_kwargs["optimizers"]
+    assert isinstance(optimizer, torch.optim.Adam)
+    encoder_group, decoder_group = optimizer.param_groups
+    assert {id(p) for p in encoder_group["params"]} == {id(p) for p in bundle.model.encoder.parameters()}
+    assert (encoder_group["lr"], decoder_group["lr"]) == (8e-6, 1e-3)
+    for group in (encoder_group, decoder_group):
+        assert (group["betas"], group["eps"], group["weight_decay"]) == ((0.9, 0.999), 1e-8, 1e-5)
+    steps_per_epoch = math.ceil(len(bundle.train_dataset) / batch)
+    assert (scheduler.step_size, scheduler.gamma) == (20 * steps_per_epoch, 0.5)
+
+
+@pytest.mark.parametrize(("recipe", "method"), [("mawps", "omp_after"), ("asdiv_a", "dense"), ("svamp", "dense")])
+def test_shipped_recipes_also_run_the_other_of_dense_and_sparse(shipped, tmp_path, recipe, method):
+    """With tests/test_arithmetic_pipeline.py (mawps dense, asdiv_a gmp, svamp snip), every arithmetic recipe runs
+    end to end offline both dense and sparse, and reports its pooled-ready answer accuracy on the test split."""
+    sparsity = 0.0 if method == "dense" else 0.5
+    config = parse_run_config(shipped_flags(
+        shipped, tmp_path, recipe, "--sparse_method", method, "--sparsity", str(sparsity), "--max_steps", "2",
+        "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "8", "--generation_max_length", "8",
+        "--dense_cache_dir", str(tmp_path / "cache"), "--save_strategy", "no", *TINY_GTS_FLAGS))
+    [outcome] = pipeline.run(config)
+    m = outcome.metrics
+    assert m["test_total"] == (6 if recipe == "svamp" else 4) and "eval_accuracy" not in m
+    assert m["test_accuracy"] == pytest.approx(m["test_correct"] / m["test_total"])
+    assert outcome.mask_sparsity == pytest.approx(sparsity, abs=1e-3)
+    assert outcome.measured_sparsity == pytest.approx(sparsity, abs=1e-3)
 
 
 # ---- the metric and fold pooling --------------------------------------------------------------------------

@@ -4,6 +4,7 @@ RACE's middle/high subsets, the offline Hub errors, and every recipe end to end 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -356,16 +357,58 @@ def hub_offline(monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
 
 
-@pytest.mark.parametrize("recipe_name", ["winogrande", "race"])
+@pytest.mark.parametrize("recipe_name", ["csqa", "winogrande", "race"])
 def test_offline_hub_dataset_error_names_the_id_and_the_file_flags(hub_offline, tmp_path, recipe_name):
     recipe = load_recipe(recipe_name)
-    data_args = DataArguments(dataset_name=recipe.args["dataset_name"],
-                              dataset_config_name=recipe.args["dataset_config_name"])
+    name, config = recipe.args["dataset_name"], recipe.args.get("dataset_config_name")
+    data_args = DataArguments(dataset_name=name, dataset_config_name=config)
     with pytest.raises(OSError) as err:
         load_raw_splits(data_args, ModelArguments(cache_dir=str(tmp_path)), recipe)
     message = str(err.value)
-    assert f"dataset {recipe.args['dataset_name']!r} (config {recipe.args['dataset_config_name']!r})" in message
+    assert f"dataset {name!r}" + (f" (config {config!r})" if config else " from the") in message
     assert "--train_file, --validation_file and --test_file" in message
+
+
+@pytest.mark.parametrize(("recipe_name", "rows"), [("csqa", csqa_rows), ("winogrande", winogrande_rows)])
+def test_hub_loading_asks_for_the_recipe_id_and_maps_the_splits(monkeypatch, tokenizer, train_args, recipe_name,
+                                                                 rows):
+    """The recipe's Hub id and config go to `datasets.load_dataset` once; train and validation (dev) are read,
+    the unlabeled test split is not (the recipes have no test split)."""
+    import smc_trainer.tasks.multiple_choice as mc
+
+    calls = []
+
+    def fake_load_dataset(name, config=None, cache_dir=None):
+        calls.append((name, config))
+        return DatasetDict({"train": Dataset.from_list(rows(6)), "validation": Dataset.from_list(rows(4, offset=2)),
+                            "test": Dataset.from_list(rows(3))})
+
+    monkeypatch.setattr(mc, "load_dataset", fake_load_dataset)
+    config = parse_run_config(["--recipe", recipe_name, "--output_dir", "unused"])
+    raw = load_raw_splits(config.data_args, config.model_args, config.recipe)
+    assert calls == [(config.recipe.args["dataset_name"], config.recipe.args.get("dataset_config_name"))]
+    assert (len(raw["train"]), len(raw["validation"]), raw["test"]) == (6, 4, None)
+    data_args = DataArguments(max_seq_length=MAX_LEN)
+    prepared = prepare_split(raw["validation"], "validation", tokenizer, data_args, train_args)
+    assert len(prepared) == 4 and len(prepared[0]["input_ids"]) == (5 if recipe_name == "csqa" else 2)
+
+
+def test_tokenized_splits_are_cached_and_overwrite_cache_recomputes(tmp_path, train_args):
+    """`datasets.map` reuses its cache file for the same data and tokenizer (a new tokenizer object, as in a new
+    process), and --overwrite_cache rewrites it."""
+    data_args = DataArguments(train_file=write_jsonl(tmp_path / "train.jsonl", csqa_rows(6)), max_seq_length=MAX_LEN)
+
+    def prepared_file(overwrite: bool = False) -> tuple[str, tuple[int, int]]:
+        args = dataclasses.replace(data_args, overwrite_cache=overwrite)
+        raw = load_raw_splits(args, ModelArguments(cache_dir=str(tmp_path / "cache")), load_recipe("csqa"))
+        [cache] = prepare_split(raw["train"], "train", roberta_style_tokenizer(), args, train_args).cache_files
+        stat = Path(cache["filename"]).stat()
+        return cache["filename"], (stat.st_ino, stat.st_mtime_ns)
+
+    first, written = prepared_file()
+    assert prepared_file() == (first, written)  # loaded, not recomputed
+    again, rewritten = prepared_file(overwrite=True)
+    assert again == first and rewritten != written
 
 
 def test_offline_hub_model_error_names_the_id_and_the_flag(hub_offline, tmp_path):
