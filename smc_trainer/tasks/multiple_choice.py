@@ -22,6 +22,7 @@ from datasets import Dataset, DatasetDict, load_dataset
 from transformers import AutoModelForMultipleChoice, DataCollatorForMultipleChoice
 from transformers.utils import logging
 
+from smc_trainer.metrics import argmax_accuracy
 from smc_trainer.tasks import TaskBundle
 from smc_trainer.tasks.loading import checkpoint_name, hub_kwargs, load_tokenizer_and_config, offline_hint
 from smc_trainer.tasks.multiple_choice_schemas import (
@@ -235,10 +236,8 @@ def prepare_splits(raw: dict[str, RawSplit], tokenizer: Any, data_args, training
 
 
 def compute_metrics(eval_pred: Any) -> dict[str, float]:
-    """Accuracy of the highest-scoring choice (plain numpy: `evaluate.load('accuracy')` needs the Hub)."""
-    logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
-    labels = np.asarray(eval_pred.label_ids)
-    return {"accuracy": float((np.argmax(logits, axis=-1) == labels).mean())}
+    """Accuracy of the highest-scoring choice, through the packaged `evaluate` accuracy module."""
+    return argmax_accuracy(eval_pred)
 
 
 def pooled_accuracy(metrics: dict[str, float], split: str, subsets: Sequence[str] = ()) -> dict[str, float]:

@@ -48,10 +48,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from transformers import DataCollatorWithPadding
 from transformers.utils import logging
 
+from smc_trainer.metrics import argmax_accuracy
 from smc_trainer.tasks import TaskBundle
 from smc_trainer.tasks.protein.data import ProteinSettings, load_splits, prepare
 from smc_trainer.tasks.protein.loading import load_model_and_tokenizer
@@ -62,9 +62,8 @@ logger = logging.get_logger(__name__)
 
 
 def compute_accuracy(eval_pred: Any) -> dict[str, float]:
-    """Accuracy of the arg-max class (plain numpy: `evaluate.load('accuracy')` needs the Hub)."""
-    logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
-    return {"accuracy": float((np.argmax(logits, axis=-1) == np.asarray(eval_pred.label_ids)).mean())}
+    """Accuracy of the arg-max class, through the packaged `evaluate` accuracy module."""
+    return argmax_accuracy(eval_pred)
 
 
 def trainer_kwargs(data_args, training_args) -> dict[str, Any]:

@@ -1,9 +1,9 @@
 """sacreBLEU per translation direction, and the benchmark's headline: the mean over directions.
 
 The score is `sacrebleu.corpus_bleu(hypotheses, [references], tokenize=...)` with sacreBLEU's
-defaults (exponential smoothing, case-sensitive): exactly the computation that
-`evaluate.load("sacrebleu")` wraps. We call the `sacrebleu` package directly because
-`evaluate.load` fetches the metric's script from the Hub, which fails offline.
+defaults (exponential smoothing, case-sensitive), computed through the `evaluate` module that
+ships with the package (`smc_trainer.metrics`, "sacrebleu"): the Hub's `evaluate.load("sacrebleu")`
+wraps the same call but fetches its script at run time, which fails offline.
 
 sacreBLEU tokenizer per target language (`--bleu_tokenize`, default `zh=zh,ja=char`): `13a`
 (sacreBLEU's default) for space-delimited languages; `zh` (sacreBLEU's Chinese tokenizer, one
@@ -24,9 +24,9 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import sacrebleu
 from sacrebleu.metrics import BLEU
 
+from smc_trainer.metrics import load_metric
 from smc_trainer.tasks.translation.languages import PIVOT, LanguageCodes
 
 DEFAULT_TOKENIZE = "13a"
@@ -52,7 +52,8 @@ def corpus_bleu(hypotheses: list[str], references: list[str], tokenize: str = DE
     """
     if len(hypotheses) != len(references):
         raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
-    return min(sacrebleu.corpus_bleu(hypotheses, [references], tokenize=tokenize).score, 100.0)
+    score = load_metric("sacrebleu").compute(predictions=hypotheses, references=references, tokenize=tokenize)
+    return min(score["score"], 100.0)
 
 
 class BleuMetric:
