@@ -128,15 +128,27 @@ def last_complete_checkpoint(run_dir: str) -> str | None:
     return None
 
 
+LAST_WORDS = ("true", "last")  # `--resume_from_checkpoint true|last`: the flag's spelling of True
+
+
 def resolve_resume_checkpoint(resume: str | bool | None, output_dir: str) -> str | None:
-    """`Trainer.train(resume_from_checkpoint=...)` made safe: True -> the last complete checkpoint of
-    `output_dir`; a path -> itself if complete, else a ValueError naming the flag, the path and why."""
+    """`Trainer.train(resume_from_checkpoint=...)` made safe: True (or 'true'/'last') -> the last complete
+    checkpoint of `output_dir`; a run folder holding `checkpoint-N` folders -> its last complete one; a
+    checkpoint path -> itself if complete, else a ValueError naming the flag, the path and why."""
     if resume is None or resume is False:
         return None
+    if isinstance(resume, str) and resume.strip().lower() in LAST_WORDS and not os.path.isdir(resume):
+        resume = True
     if resume is True:
         last = last_complete_checkpoint(output_dir)
         if last is None:
-            raise ValueError(f"resume_from_checkpoint=True, but {output_dir} holds no complete checkpoint")
+            raise ValueError(f"--resume_from_checkpoint true, but {output_dir} holds no complete checkpoint")
+        return last
+    if list_checkpoints(resume) and not os.path.isfile(os.path.join(resume, COMPLETE_NAME)):  # a run folder
+        last = last_complete_checkpoint(resume)
+        if last is None:
+            raise ValueError(f"--resume_from_checkpoint {resume} is a run folder with no complete checkpoint "
+                             f"(incomplete, left in place: {', '.join(incomplete_checkpoints(resume))})")
         return last
     reason = incomplete_reason(resume)
     if reason is not None:

@@ -50,6 +50,9 @@ SAFE_INDEX_NAME = "model.safetensors.index.json"
 # files of a run folder that are no part of its release (checkpoints, the dense cache's rewind point, pickles)
 PUSH_IGNORE = ["checkpoint-*", "_*", ".*", "runs/*", "*.lock", "*.pth", "*.pt", "*.bin", "init_model.safetensors",
                "COMPLETE", "cache_key.json"]
+# files a release owns: deleted from the repository on push unless uploaded again, so that a stale mask, weight
+# shard or compressed copy from an earlier push never sits beside the new weights (a stale mask breaks loading)
+RELEASE_OWNED = ["model*.safetensors", SAFE_INDEX_NAME, MASKS_NAME, REPORT_NAME, RUN_CONFIG_NAME, METRICS_NAME]
 
 
 # ---- writing ------------------------------------------------------------------------------------
@@ -189,6 +192,18 @@ def write_release_files(
     return sparsity
 
 
+def check_release_dir(output_dir: str, overwrite: bool = False) -> None:
+    """Refuse to write a release into a folder that already holds files (never replace a user's files
+    silently): a FileExistsError naming some of them, unless `overwrite`."""
+    if overwrite or not os.path.isdir(output_dir):
+        return
+    present = sorted(os.listdir(output_dir))
+    if present:
+        shown = ", ".join(present[:5]) + (f" and {len(present) - 5} more" if len(present) > 5 else "")
+        raise FileExistsError(f"{output_dir} is not empty (it holds {shown}); writing a sparse release there would "
+                              "replace files in it. Choose a new or empty folder, or pass overwrite=True.")
+
+
 def save_sparse_pretrained(
     model: torch.nn.Module,
     masks: MaskSet,
@@ -199,13 +214,16 @@ def save_sparse_pretrained(
     metrics: Mapping[str, float] | None = None,
     run_config: RunConfig | SparseTrainingArguments | None = None,
     compressed: bool = False,
+    overwrite: bool = False,
 ) -> str:
-    """Write a sparse release of `model` (a `PreTrainedModel` whose `masks` are installed) to `output_dir`.
+    """Write a sparse release of `model` (a `PreTrainedModel` whose `masks` are installed) to `output_dir`,
+    which must be new or empty unless `overwrite`.
 
     `info` names the method, target and scope (`SparseTrainer.sparsity_metadata()`); without it the masks
     count as 'external' at their own sparsity. With a Trainer, use `SparseTrainer.save_sparse_pretrained`,
     which also writes the method state and saves correctly under DDP/FSDP.
     """
+    check_release_dir(output_dir, overwrite)
     os.makedirs(output_dir, exist_ok=True)
     model.save_pretrained(output_dir)
     if processing_class is not None:
@@ -280,7 +298,7 @@ def push_sparse_folder(
     message = commit_message or f"smc-trainer: {s.get('method')} at sparsity {s.get('achieved_sparsity', 0):.4f}"
     logger.info(f"Uploading {folder} to {repo_id}")
     return api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=message, revision=revision,
-                             ignore_patterns=PUSH_IGNORE, run_as_future=run_as_future)
+                             ignore_patterns=PUSH_IGNORE, delete_patterns=RELEASE_OWNED, run_as_future=run_as_future)
 
 
 # ---- loading ------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from transformers.utils import logging
 from smc_trainer.arguments import SparseTrainingArguments
 from smc_trainer.callbacks import SparsityCallback
 from smc_trainer.checkpoints import clear_manifest, resolve_resume_checkpoint, write_manifest
-from smc_trainer.hub import check_push_args, push_sparse_folder, write_release_files
+from smc_trainer.hub import check_push_args, check_release_dir, push_sparse_folder, write_release_files
 from smc_trainer.masks import MaskSet
 from smc_trainer.methods import get_method_class
 from smc_trainer.parallel import refuse_sharded_backend
@@ -205,10 +205,13 @@ class SparseTrainer(Seq2SeqTrainer):
     # ---- sparse release and the Hub (smc_trainer/hub.py) ----------------------------------------
 
     def save_sparse_pretrained(self, output_dir: str | None = None, metrics: Mapping[str, float] | None = None,
-                               run_config: Any = None, compressed: bool | None = None) -> str:
+                               run_config: Any = None, compressed: bool | None = None, overwrite: bool = False) -> str:
         """The model plus everything a sparse release holds (masks, report, run config, sparsity in
-        config.json, model card); see `smc_trainer.hub.save_sparse_pretrained`."""
+        config.json, model card); see `smc_trainer.hub.save_sparse_pretrained`. A folder other than the
+        run's own `output_dir` must be new or empty unless `overwrite` (a user's files are never replaced)."""
         output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if self.args.should_save and os.path.abspath(output_dir) != os.path.abspath(self.args.output_dir):
+            check_release_dir(output_dir, overwrite)
         self.save_model(output_dir, _internal_call=True)
         if self.args.should_save:
             write_release_files(output_dir, self.masks, self.sparsity_metadata(),

@@ -80,6 +80,13 @@ def test_resolve_resume_checkpoint(tmp_path):
         resolve_resume_checkpoint(str(broken), str(tmp_path))
     with pytest.raises(ValueError, match="no complete checkpoint"):
         resolve_resume_checkpoint(True, str(tmp_path / "empty"))
+    for spelled in ("true", "True", "last"):  # the flag's spelling of True
+        assert resolve_resume_checkpoint(spelled, str(tmp_path)) == str(good)
+    assert resolve_resume_checkpoint(str(tmp_path), "elsewhere") == str(good)  # a run folder: its last complete one
+    only_broken = tmp_path / "only_broken"
+    fake_checkpoint(only_broken, 4, complete=False)
+    with pytest.raises(ValueError, match=r"only_broken is a run folder with no complete checkpoint.*checkpoint-4"):
+        resolve_resume_checkpoint(str(only_broken), str(tmp_path))
 
 
 def test_pipeline_and_cli_resume_points_ignore_incomplete_checkpoints(tmp_path):
@@ -158,6 +165,29 @@ def _cli_flags(output_dir: Path) -> list[str]:
             "--max_eval_samples", "16", "--use_cpu", "--disable_tqdm", "true", "--log_level", "warning",
             "--dense_cache_dir", str(output_dir.parent / "cache"), "--sparse_method", "gmp", "--sparsity", "0.5",
             "--prune_frequency", "1", "--gmp_start", "0", "--gmp_end", "1"]
+
+
+@pytest.mark.parametrize("value", ["true", "run folder"])
+def test_resume_flag_picks_the_last_complete_checkpoint(tmp_path, monkeypatch, value):
+    """`--resume_from_checkpoint true` or `--resume_from_checkpoint RUN_DIR` after a kill before the manifest of
+    checkpoint-6: the run resumes from checkpoint-4 and ends bit-identical."""
+    run = tmp_path / "run"
+    main(_cli_flags(run))
+    finished = load_file(str(run / "model.safetensors"))
+    (run / "checkpoint-6" / COMPLETE_NAME).unlink()
+    picked = []
+    real = trainer_module.resolve_resume_checkpoint
+
+    def recording(resume, output_dir):
+        picked.append(real(resume, output_dir))
+        return picked[-1]
+
+    monkeypatch.setattr(trainer_module, "resolve_resume_checkpoint", recording)
+    main([*_cli_flags(run), "--resume_from_checkpoint", str(run) if value == "run folder" else value])
+    assert picked == [str(run / "checkpoint-4")]
+    assert incomplete_reason(str(run / "checkpoint-6")) is None  # rewritten, declared complete again
+    again = load_file(str(run / "model.safetensors"))
+    assert again.keys() == finished.keys() and all(torch.equal(again[k], finished[k]) for k in finished)
 
 
 def test_run_killed_during_a_save_resumes_from_the_last_complete_checkpoint_bit_identical(tmp_path):

@@ -115,6 +115,9 @@ def test_processes_end_with_identical_masks_and_weights_at_exact_sparsity(ddp_ou
     for r in (r0, r1):
         assert r["kept"] == r["expected_kept"], f"rank {r['rank']}: kept {r['kept']}, expected {r['expected_kept']}"
         assert r["nonzero"] <= r["kept"]
+    masks = {k.removeprefix("mask/"): m for k, m in t0.items() if k.startswith("mask/")}
+    revived = [n for n, m in masks.items() if bool((t0[f"weight/{n}"][~m] != 0).any())]
+    assert revived == [], f"pruned weights are non-zero: {revived[:3]}"
     if r0["method"] != "dense":
         assert sum(k.startswith("mask/") for k in t0) > 0
 

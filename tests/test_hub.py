@@ -4,6 +4,7 @@ push -> load through the Hub client (network boundary stubbed by a local fake st
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import os
 import shlex
@@ -26,6 +27,7 @@ from smc_trainer import MaskSet, SparseTrainer, find_targets, load_sparse_pretra
 from smc_trainer.compressed import COMPRESSED_NAME, encoded_size, load_compressed, save_compressed
 from smc_trainer.config import parse_run_config
 from smc_trainer.masks import MASKS_NAME, REPORT_NAME
+from smc_trainer.model_card import _size
 from smc_trainer.provenance import NOT_REPRODUCED, reproduce_command, run_config_dict
 from smc_trainer.selection import global_keep_masks
 
@@ -33,8 +35,9 @@ from smc_trainer.selection import global_keep_masks
 class FakeHub:
     """The Hub at its network boundary: create_repo / upload_folder / snapshot_download on a local folder.
 
-    upload_folder filters files exactly as huggingface_hub does (`filter_repo_objects` on paths relative to
-    the folder, plus the client's default ignore patterns)."""
+    Every call is bound to the real client method's signature, so an argument the real client would refuse
+    fails here too. upload_folder filters files exactly as huggingface_hub does (`filter_repo_objects` on
+    paths relative to the folder, plus the client's default ignore patterns)."""
 
     def __init__(self, root: Path):
         self.root = root
@@ -43,26 +46,41 @@ class FakeHub:
 
     def install(self, monkeypatch) -> None:
         hub_ = self
+        real = {"create_repo": HfApi.create_repo, "upload_folder": HfApi.upload_folder,
+                "snapshot_download": hub.snapshot_download}
 
-        def create_repo(self, repo_id, *, token=None, private=None, exist_ok=False, **kwargs):
-            hub_.created.append((repo_id, private))
-            (hub_.root / repo_id).mkdir(parents=True, exist_ok=True)
-            return SimpleNamespace(repo_id=repo_id)
+        def called_as(name, *args, **kwargs) -> dict:
+            """The arguments of a call, bound to the real client's signature (TypeError on any it would refuse)."""
+            bound = inspect.signature(real[name]).bind(*args, **kwargs)
+            bound.apply_defaults()
+            return bound.arguments
 
-        def upload_folder(self, *, repo_id, folder_path, commit_message=None, ignore_patterns=None,
-                          allow_patterns=None, revision=None, run_as_future=False, **kwargs):
+        def create_repo(*args, **kwargs):
+            a = called_as("create_repo", *args, **kwargs)
+            hub_.created.append((a["repo_id"], a["private"]))
+            (hub_.root / a["repo_id"]).mkdir(parents=True, exist_ok=True)
+            return SimpleNamespace(repo_id=a["repo_id"])
+
+        def upload_folder(*args, **kwargs):
+            a = called_as("upload_folder", *args, **kwargs)
+            repo_id, folder = a["repo_id"], Path(a["folder_path"])
             assert (hub_.root / repo_id).is_dir(), f"upload to {repo_id} before create_repo"
-            folder = Path(folder_path)
             files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-            kept = list(filter_repo_objects(files, allow_patterns=allow_patterns,
-                                            ignore_patterns=list(ignore_patterns or []) + [".git", ".git/*"]))
+            kept = list(filter_repo_objects(files, allow_patterns=a["allow_patterns"],
+                                            ignore_patterns=list(a["ignore_patterns"] or []) + [".git", ".git/*"]))
+            repo = hub_.root / repo_id
+            remote = sorted(p.relative_to(repo).as_posix() for p in repo.rglob("*") if p.is_file())
+            for rel in filter_repo_objects(remote, allow_patterns=a["delete_patterns"]) if a["delete_patterns"] else ():
+                if rel not in kept:  # as huggingface_hub: a file uploaded again is replaced, not deleted
+                    (repo / rel).unlink()
             for rel in kept:
                 (hub_.root / repo_id / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(folder / rel, hub_.root / repo_id / rel)
-            hub_.uploads.append({"repo_id": repo_id, "files": kept, "message": commit_message})
-            return SimpleNamespace(repo_url=f"https://huggingface.co/{repo_id}", commit_message=commit_message)
+            hub_.uploads.append({"repo_id": repo_id, "files": kept, "message": a["commit_message"]})
+            return SimpleNamespace(repo_url=f"https://huggingface.co/{repo_id}", commit_message=a["commit_message"])
 
-        def snapshot_download(repo_id, *, revision=None, token=None, cache_dir=None, **kwargs):
+        def snapshot_download(*args, **kwargs):
+            repo_id = called_as("snapshot_download", *args, **kwargs)["repo_id"]
             path = hub_.root / repo_id
             if not path.is_dir():
                 raise hub.LocalEntryNotFoundError(f"{repo_id} not found")
@@ -187,11 +205,22 @@ def test_model_card_is_generated_from_the_run(trained):
     text = card.text
     rows = [line for line in text.splitlines() if line.startswith("| `") and " / " in line and "x" in line]
     assert len(rows) == len(trainer.masks.masks)  # one per-layer row per prunable weight
-    first = trainer.masks.layer_report()[0]
-    assert f"| `{first['name']}` |" in text and f"{first['kept']:,} / {first['total']:,}" in text
-    assert "| eval_accuracy | 0.6250 |" in text and "| target sparsity | 0.5000 |" in text
+    # every row against the saved files: kept from the masks, measured sparsity from the weights
+    masks, weights = load_file(str(out / MASKS_NAME)), load_file(str(out / "model.safetensors"))
+    for name, mask in masks.items():
+        kept, total, nonzero = int(mask.sum()), mask.numel(), int(torch.count_nonzero(weights[name]))
+        shape = "x".join(map(str, mask.shape))
+        assert (f"| `{name}` | {shape} | {kept:,} / {total:,} | {1 - kept / total:.4f} | {1 - nonzero / total:.4f} |"
+                in rows), name
+    zeros = sum(int((weights[n] == 0).sum()) for n in masks)
+    total = sum(m.numel() for m in masks.values())
+    assert f"| achieved sparsity (zeros in the weights) | {zeros / total:.4f} |" in text
+    assert "| method | `gmp` (during) |" in text and "| target sparsity | 0.5000 |" in text
+    assert "| eval_accuracy | 0.6250 |" in text and "| eval_loss | 0.5000 |" in text
     assert "BertForSequenceClassification.from_pretrained" in text
-    assert "model.sparse.safetensors` is" in text  # compressed size against dense, measured
+    dense, small = (os.path.getsize(out / n) for n in ("model.safetensors", COMPRESSED_NAME))
+    assert f"`model.sparse.safetensors` is {_size(small)} against {_size(dense)}" in text  # measured, not assumed
+    assert f"({small / dense:.3f}x)" in text and small < dense
     assert "Trained through the Python API" in text  # no recipe behind a bare SparseTrainer
 
 
@@ -204,6 +233,9 @@ def test_card_metadata_names_hub_base_model_and_dataset(tmp_path):
     card = ModelCard.load(str(tmp_path / "out" / hub.CARD_NAME))
     assert card.data.base_model == config.model_args.model_name_or_path  # the recipe's Hub checkpoint
     assert card.data.datasets == [config.data_args.dataset_name]
+    assert f"- base checkpoint: {config.model_args.model_name_or_path}\n" in card.text
+    assert f"- data: {config.data_args.dataset_name}\n" in card.text
+    assert f"- recipe: `csqa` (task `{config.recipe.task}`, metric `{config.recipe.metric}`)" in card.text
     assert "python run_smc.py --recipe csqa --use_cpu --sparse_method omp_before --sparsity 0.5" in card.text
 
 
@@ -272,10 +304,45 @@ def test_push_then_load_round_trip_through_the_hub_client(trained, fake_hub):
     assert loaded.run_config["training_args"]["sparse_method"] == "gmp"
 
 
+def test_a_new_push_removes_the_release_files_it_no_longer_has_and_keeps_others(trained, fake_hub, tmp_path):
+    """A stale compressed copy or mask file from an earlier push never sits beside newer weights; files the
+    release does not own (a user's notes in the repository) are left alone."""
+    _, out = trained
+    hub.push_sparse_folder(str(out), "me/tiny-gmp", token="hf_test")
+    repo = fake_hub.root / "me/tiny-gmp"
+    assert (repo / COMPRESSED_NAME).is_file() and (repo / MASKS_NAME).is_file()
+    (repo / "notes.md").write_text("mine")
+    second = tmp_path / "second"
+    shutil.copytree(out, second)
+    (second / COMPRESSED_NAME).unlink()  # re-saved without --save_compressed
+    hub.push_sparse_folder(str(second), "me/tiny-gmp", token="hf_test")
+    assert not (repo / COMPRESSED_NAME).exists()
+    assert (repo / MASKS_NAME).read_bytes() == (second / MASKS_NAME).read_bytes()
+    assert (repo / "notes.md").read_text() == "mine"
+    assert_same_state(_state(hub.load_sparse_pretrained("me/tiny-gmp").model),
+                      _state(hub.load_sparse_pretrained(str(second)).model))
+
+
+def test_trainer_release_into_another_folder_never_replaces_files(trained, tmp_path):
+    trainer, _ = trained
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "model.safetensors").write_bytes(b"my dense model")
+    with pytest.raises(FileExistsError, match=r"mine is not empty .*model.safetensors"):
+        trainer.save_sparse_pretrained(str(mine))
+    assert sorted(p.name for p in mine.iterdir()) == ["model.safetensors"]
+    assert (mine / "model.safetensors").read_bytes() == b"my dense model"
+    trainer.save_sparse_pretrained(str(mine), overwrite=True)
+    assert_same_state(_state(hub.load_sparse_pretrained(str(mine)).model), _state(trainer.model))
+
+
 def test_local_folder_round_trip_and_compressed_only_release(trained, tmp_path):
     trainer, out = trained
     loaded = hub.load_sparse_pretrained(str(out))
     assert_same_state(_state(loaded.model), _state(trainer.model))
+    assert loaded.masks.keys() == trainer.masks.masks.keys()
+    assert all(torch.equal(loaded.masks[n], trainer.masks.masks[n]) for n in loaded.masks)
+    assert loaded.metrics == {"eval_accuracy": 0.625, "eval_loss": 0.5}
 
     slim = tmp_path / "slim"
     shutil.copytree(out, slim)
@@ -395,6 +462,27 @@ def test_save_sparse_pretrained_without_a_trainer(tmp_path):
     sparsity = json.loads((tmp_path / "out" / "config.json").read_text())["sparsity"]
     assert sparsity["method"] == "external" and sparsity["achieved_sparsity"] == pytest.approx(0.75, abs=1e-3)
     assert "external" not in ModelCard.load(str(tmp_path / "out" / "README.md")).data.tags
+
+
+def test_save_sparse_pretrained_never_replaces_files_silently(tmp_path):
+    model = make_tiny("bert")
+    masks = MaskSet(find_targets(model))
+    masks.set_masks(global_keep_masks({t.name: t.param.detach().abs() for t in masks.targets}, 0.5))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "README.md").write_text("my notes")
+    (mine / "model.safetensors").write_bytes(b"my dense model")
+    with pytest.raises(FileExistsError, match=r"mine is not empty .*README.md.*overwrite=True"):
+        save_sparse_pretrained(model, masks, str(mine))
+    assert (mine / "README.md").read_text() == "my notes"
+    assert (mine / "model.safetensors").read_bytes() == b"my dense model"
+    assert sorted(p.name for p in mine.iterdir()) == ["README.md", "model.safetensors"]  # nothing written at all
+
+    save_sparse_pretrained(model, masks, str(tmp_path / "new"))
+    with pytest.raises(FileExistsError):  # a second save over a release is refused as well
+        save_sparse_pretrained(model, masks, str(tmp_path / "new"))
+    save_sparse_pretrained(model, masks, str(mine), overwrite=True)  # asked for: replaced
+    assert_same_state(_state(load_sparse_pretrained(str(mine)).model), _state(model))
 
 
 def test_card_escapes_pipes_in_table_cells():
