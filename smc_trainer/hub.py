@@ -170,6 +170,10 @@ def write_release_files(
         small = save_compressed(state, os.path.join(output_dir, COMPRESSED_NAME))
         sizes = {"dense_bytes": sum(os.path.getsize(p) for p in files), "compressed_bytes": small}
         logger.info(f"{COMPRESSED_NAME}: {small:,} bytes, {small / sizes['dense_bytes']:.3f}x the dense file")
+    elif os.path.isfile(os.path.join(output_dir, COMPRESSED_NAME)):  # an earlier save's copy of older weights
+        os.remove(os.path.join(output_dir, COMPRESSED_NAME))
+        logger.warning(f"removed the stale {COMPRESSED_NAME} of an earlier save from {output_dir} (this save is "
+                       "not compressed; it held older weights)")
     base_id, described = _describe_run(run_config)
     with open(os.path.join(output_dir, CONFIG_NAME), encoding="utf-8") as fh:
         architectures = json.load(fh).get("architectures") or [None]

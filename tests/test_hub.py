@@ -323,6 +323,16 @@ def test_a_new_push_removes_the_release_files_it_no_longer_has_and_keeps_others(
                       _state(hub.load_sparse_pretrained(str(second)).model))
 
 
+def test_an_uncompressed_resave_drops_the_stale_bitmask_copy(trained, tmp_path):
+    trainer, out = trained
+    again = tmp_path / "again"
+    shutil.copytree(out, again)
+    assert (again / COMPRESSED_NAME).is_file()
+    trainer.save_sparse_pretrained(str(again), compressed=False, overwrite=True)
+    assert not (again / COMPRESSED_NAME).exists()
+    assert COMPRESSED_NAME not in (again / hub.CARD_NAME).read_text()
+
+
 def test_trainer_release_into_another_folder_never_replaces_files(trained, tmp_path):
     trainer, _ = trained
     mine = tmp_path / "mine"
