@@ -25,12 +25,12 @@ import dataclasses
 import os
 import sys
 import tempfile
-import time
 
 import torch
 from transformers import TrainerCallback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
 from common import BATCH, SyntheticBatches, make_sparse_trainer, md_table, median  # noqa: E402
 
 METHODS = ("rigl", "set", "gmp")
@@ -66,32 +66,33 @@ def prepared_trainer(method: str, interval: int, events: int, warmup: int, out_d
 
 def batch_inputs() -> dict[str, torch.Tensor]:
     data = SyntheticBatches(BATCH, seed=1)
-    return {k: torch.stack([data[i][k] for i in range(BATCH)]) for k in ("input_ids", "attention_mask", "labels")}
+    return {k: torch.stack([data[i][k] for i in range(BATCH)]).to(common.DEVICE)
+            for k in ("input_ids", "attention_mask", "labels")}
 
 
 def step_with_event(trainer, ctx, step: int, inputs) -> dict[str, float]:
     """One hand-driven optimizer step with a mask event at its end; returns the timed parts (seconds)."""
     model, opt, masks, method = trainer.model, trainer.optimizer, trainer.masks, trainer.sparse_method
     model.train()
-    t0 = time.perf_counter()
+    t0 = common.clock()
     model(**inputs).loss.backward()
-    t1 = time.perf_counter()
+    t1 = common.clock()
     if method.wants_dense_gradients(ctx, step):
         method.observe_dense_gradients(ctx, step)
-    t2 = time.perf_counter()
+    t2 = common.clock()
     masks.apply_to_grads()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
     masks.after_optimizer_step(opt)
-    t3 = time.perf_counter()
+    t3 = common.clock()
     new = method.update_masks(ctx, step)
-    t4 = time.perf_counter()
+    t4 = common.clock()
     if new is None:
         raise RuntimeError(f"{method.name}: no mask event at step {step}")
     masks.set_masks(new, opt)
-    t5 = time.perf_counter()
+    t5 = common.clock()
     model.zero_grad(set_to_none=True)
-    t6 = time.perf_counter()
+    t6 = common.clock()
     return {"step": (t1 - t0) + (t3 - t2) + (t6 - t5), "observe": t2 - t1, "select": t4 - t3, "install": t5 - t4,
             "event": (t2 - t1) + (t5 - t3), "sparsity": masks.sparsity()}
 
@@ -102,10 +103,12 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=4, help="timed events per method (interleaved)")
     parser.add_argument("--warmup", type=int, default=2, help="real Trainer steps before the timed events")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]; GPU times are synchronized")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average "
+    common.set_device(args.device)
+    print(f"torch {torch.__version__}, device {common.device_label()}, {torch.get_num_threads()} threads, load average "
           f"{os.getloadavg()[0]:.2f}; interval {args.interval}, "
           f"{args.events} events per method", flush=True)
 

@@ -28,12 +28,12 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 
 import torch
 from transformers import Trainer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
 from common import (  # noqa: E402
     BATCH,
     StepTimer,
@@ -56,14 +56,14 @@ def instrument_callback(trainer) -> list[float]:
     before, after = cb.before_optimizer_step, cb.on_optimizer_step
 
     def timed_before():
-        t0 = time.perf_counter()
+        t0 = common.clock()
         before()
-        pending[0] += time.perf_counter() - t0
+        pending[0] += common.clock() - t0
 
     def timed_after(*args, **kwargs):
-        t0 = time.perf_counter()
+        t0 = common.clock()
         out = after(*args, **kwargs)
-        per_step.append(pending[0] + time.perf_counter() - t0)
+        per_step.append(pending[0] + common.clock() - t0)
         pending[0] = 0.0
         return out
 
@@ -92,24 +92,25 @@ def micro_benchmark(trainer, iterations: int) -> dict:
     model, opt, masks = trainer.model, trainer.optimizer, trainer.masks
     model.train()
     batch = SyntheticBatches(BATCH, seed=1)
-    inputs = {k: torch.stack([batch[i][k] for i in range(BATCH)]) for k in ("input_ids", "attention_mask", "labels")}
+    inputs = {k: torch.stack([batch[i][k] for i in range(BATCH)]).to(common.DEVICE)
+              for k in ("input_ids", "attention_mask", "labels")}
     dense, maint, grads_only, weights_only, remask = [], [], [], [], []
     for _ in range(iterations):
-        t0 = time.perf_counter()
+        t0 = common.clock()
         loss = model(**inputs).loss
         loss.backward()
-        t1 = time.perf_counter()
+        t1 = common.clock()
         masks.apply_to_grads()
-        t2 = time.perf_counter()
+        t2 = common.clock()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        t3 = time.perf_counter()
+        t3 = common.clock()
         masks.after_optimizer_step(opt)
-        t4 = time.perf_counter()
+        t4 = common.clock()
         model.zero_grad(set_to_none=True)
-        t5 = time.perf_counter()
+        t5 = common.clock()
         masks.apply_to_weights()  # the full re-mask pass, for reference (a no-op on the values here)
-        remask.append(time.perf_counter() - t5)
+        remask.append(common.clock() - t5)
         dense.append((t1 - t0) + (t3 - t2) + (t5 - t4))
         maint.append((t2 - t1) + (t4 - t3))
         grads_only.append(t2 - t1)
@@ -140,10 +141,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved (dense, sparse) run pairs")
     parser.add_argument("--micro", type=int, default=20, help="iterations of the micro-benchmark")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]; GPU times are synchronized")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average "
+    common.set_device(args.device)
+    print(f"torch {torch.__version__}, device {common.device_label()}, {torch.get_num_threads()} threads, load average "
           f"{os.getloadavg()[0]:.2f}; batch {BATCH}x128, "
           f"{args.repeats} x (dense, sparse) runs of {args.warmup}+{args.steps} steps", flush=True)
 

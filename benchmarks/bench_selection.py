@@ -60,8 +60,9 @@ def layer_count(scale: float) -> int:
     return max(1, round(LAYERS * scale))
 
 
-def build_weights(scale: float, seed: int = 0) -> dict[str, Tensor]:
-    """RoBERTa-large-shaped prunable weights (random normal float32), in named_modules order."""
+def build_weights(scale: float, seed: int = 0, device: str = "cpu") -> dict[str, Tensor]:
+    """RoBERTa-large-shaped prunable weights (random normal float32, drawn on the CPU so every device gets the
+    same numbers), in named_modules order."""
     gen = torch.Generator().manual_seed(seed)
     shapes = {"embeddings.word_embeddings.weight": (VOCAB, HIDDEN)}
     for i in range(layer_count(scale)):
@@ -71,7 +72,7 @@ def build_weights(scale: float, seed: int = 0) -> dict[str, Tensor]:
         shapes[p + "attention.output.dense.weight"] = (HIDDEN, HIDDEN)
         shapes[p + "intermediate.dense.weight"] = (FFN, HIDDEN)
         shapes[p + "output.dense.weight"] = (HIDDEN, FFN)
-    return {name: torch.randn(shape, generator=gen) for name, shape in shapes.items()}
+    return {name: torch.randn(shape, generator=gen).to(device) for name, shape in shapes.items()}
 
 
 def total_numel(weights: dict[str, Tensor]) -> int:
@@ -137,7 +138,7 @@ def run_bisection(weights: dict[str, Tensor], k: int, steps: int = 40) -> dict[s
             hi = mid
     masks = {}
     for name, w in weights.items():
-        mask = torch.empty(w.numel(), dtype=torch.bool)
+        mask = torch.empty(w.numel(), dtype=torch.bool, device=w.device)
         for i, c in enumerate(chunks(w)):
             mask[i * CHUNK : i * CHUNK + c.numel()] = torch.abs(c) > hi
         masks[name] = mask.view(w.shape)
@@ -195,9 +196,12 @@ def _reset_peak() -> bool:
         return False
 
 
-def measure_one(method: str, scale: float, sparsity: float) -> dict:
-    """Run `method` once after allocating the weights; return its time and peak extra RSS in bytes."""
-    weights = build_weights(scale)
+def measure_one(method: str, scale: float, sparsity: float, device: str = "cpu") -> dict:
+    """Run `method` once after allocating the weights; return its time and peak extra memory in bytes (host RSS
+    on the CPU; on a GPU, the CUDA caching allocator's peak of allocated bytes)."""
+    weights = build_weights(scale, device=device)
+    if torch.device(device).type == "cuda":
+        return _measure_one_cuda(method, weights, sparsity)
     n = total_numel(weights)
     k = keep_count(1.0 - sparsity, n)
     extra_input = {n_: w.abs() for n_, w in weights.items()} if method == "global_keep_masks" else None
@@ -217,10 +221,25 @@ def measure_one(method: str, scale: float, sparsity: float) -> dict:
             "source": "VmHWM" if use_hwm else "ru_maxrss"}
 
 
+def _measure_one_cuda(method: str, weights: dict[str, Tensor], sparsity: float) -> dict:
+    k = keep_count(1.0 - sparsity, total_numel(weights))
+    extra_input = {n_: w.abs() for n_, w in weights.items()} if method == "global_keep_masks" else None
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    result = call_method(method, weights, k, sparsity, extra_input)
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    extra = torch.cuda.max_memory_allocated() - before
+    del result
+    return {"method": method, "seconds": seconds, "extra_bytes": extra, "source": "cuda max_memory_allocated"}
+
+
 def measure_in_subprocess(method: str, scale: float, sparsity: float, threads: int | None,
-                          env: dict[str, str] | None = None) -> dict:
+                          env: dict[str, str] | None = None, device: str = "cpu") -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--only", method, "--scale", str(scale),
-           "--sparsity", str(sparsity)] + ([] if threads is None else ["--threads", str(threads)])
+           "--sparsity", str(sparsity), "--device", device] + ([] if threads is None else ["--threads", str(threads)])
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, **(env or {})})
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -246,10 +265,17 @@ def call_method(method: str, weights, k: int, sparsity: float, abs_weights=None)
     raise ValueError(method)
 
 
+def sync() -> None:
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def timed(fn: Callable[[], object]) -> tuple[float, object]:
     gc.collect()
+    sync()
     t0 = time.perf_counter()
     out = fn()
+    sync()
     return time.perf_counter() - t0, out
 
 
@@ -317,10 +343,12 @@ def _profile_once(weights: dict[str, Tensor], k: int) -> dict[str, float]:
 
     def wrap(name, fn):
         def inner(*a, **kw):
+            sync()
             t0 = time.perf_counter()
             try:
                 return fn(*a, **kw)
             finally:
+                sync()
                 phases[name] = phases.get(name, 0.0) + time.perf_counter() - t0
         return inner
 
@@ -351,28 +379,37 @@ def main() -> None:
     parser.add_argument("--skip-memory", action="store_true", help="no fresh-process memory measurements")
     parser.add_argument("--profile-ops", action="store_true", help="also print a torch.profiler table of ours")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]; GPU times are synchronized")
     parser.add_argument("--only", choices=METHODS, help="internal: run one method, print time/memory as JSON")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit(f"--device {args.device}: torch.cuda.is_available() is False on this machine")
+        torch.cuda.set_device(device)
+    elif device.type != "cpu":
+        raise SystemExit(f"--device must be cpu or cuda[:N]; got {args.device!r}")
 
     if args.only:
-        print(json.dumps(measure_one(args.only, args.scale, args.sparsity)))
+        print(json.dumps(measure_one(args.only, args.scale, args.sparsity, args.device)))
         return
 
     methods = [m for m in METHODS if not (args.skip_prune and m == "prune")]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; scale {args.scale} "
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"torch {torch.__version__}, device {where}, {torch.get_num_threads()} threads; scale {args.scale} "
           f"({layer_count(args.scale)} layers), sparsity {args.sparsity}; load average {os.getloadavg()[0]:.2f}",
           flush=True)
 
     memory: dict[str, dict] = {}
     if not args.skip_memory:
         for m in methods:
-            memory[m] = measure_in_subprocess(m, args.scale, args.sparsity, args.threads)
+            memory[m] = measure_in_subprocess(m, args.scale, args.sparsity, args.threads, device=args.device)
             print(f"  memory {m}: +{memory[m]['extra_bytes'] / GB:.3f} GB ({memory[m]['seconds']:.2f} s, "
                   f"{memory[m]['source']})", flush=True)
 
-    weights = build_weights(args.scale)
+    weights = build_weights(args.scale, device=args.device)
     n = total_numel(weights)
     k = keep_count(1.0 - args.sparsity, n)
     model_bytes = n * 4
@@ -439,7 +476,7 @@ def main() -> None:
     if "ours" in memory:
         print(f"ours peak extra memory {memory['ours']['extra_bytes'] / GB:.3f} GB; budget (masks + 5% of model) "
               f"{budget / GB:.3f} GB: {'met' if memory['ours']['extra_bytes'] <= budget else 'NOT met'}")
-    if "ours" in memory:
+    if "ours" in memory and device.type == "cpu":
         # diagnostic: the same run with glibc serving every allocation >= 1 MiB by mmap (freed memory goes
         # straight back to the OS), i.e. the peak of live tensors without heap fragmentation
         diag = measure_in_subprocess("ours", args.scale, args.sparsity, args.threads,

@@ -11,6 +11,32 @@ from transformers import BertConfig, BertForSequenceClassification, TrainerCallb
 from smc_trainer import SparseTrainer, SparseTrainingArguments
 
 BATCH, SEQ, VOCAB = 16, 128, 30522
+DEVICE = torch.device("cpu")
+
+
+def set_device(name: str) -> torch.device:
+    """Run the training benchmarks on `name` ("cpu", "cuda", "cuda:1"); a missing device is refused up front."""
+    global DEVICE
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {name}: torch.cuda.is_available() is False on this machine")
+    if device.type not in ("cpu", "cuda"):
+        raise SystemExit(f"--device must be cpu or cuda[:N]; got {name!r}")
+    DEVICE = device
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
+
+
+def clock() -> float:
+    """perf_counter after the device's queued work is done (GPU kernels run asynchronously)."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+    return time.perf_counter()
+
+
+def device_label() -> str:
+    return torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else "cpu"
 
 
 def minilm(seed: int = 0) -> BertForSequenceClassification:
@@ -45,17 +71,17 @@ class StepTimer(TrainerCallback):
         self._t0 = 0.0
 
     def on_step_begin(self, args, state, control, **kwargs):
-        self._t0 = time.perf_counter()
+        self._t0 = clock()
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.times.append(time.perf_counter() - self._t0)
+        self.times.append(clock() - self._t0)
 
 
 def common_args(output_dir: str, steps: int, **extra) -> dict:
     return dict(
         output_dir=output_dir, max_steps=steps, per_device_train_batch_size=BATCH, learning_rate=5e-5,
         weight_decay=0.01, report_to="none", save_strategy="no", logging_steps=10**6, disable_tqdm=True,
-        use_cpu=True, seed=0, dataloader_num_workers=0, **extra,
+        use_cpu=DEVICE.type == "cpu", seed=0, dataloader_num_workers=0, **extra,
     )
 
 
