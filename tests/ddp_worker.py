@@ -49,9 +49,11 @@ TRAINER_CASES: dict[str, dict] = {
     "fault_rank_seed": dict(sparse_method="random_before"),
     "fault_local_snip": dict(sparse_method="snip"),
 }
-PIPELINE_CASES: dict[str, list[str]] = {  # run in this order: lth reuses the dense cache omp_after trains
+PIPELINE_CASES: dict[str, list[str]] = {  # run in this order: the others reuse the dense cache omp_after trains
     "omp_after": ["--sparse_method", "omp_after", "--sparsity", "0.5"],
+    "random_after": ["--sparse_method", "random_after", "--sparsity", "0.5"],  # seeded scores, not the rank's RNG
     "lth": ["--sparse_method", "lth", "--sparsity", "0.36"],
+    "lrr": ["--sparse_method", "lrr", "--sparsity", "0.36"],  # keeps each round's trained weights (no rewind)
 }
 CASES = [*TRAINER_CASES, *PIPELINE_CASES]
 

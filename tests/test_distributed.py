@@ -31,7 +31,8 @@ WORKER_TIMEOUT_S = 200
 LAUNCH_TIMEOUT_S = 300
 FAULTS = [c for c in TRAINER_CASES if c.startswith("fault_")]
 SOUND_TRAINER_CASES = [c for c in TRAINER_CASES if c not in FAULTS]
-EXPECTED_STAGES = {"omp_after": {"dense", "omp_after"}, "lth": {"round-01", "round-02"}}  # lth: dense cache hit
+EXPECTED_STAGES = {"omp_after": {"dense", "omp_after"}, "random_after": {"random_after"},  # later: dense cache hits
+                   "lth": {"round-01", "round-02"}, "lrr": {"round-01", "round-02"}}
 
 
 def free_port() -> int:
