@@ -507,13 +507,16 @@ def test_offline_hub_dataset_error_names_the_id_and_data_dir(hub_offline, tmp_pa
         load_raw_splits(DataArguments(), ModelArguments(cache_dir=str(tmp_path)), load_recipe("svamp"))
 
 
-def test_missing_split_file_and_generate_flag_fail_early(tmp_path):
+def test_missing_split_file_and_generate_flag_fail_early(tmp_path, monkeypatch):
     from smc_trainer.arguments import SparseTrainingArguments
 
     write_csv(tmp_path / "train.csv", [problem(0)])
+    encoder = write_encoder(tmp_path / "encoder")
+    monkeypatch.setattr(AutoModel, "from_pretrained", lambda *a, **k: pytest.fail("weights loaded before the check"))
     args = SparseTrainingArguments(output_dir=str(tmp_path), predict_with_generate=True, report_to="none")
     with pytest.raises(ValueError, match="--predict_with_generate does not apply to GTS"):
-        build(ModelArguments(), DataArguments(), args, load_recipe("svamp"))
+        build(ModelArguments(model_name_or_path=encoder), DataArguments(
+            train_file=str(tmp_path / "train.csv"), test_file=str(tmp_path / "train.csv")), args, load_recipe("svamp"))
     data_args = DataArguments(data_dir=str(tmp_path))
     with pytest.raises(FileNotFoundError, match="mawps-asdiv-a_svamp/train.csv' does not exist"):
         load_raw_splits(data_args, ModelArguments(cache_dir=str(tmp_path)), load_recipe("svamp"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from datasets import Dataset
-from transformers import AutoModel
+from transformers import AutoModel, AutoModelForSeq2SeqLM
 from transformers.utils import logging
 
 from smc_trainer.tasks.arithmetic.configuration_gts import GTSConfig
@@ -23,13 +23,35 @@ from smc_trainer.tasks.loading import checkpoint_name, hub_kwargs, load_tokenize
 logger = logging.get_logger(__name__)
 
 
+def is_seq2seq(config: Any) -> bool:
+    """An encoder-decoder checkpoint (T5, BART, ...) is trained as a seq2seq model; any other as GTS's encoder."""
+    return bool(getattr(config, "is_encoder_decoder", False)) and not isinstance(config, GTSConfig)
+
+
+def check_decoding_flags(name: str, config: Any, training_args) -> None:
+    """GTS decodes by beam search in its own evaluation forward; a seq2seq model must generate at evaluation."""
+    if is_seq2seq(config) and not training_args.predict_with_generate:
+        raise ValueError(f"{name!r} is an encoder-decoder ({config.model_type}) model, trained to write the prefix "
+                         "equation: pass --predict_with_generate true so that evaluation scores generated equations")
+    if not is_seq2seq(config) and training_args.predict_with_generate:
+        raise ValueError("--predict_with_generate does not apply to GTS: it decodes equations by beam search in its "
+                         "evaluation forward (--generation_num_beams / --generation_max_length set the beam)")
+
+
 def load_model_and_tokenizer(model_args, data_args, training_args,
-                             raw: dict[str, Dataset | None]) -> tuple[GTSForMathWordProblems, Any, str]:
-    """(model, fast tokenizer, where the weights came from); errors name the id and the local-folder flag."""
+                             raw: dict[str, Dataset | None]) -> tuple[Any, Any, str]:
+    """(model, fast tokenizer, where the weights came from): GTS over an encoder, or an encoder-decoder model
+    (`seq2seq`); errors name the id and the local-folder flag."""
     name, common = checkpoint_name(model_args), hub_kwargs(model_args)
     with offline_hint(name, "a local folder with the encoder's config, weights and tokenizer as "
                       "--model_name_or_path (and the data as --data_dir)"):
         tokenizer, config = load_tokenizer_and_config(model_args)
+        check_decoding_flags(name, config, training_args)  # before any weights load
+        if is_seq2seq(config):
+            if model_args.from_scratch:
+                return AutoModelForSeq2SeqLM.from_config(config), tokenizer, f"{name} config, random weights (seq2seq)"
+            model = AutoModelForSeq2SeqLM.from_pretrained(name, config=config, **common)
+            return model, tokenizer, f"{name} (pretrained seq2seq, writes the prefix equation)"
         if isinstance(config, GTSConfig):
             model, source = GTSForMathWordProblems.from_pretrained(name, config=config, **common), f"{name} (GTS)"
         else:
