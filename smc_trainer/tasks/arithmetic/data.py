@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,21 +147,29 @@ def encode_batch(examples: dict[str, list], tokenizer: Any, vocab: EquationVocab
     return out
 
 
+def encode_split(dataset: Dataset, split: str, encode: Callable[..., dict[str, list]], fn_kwargs: dict[str, Any],
+                 data_args, training_args, desc: str) -> Dataset:
+    """Keep the first --max_train_samples / --max_eval_samples rows, then `encode` in cached batches (the main
+    process first, so the others load its cache)."""
+    limit = data_args.max_train_samples if split == "train" else data_args.max_eval_samples
+    if limit is not None:
+        dataset = dataset.select(range(min(limit, len(dataset))))
+    with training_args.main_process_first(desc=f"{split} encoding"):
+        return dataset.map(
+            encode, batched=True, remove_columns=dataset.column_names, fn_kwargs={**fn_kwargs, "split": split},
+            num_proc=data_args.preprocessing_num_workers, load_from_cache_file=not data_args.overwrite_cache,
+            desc=desc,
+        )
+
+
 def prepare_split(dataset: Dataset | None, split: str, tokenizer: Any, vocab: EquationVocab, data_args,
                   training_args) -> Dataset | None:
     """Truncate (debug flags) and encode one raw split; logs how many problems the decoder cannot solve."""
     if dataset is None:
         return None
-    limit = data_args.max_train_samples if split == "train" else data_args.max_eval_samples
-    if limit is not None:
-        dataset = dataset.select(range(min(limit, len(dataset))))
-    with training_args.main_process_first(desc=f"{split} encoding"):
-        encoded = dataset.map(
-            encode_batch, batched=True, remove_columns=dataset.column_names,
-            fn_kwargs={"tokenizer": tokenizer, "vocab": vocab, "max_length": data_args.max_seq_length, "split": split},
-            num_proc=data_args.preprocessing_num_workers, load_from_cache_file=not data_args.overwrite_cache,
-            desc=f"Encoding {split}",
-        )
+    encoded = encode_split(dataset, split, encode_batch,
+                           {"tokenizer": tokenizer, "vocab": vocab, "max_length": data_args.max_seq_length},
+                           data_args, training_args, f"Encoding {split}")
     unreachable = sum(1 for ids in encoded["labels"] if not ids)
     missing = sum(1 for p in encoded["number_positions"] if min(p, default=0) < 0)
     if unreachable or missing:

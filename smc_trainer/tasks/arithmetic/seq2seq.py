@@ -22,7 +22,7 @@ from datasets import Dataset
 from transformers import EvalPrediction
 from transformers.utils import logging
 
-from smc_trainer.tasks.arithmetic.data import COLUMNS, PLACEHOLDER
+from smc_trainer.tasks.arithmetic.data import COLUMNS, PLACEHOLDER, encode_split
 from smc_trainer.tasks.arithmetic.equations import evaluate_prefix, is_correct, parse_numbers, tokenize
 
 logger = logging.get_logger(__name__)
@@ -83,16 +83,8 @@ def prepare_split(dataset: Dataset | None, split: str, tokenizer: Any, data_args
     """Truncate (debug flags) and encode one raw split for the seq2seq model."""
     if dataset is None:
         return None
-    limit = data_args.max_train_samples if split == "train" else data_args.max_eval_samples
-    if limit is not None:
-        dataset = dataset.select(range(min(limit, len(dataset))))
-    with training_args.main_process_first(desc=f"{split} encoding"):
-        return dataset.map(
-            encode_batch, batched=True, remove_columns=dataset.column_names,
-            fn_kwargs={"tokenizer": tokenizer, "max_length": data_args.max_seq_length, "split": split},
-            num_proc=data_args.preprocessing_num_workers, load_from_cache_file=not data_args.overwrite_cache,
-            desc=f"Encoding {split} (seq2seq)",
-        )
+    return encode_split(dataset, split, encode_batch, {"tokenizer": tokenizer, "max_length": data_args.max_seq_length},
+                        data_args, training_args, f"Encoding {split} (seq2seq)")
 
 
 def answer_accuracy(hypotheses: list[str], references: list[str]) -> dict[str, float]:
