@@ -31,9 +31,30 @@ def load_metric(name: str) -> evaluate.EvaluationModule:
     return evaluate.load(str(HERE / SCRIPTS[name]), keep_in_memory=True)  # no cache files per compute
 
 
+def model_predictions(eval_pred: Any) -> Any:
+    """The model's first output (logits or generated ids) of an `EvalPrediction`, which may hold a tuple."""
+    return eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
+
+
+def decode_ids(tokenizer: Any, ids: Any) -> list[str]:
+    """Rows of token ids as stripped texts, special tokens dropped; negative ids (the evaluation loop's -100
+    padding) read as the pad token."""
+    ids = np.asarray(ids)
+    return [t.strip() for t in tokenizer.batch_decode(np.where(ids < 0, tokenizer.pad_token_id, ids),
+                                                      skip_special_tokens=True)]
+
+
+def generated_texts(eval_pred: Any, tokenizer: Any, scored: str) -> list[str]:
+    """The generated sequences of `eval_pred` as texts (`decode_ids`). `scored` names what is scored, for the
+    error when the evaluation produced logits instead of generated ids."""
+    predictions = np.asarray(model_predictions(eval_pred))
+    if predictions.ndim != 2:
+        raise ValueError(f"{scored} needs generated token ids: pass --predict_with_generate true")
+    return decode_ids(tokenizer, predictions)
+
+
 def argmax_accuracy(eval_pred: Any) -> dict[str, float]:
     """`compute_metrics` for classifiers and multiple choice: accuracy of the arg-max of the logits."""
-    logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
-    predictions = np.argmax(np.asarray(logits), axis=-1).reshape(-1)
+    predictions = np.argmax(np.asarray(model_predictions(eval_pred)), axis=-1).reshape(-1)
     references = np.asarray(eval_pred.label_ids).reshape(-1)
     return {"accuracy": load_metric("accuracy").compute(predictions=predictions, references=references)["accuracy"]}

@@ -124,6 +124,16 @@ def placeholder_positions(question: str, encoding, row: int, count: int) -> list
     return positions
 
 
+def gold_value(question: str, numbers_text: str, equation: str, split: str) -> tuple[list[float], float]:
+    """(numbers, value of the gold equation) of one problem; a ValueError naming it if the equation is invalid."""
+    numbers = parse_numbers(numbers_text)
+    reference = evaluate_prefix(tokenize(equation), numbers)
+    if reference is None:
+        raise ValueError(f"{split} split: the gold equation {equation!r} is invalid for the numbers "
+                         f"{numbers_text!r} (question: {question[:80]!r})")
+    return numbers, reference
+
+
 def encode_batch(examples: dict[str, list], tokenizer: Any, vocab: EquationVocab, max_length: int,
                  split: str) -> dict[str, list]:
     """Model inputs and labels of a batch of raw rows (see `ArithmeticCollator` for the tensors)."""
@@ -131,12 +141,8 @@ def encode_batch(examples: dict[str, list], tokenizer: Any, vocab: EquationVocab
     out = {key: encoding[key] for key in tokenizer.model_input_names if key in encoding}
     out.update(number_positions=[], labels=[], label_numbers=[], label_answers=[])
     for row, (question, numbers_text, equation) in enumerate(zip(*(examples[c] for c in COLUMNS))):
-        numbers, tokens = parse_numbers(numbers_text), tokenize(equation)
-        reference = evaluate_prefix(tokens, numbers)
-        if reference is None:
-            raise ValueError(f"{split} split: the gold equation {equation!r} is invalid for the numbers "
-                             f"{numbers_text!r} (question: {question[:80]!r})")
-        ids = vocab.encode(tokens)
+        numbers, reference = gold_value(question, numbers_text, equation, split)
+        ids = vocab.encode(tokenize(equation))
         if ids is None and split == "train":
             raise ValueError(f"train split: equation {equation!r} is outside the vocabulary built from it")
         positions = placeholder_positions(question, encoding, row, len(numbers))

@@ -17,15 +17,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 from datasets import Dataset
 from transformers import EvalPrediction
-from transformers.utils import logging
 
-from smc_trainer.tasks.arithmetic.data import COLUMNS, PLACEHOLDER, encode_split
-from smc_trainer.tasks.arithmetic.equations import evaluate_prefix, is_correct, parse_numbers, tokenize
-
-logger = logging.get_logger(__name__)
+from smc_trainer.metrics import decode_ids, generated_texts
+from smc_trainer.tasks.arithmetic.data import COLUMNS, PLACEHOLDER, encode_split, gold_value
+from smc_trainer.tasks.arithmetic.equations import evaluate_prefix, is_correct, tokenize
 
 
 def number_text(value: float) -> str:
@@ -52,20 +49,11 @@ def equation_value(text: str) -> float | None:
     return evaluate_prefix(tokenize(text), [])
 
 
-def decode(tokenizer: Any, ids: Any) -> list[str]:
-    """Token ids (rows padded with -100 or the pad id) to stripped texts, special tokens dropped."""
-    ids = np.where(np.asarray(ids) < 0, tokenizer.pad_token_id, ids)
-    return [t.strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
-
-
 def encode_batch(examples: dict[str, list], tokenizer: Any, max_length: int, split: str) -> dict[str, list]:
     """Source ids (the problem, numbers written out; truncated to `max_length`) and label ids (the equation)."""
     sources, targets = [], []
     for question, numbers_text, equation in zip(*(examples[c] for c in COLUMNS)):
-        numbers = parse_numbers(numbers_text)
-        if evaluate_prefix(tokenize(equation), numbers) is None:
-            raise ValueError(f"{split} split: the gold equation {equation!r} is invalid for the numbers "
-                             f"{numbers_text!r} (question: {question[:80]!r})")
+        numbers, _ = gold_value(question, numbers_text, equation, split)
         sources.append(with_numbers(question, numbers))
         targets.append(with_numbers(equation, numbers))
     out = dict(tokenizer(sources, truncation=True, max_length=max_length))
@@ -98,10 +86,7 @@ def make_compute_metrics(tokenizer: Any) -> Callable[[EvalPrediction], dict[str,
     """`compute_metrics` for generated equations (`--predict_with_generate true`)."""
 
     def compute_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
-        predictions = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
-        if np.asarray(predictions).ndim != 2:
-            raise ValueError("the seq2seq arithmetic model is scored on generated equations: pass "
-                             "--predict_with_generate true")
-        return answer_accuracy(decode(tokenizer, predictions), decode(tokenizer, eval_pred.label_ids))
+        hypotheses = generated_texts(eval_pred, tokenizer, "the seq2seq arithmetic metric")
+        return answer_accuracy(hypotheses, decode_ids(tokenizer, eval_pred.label_ids))
 
     return compute_metrics

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from sacrebleu.metrics import BLEU
 
-from smc_trainer.metrics import load_metric
+from smc_trainer.metrics import generated_texts, load_metric
 from smc_trainer.tasks.translation.languages import PIVOT, LanguageCodes
 
 DEFAULT_TOKENIZE = "13a"
@@ -69,14 +69,10 @@ class BleuMetric:
         self.tokenize_by_lang = tokenize_by_lang
 
     def __call__(self, eval_pred: Any) -> dict[str, float]:
-        predictions = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
-        if np.asarray(predictions).ndim != 2:
-            raise ValueError("BLEU needs generated token ids: pass --predict_with_generate true")
+        hypotheses = generated_texts(eval_pred, self.tokenizer, "BLEU")
         pad = self.tokenizer.pad_token_id
-        predictions = np.where(np.asarray(predictions) < 0, pad, predictions)  # -100: the evaluation loop's padding
         labels = [row[(row >= 0) & (row != pad)].tolist() for row in np.asarray(eval_pred.label_ids)]
         tokenize = self._tokenize_for(labels)
-        hypotheses = [t.strip() for t in self.tokenizer.batch_decode(predictions, skip_special_tokens=True)]
         references = [t.strip() for t in self.tokenizer.batch_decode(labels, skip_special_tokens=True)]
         return {"bleu": corpus_bleu(hypotheses, references, tokenize)}
 
