@@ -8,6 +8,9 @@
   python run_smc.py report LEDGER [--out DIR]        tables, CSV and plots from a results ledger
   python run_smc.py push RUN_DIR --hub_model_id ID   upload a finished run's sparse release to the Hub
 
+A user's mistake (bad flag value, missing file, unknown recipe, a model not available offline) ends with one
+line `run_smc.py: error: <message>` and exit status 2; `--debug` (or SMC_DEBUG=1) shows the traceback.
+
 The recipe (recipes/<name>.yaml) gives the task, checkpoint, dataset and the paper's
 hyper-parameters as defaults; every flag overrides it. `python run_smc.py --help` lists the flags
 of a run; `python run_smc.py sweep --help` adds the sweep's own.
@@ -25,10 +28,11 @@ import datasets
 import transformers
 from transformers import HfArgumentParser
 
-from smc_trainer.checkpoints import incomplete_checkpoints, last_complete_checkpoint, resolve_resume_checkpoint
-from smc_trainer.config import parse_run_config
-from smc_trainer.hub import prepare_push, push_sparse_folder
-from smc_trainer.pipeline import RunConfig, RunOutcome
+from smc_trainer.errors import UsageError
+from smc_trainer.release.hub import prepare_push, push_sparse_folder
+from smc_trainer.runs.config import parse_run_config
+from smc_trainer.runs.run_config import RunConfig, RunOutcome
+from smc_trainer.training.checkpoints import incomplete_checkpoints, last_complete_checkpoint, resolve_resume_checkpoint
 
 logger = transformers.utils.logging.get_logger("run_smc")
 
@@ -53,7 +57,7 @@ def setup_logging(level: int, library_level: int | None = None) -> None:
 
 def check_output_dir(config: RunConfig) -> None:
     """Never train over a user's files: a non-empty output_dir must hold a complete checkpoint to resume, and
-    an explicit --resume_from_checkpoint must be complete (smc_trainer.checkpoints)."""
+    an explicit --resume_from_checkpoint must be complete (smc_trainer.training.checkpoints)."""
     args = config.training_args
     out = args.output_dir
     if args.resume_from_checkpoint:
@@ -66,7 +70,7 @@ def check_output_dir(config: RunConfig) -> None:
     if last_complete_checkpoint(out) is None:
         broken = incomplete_checkpoints(out)
         detail = f" (only incomplete ones, left in place: {', '.join(broken)})" if broken else ""
-        raise ValueError(f"output directory {out!r} exists, is not empty and holds no complete checkpoint to resume"
+        raise UsageError(f"output directory {out!r} exists, is not empty and holds no complete checkpoint to resume"
                          f"{detail}; choose another --output_dir, remove it, or pass --overwrite_output_dir")
 
 
@@ -78,7 +82,7 @@ def holds_stages(out: str) -> bool:
 
 def single_run(argv: list[str]) -> dict[str, float]:
     """Run one method at one sparsity with every stage it needs; returns the final metrics."""
-    from smc_trainer import pipeline
+    from smc_trainer.runs import pipeline
 
     config = parse_run_config(argv, description=__doc__)
     args = config.training_args
@@ -108,8 +112,8 @@ def final_run_dir(config: RunConfig, outcomes: list[RunOutcome]) -> str:
 
 
 def record_outcomes(config: RunConfig, outcomes: list[RunOutcome]) -> None:
-    from smc_trainer.ledger import Ledger
-    from smc_trainer.sweep import make_record, run_key
+    from smc_trainer.runs.ledger import Ledger
+    from smc_trainer.runs.sweep import make_record, run_key
 
     ledger = Ledger(config.training_args.ledger)
     done = ledger.done_keys()
@@ -136,8 +140,8 @@ def summarize(config: RunConfig, outcome: RunOutcome) -> None:
 
 def sweep_command(argv: list[str]) -> dict[str, float]:
     """`run_smc.py sweep`: the sweep's own flags, then any run flag applied to every run."""
-    from smc_trainer.config import make_parser
-    from smc_trainer.sweep import SweepArguments, run_sweep
+    from smc_trainer.runs.config import make_parser
+    from smc_trainer.runs.sweep import SweepArguments, run_sweep
 
     if "-h" in argv or "--help" in argv:
         HfArgumentParser(SweepArguments, description="Sweep flags (any run flag may follow):").print_help()
@@ -146,7 +150,7 @@ def sweep_command(argv: list[str]) -> dict[str, float]:
     sweep_args, run_argv = HfArgumentParser(SweepArguments).parse_args_into_dataclasses(
         argv, return_remaining_strings=True)
     if make_parser().parse_known_args(run_argv)[0].push_to_hub:
-        raise ValueError("--push_to_hub uploads one run and a sweep holds many; push the run you want after the "
+        raise UsageError("--push_to_hub uploads one run and a sweep holds many; push the run you want after the "
                          "sweep with `python run_smc.py push SWEEP_DIR/runs/... --hub_model_id ...`")
     if not any(a.startswith("--disable_tqdm") for a in run_argv):
         run_argv += ["--disable_tqdm", "false"]
@@ -160,7 +164,7 @@ def sweep_command(argv: list[str]) -> dict[str, float]:
 
 
 def report_to(ledger_path: str, out_dir: str, split: str = "auto") -> dict[str, list[str]]:
-    from smc_trainer.report import write_report
+    from smc_trainer.runs.report import write_report
 
     paths = write_report(ledger_path, out_dir, split=split)
     for md in paths.get("markdown", []):
@@ -213,5 +217,23 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     return single_run(argv)
 
 
+def cli(argv: list[str] | None = None) -> None:
+    """The command line: `main`, with a user's mistake (`UsageError`) printed as one `error:` line, exit 2.
+
+    Anything else is a bug and keeps its traceback. `--debug` (anywhere) or SMC_DEBUG=1 re-raises user
+    errors too."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("SMC_DEBUG", "").lower() not in ("", "0", "false")
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        main(argv)
+    except UsageError as err:
+        if debug:
+            raise
+        message = " ".join(str(err).split())  # one line, as argparse prints its errors
+        sys.stderr.write(f"run_smc.py: error: {message}\n")
+        raise SystemExit(2) from None
+
+
 if __name__ == "__main__":
-    main()
+    cli()

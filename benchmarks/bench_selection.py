@@ -42,8 +42,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import prune
 
-from smc_trainer import selection
-from smc_trainer.selection import global_keep_masks, keep_count, magnitude_scores, select_topk
+from smc_trainer.engine import selection
+from smc_trainer.engine.selection import global_keep_masks, keep_count, magnitude_scores, select_topk
 
 VOCAB, HIDDEN, FFN, LAYERS = 50265, 1024, 4096, 24
 CHUNK = selection.CHUNK_SIZE

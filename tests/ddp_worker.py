@@ -4,7 +4,7 @@
 
 Trainer cases train a tiny BERT per case on this process's shard of the data, from weights
 initialised with a process-dependent seed (DDP must synchronise them before any mask is chosen).
-Pipeline cases run `smc_trainer.pipeline.run` (dense cache, after-method retraining, LTH rounds).
+Pipeline cases run `smc_trainer.runs.pipeline.run` (dense cache, after-method retraining, LTH rounds).
 After every `train()` each process writes `DIR/<case>.<stage>.rank<r>.safetensors` (its masks and
 weights) and `.json` (counts, schedule position, digests of its data and of the gradients the
 method read); the test compares the processes bit for bit. Cases named `fault_*` plant a known
@@ -30,9 +30,10 @@ from sparse_helpers import sparse_args, toy_dataset  # noqa: E402
 from tiny_models import make_tiny  # noqa: E402
 
 import smc_trainer.methods.random_before as random_before_module  # noqa: E402
-from smc_trainer import SparseTrainer, pipeline  # noqa: E402
-from smc_trainer.config import parse_run_config  # noqa: E402
-from smc_trainer.selection import keep_count  # noqa: E402
+from smc_trainer import SparseTrainer  # noqa: E402
+from smc_trainer.engine.selection import keep_count  # noqa: E402
+from smc_trainer.runs import pipeline  # noqa: E402
+from smc_trainer.runs.config import parse_run_config  # noqa: E402
 
 SPARSITY = 0.59
 # every trainer case: 6 optimizer steps of 2 micro-batches of 4 examples per process

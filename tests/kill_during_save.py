@@ -15,7 +15,7 @@ import time
 import torch
 
 from run_smc import main
-from smc_trainer.trainer import SparseTrainer
+from smc_trainer.training.trainer import SparseTrainer
 
 
 def hang_during_save(step: int, flag: str) -> None:

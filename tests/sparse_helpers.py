@@ -8,7 +8,7 @@ from tiny_models import VOCAB, make_tiny
 from transformers import TrainerCallback
 
 from smc_trainer import SparseTrainer, SparseTrainingArguments, find_targets, get_method_class
-from smc_trainer.selection import global_keep_masks
+from smc_trainer.engine.selection import global_keep_masks
 
 SEQ = 8
 

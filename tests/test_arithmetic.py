@@ -25,12 +25,11 @@ from arithmetic_helpers import (
 )
 from transformers import AutoModel, AutoTokenizer, EvalPrediction, TrainingArguments
 
-from smc_trainer import pipeline
-from smc_trainer.arguments import DataArguments, ModelArguments
-from smc_trainer.config import parse_run_config
-from smc_trainer.folds import pool_metrics
-from smc_trainer.recipes import load_recipe
-from smc_trainer.targets import find_targets
+from smc_trainer.engine.targets import find_targets
+from smc_trainer.runs import pipeline
+from smc_trainer.runs.config import parse_run_config
+from smc_trainer.runs.folds import pool_metrics
+from smc_trainer.runs.recipes import load_recipe
 from smc_trainer.tasks.arithmetic import GTSForMathWordProblems, build
 from smc_trainer.tasks.arithmetic.data import (
     ArithmeticCollator,
@@ -46,6 +45,7 @@ from smc_trainer.tasks.arithmetic.metrics import make_compute_metrics
 from smc_trainer.tasks.arithmetic.optim import gts_optimizers, update_steps_per_epoch
 from smc_trainer.tasks.arithmetic.vocab import EquationVocab
 from smc_trainer.tasks.quickstart import quickstart_model_path
+from smc_trainer.training.arguments import DataArguments, ModelArguments
 
 # ---- equations -------------------------------------------------------------------------------------
 
@@ -508,7 +508,7 @@ def test_offline_hub_dataset_error_names_the_id_and_data_dir(hub_offline, tmp_pa
 
 
 def test_missing_split_file_and_generate_flag_fail_early(tmp_path, monkeypatch):
-    from smc_trainer.arguments import SparseTrainingArguments
+    from smc_trainer.training.arguments import SparseTrainingArguments
 
     write_csv(tmp_path / "train.csv", [problem(0)])
     encoder = write_encoder(tmp_path / "encoder")

@@ -1,4 +1,4 @@
-"""Arithmetic end to end, offline, on a tiny GTS: the recipes through smc_trainer.pipeline (dense, after, LTH
+"""Arithmetic end to end, offline, on a tiny GTS: the recipes through smc_trainer.runs.pipeline (dense, after, LTH
 and a during method), cross-validation pooled exactly, sweeps whose ledger holds the pooled numbers, resume
 with the task's own optimizer and schedule, and (slow) learning on the real MAWPS fold 0."""
 
@@ -21,10 +21,10 @@ from arithmetic_helpers import (
 )
 from transformers import AutoModel, AutoTokenizer
 
-from smc_trainer import pipeline
-from smc_trainer.config import parse_run_config
-from smc_trainer.ledger import Ledger
-from smc_trainer.sweep import SweepArguments, run_sweep
+from smc_trainer.runs import pipeline
+from smc_trainer.runs.config import parse_run_config
+from smc_trainer.runs.ledger import Ledger
+from smc_trainer.runs.sweep import SweepArguments, run_sweep
 from smc_trainer.tasks.arithmetic.data import ArithmeticCollator, placeholder_positions
 from smc_trainer.tasks.arithmetic.equations import evaluate_prefix, is_correct, parse_numbers, tokenize
 
@@ -132,7 +132,7 @@ def test_resume_restores_the_gts_optimizer_schedule_and_masks(tiny, tmp_path):
     """Interrupted at step 3 of 6 and resumed in a fresh process-like setup (new model, new optimizer, different
     weights): the result is bit-identical, so the Adam state, the StepLR position (it halves the LR every epoch
     of 2 steps here) and the masks all come back from the checkpoint. Adam moments at pruned positions are 0."""
-    from smc_trainer.trainer import SparseTrainer
+    from smc_trainer.training.trainer import SparseTrainer
 
     def trainer_for(config):
         bundle = pipeline.build_task(config)

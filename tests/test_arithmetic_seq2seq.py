@@ -12,8 +12,8 @@ import torch
 from arithmetic_helpers import TEMPLATES, problem, tiny_tokenizer, write_csv, write_cv_data, write_cv_recipe
 from transformers import EvalPrediction, PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
 
-from smc_trainer import pipeline
-from smc_trainer.config import parse_run_config
+from smc_trainer.runs import pipeline
+from smc_trainer.runs.config import parse_run_config
 from smc_trainer.tasks.arithmetic import build
 from smc_trainer.tasks.arithmetic.seq2seq import (
     answer_accuracy,

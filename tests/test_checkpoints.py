@@ -16,17 +16,18 @@ from safetensors.torch import load_file
 from sparse_helpers import make_trainer, sparse_args
 from transformers.testing_utils import CaptureLogger
 
-import smc_trainer.trainer as trainer_module
+import smc_trainer.training.trainer as trainer_module
 from run_smc import main
-from smc_trainer import checkpoints, pipeline
-from smc_trainer.checkpoints import (
+from smc_trainer.engine.masks import MASKS_NAME
+from smc_trainer.runs import pipeline
+from smc_trainer.training import checkpoints
+from smc_trainer.training.checkpoints import (
     COMPLETE_NAME,
     incomplete_reason,
     last_complete_checkpoint,
     resolve_resume_checkpoint,
     write_manifest,
 )
-from smc_trainer.masks import MASKS_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
 SAVING = dict(max_steps=4, save_strategy="steps", save_steps=2, prune_frequency=1, gmp_start=0.0, gmp_end=1.0)

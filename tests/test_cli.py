@@ -49,7 +49,7 @@ def test_cli_sparse_run_reaches_target(tmp_path):
 
 
 def test_after_and_iterative_methods_run_through_the_pipeline(tmp_path, monkeypatch):
-    import smc_trainer.pipeline as pipeline
+    import smc_trainer.runs.pipeline as pipeline
 
     seen = {}
 
@@ -75,7 +75,7 @@ def test_cli_refuses_non_empty_output_dir_without_checkpoint(tmp_path):
 def test_cli_rerun_of_an_interrupted_chain_or_cv_run_is_allowed(tmp_path):
     """A folder holding an LTH chain's rounds or a CV run's folds is resumed stage by stage, not refused."""
     from run_smc import check_output_dir
-    from smc_trainer.config import parse_run_config
+    from smc_trainer.runs.config import parse_run_config
 
     for stage in ("round-01", "fold-0"):
         out = tmp_path / stage.split("-")[0]

@@ -17,10 +17,9 @@ from datasets import Dataset, DatasetDict
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import AutoModelForMultipleChoice, AutoTokenizer, PreTrainedTokenizerFast, TrainingArguments
 
-from smc_trainer import pipeline
-from smc_trainer.arguments import DataArguments, ModelArguments
-from smc_trainer.config import parse_run_config
-from smc_trainer.recipes import load_recipe
+from smc_trainer.runs import pipeline
+from smc_trainer.runs.config import parse_run_config
+from smc_trainer.runs.recipes import load_recipe
 from smc_trainer.tasks.multiple_choice import (
     load_model_and_tokenizer,
     load_raw_splits,
@@ -36,6 +35,7 @@ from smc_trainer.tasks.multiple_choice_schemas import (
     winogrande_label,
     winogrande_segments,
 )
+from smc_trainer.training.arguments import DataArguments, ModelArguments
 
 MAX_LEN = 64
 

@@ -23,7 +23,7 @@ import torch
 from ddp_worker import CASES, PIPELINE_CASES, TRAINER_CASES
 from safetensors.torch import load_file
 
-from smc_trainer.dense_cache import COMPLETE, INIT_WEIGHTS
+from smc_trainer.runs.dense_cache import COMPLETE, INIT_WEIGHTS
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 REPO = WORKER.parent.parent

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from smc_trainer.distributions import allocate_counts, erk_densities, layer_counts, uniform_densities
+from smc_trainer.engine.distributions import allocate_counts, erk_densities, layer_counts, uniform_densities
 
 # an embedding, square and wide linears, and a small classification head
 BERTISH = {"embed": (1000, 32), "attn": (32, 32), "ffn": (128, 32), "head": (2, 32)}

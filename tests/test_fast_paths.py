@@ -31,9 +31,9 @@ import pytest
 import torch
 
 from smc_trainer import MaskSet, find_targets
-from smc_trainer import selection as sel
-from smc_trainer import selection_passes as sp
-from smc_trainer.selection import (
+from smc_trainer.engine import selection as sel
+from smc_trainer.engine import selection_passes as sp
+from smc_trainer.engine.selection import (
     LayerScores,
     keep_count,
     layer_keep_masks,
@@ -466,7 +466,7 @@ def test_random_scores_follow_their_definition_and_any_slice_matches():
 
 
 def test_random_scores_are_identical_in_another_process():
-    from smc_trainer import random_stream
+    from smc_trainer.engine import random_stream
 
     code = ("import importlib.util, sys, torch; spec = importlib.util.spec_from_file_location('rs', sys.argv[1]); "
             "rs = importlib.util.module_from_spec(spec); spec.loader.exec_module(rs); "
@@ -479,7 +479,7 @@ def test_random_scores_are_identical_in_another_process():
 
 def test_random_selection_within_equals_reference_and_never_regenerates_blocks(monkeypatch):
     """SET's regrowth path: random scores within a mask; generated values stay proportional to the request."""
-    from smc_trainer import random_stream
+    from smc_trainer.engine import random_stream
 
     generated = []
     original = random_stream.uniform_into

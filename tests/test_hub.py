@@ -21,15 +21,15 @@ from sparse_helpers import make_trainer, sparse_args, toy_dataset
 from tiny_models import make_tiny
 from transformers import AutoConfig, BertForSequenceClassification
 
-import smc_trainer.hub as hub
+import smc_trainer.release.hub as hub
 from run_smc import main
 from smc_trainer import MaskSet, SparseTrainer, find_targets, load_sparse_pretrained, save_sparse_pretrained
-from smc_trainer.compressed import COMPRESSED_NAME, encoded_size, load_compressed, save_compressed
-from smc_trainer.config import parse_run_config
-from smc_trainer.masks import MASKS_NAME, REPORT_NAME
-from smc_trainer.model_card import _size
-from smc_trainer.provenance import NOT_REPRODUCED, reproduce_command, run_config_dict
-from smc_trainer.selection import global_keep_masks
+from smc_trainer.engine.masks import MASKS_NAME, REPORT_NAME
+from smc_trainer.engine.selection import global_keep_masks
+from smc_trainer.release.compressed import COMPRESSED_NAME, encoded_size, load_compressed, save_compressed
+from smc_trainer.release.model_card import _size
+from smc_trainer.release.provenance import NOT_REPRODUCED, reproduce_command, run_config_dict
+from smc_trainer.runs.config import parse_run_config
 
 
 class FakeHub:
@@ -496,7 +496,7 @@ def test_save_sparse_pretrained_never_replaces_files_silently(tmp_path):
 
 
 def test_card_escapes_pipes_in_table_cells():
-    from smc_trainer.model_card import CardFacts, model_card
+    from smc_trainer.release.model_card import CardFacts, model_card
 
     sparsity = {"method": "gmp", "phase": "during", "target_sparsity": 0.5, "achieved_sparsity": 0.5,
                 "mask_sparsity": 0.5, "distribution": "global", "prunable_parameters": 10, "total_parameters": 12,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from smc_trainer.ledger import SCHEMA_VERSION, Ledger, LedgerError
+from smc_trainer.runs.ledger import SCHEMA_VERSION, Ledger, LedgerError
 
 
 def _record(i: int, writer: str = "a") -> dict:

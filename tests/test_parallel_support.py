@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from smc_trainer import SparseTrainingArguments
-from smc_trainer.config import parse_run_config
 from smc_trainer.methods import method_names
-from smc_trainer.parallel import refuse_sharded_backend
+from smc_trainer.runs.config import parse_run_config
+from smc_trainer.training.parallel import refuse_sharded_backend
 
 SPARSE = [m for m in method_names() if m != "dense"]
 SPARSITY = {"lth": "0.2", "lrr": "0.2"}  # iterative methods need a sparsity on their round grid

@@ -8,11 +8,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from smc_trainer import pipeline
-from smc_trainer.config import parse_run_config
-from smc_trainer.dense_cache import INIT_WEIGHTS, DenseCache
-from smc_trainer.masks import MASKS_NAME
-from smc_trainer.selection import keep_count
+from smc_trainer.engine.masks import MASKS_NAME
+from smc_trainer.engine.selection import keep_count
+from smc_trainer.runs import pipeline
+from smc_trainer.runs.config import parse_run_config
+from smc_trainer.runs.dense_cache import INIT_WEIGHTS, DenseCache
 
 
 def tiny_config(tmp_path, method: str, sparsity: float, *extra: str):

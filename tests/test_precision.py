@@ -13,7 +13,7 @@ import pytest
 import torch
 from sparse_helpers import StepRecorder, make_trainer, sparse_args
 
-from smc_trainer.selection import keep_count
+from smc_trainer.engine.selection import keep_count
 
 SKIP_AT = 3  # the (1-based) optimizer step whose gradients get an inf
 

@@ -26,15 +26,14 @@ from transformers import (
 )
 
 from run_smc import main
-from smc_trainer.arguments import DataArguments, ModelArguments, SparseTrainingArguments
-from smc_trainer.ledger import Ledger
-from smc_trainer.masks import MaskSet
+from smc_trainer.engine.masks import MaskSet
+from smc_trainer.engine.module_groups import TABLE1_GROUPS, module_group_regex, parse_module_group
+from smc_trainer.engine.targets import find_targets
 from smc_trainer.methods import get_method_class
 from smc_trainer.methods.base import SparseContext
-from smc_trainer.module_groups import TABLE1_GROUPS, module_group_regex, parse_module_group
-from smc_trainer.recipes import load_recipe
-from smc_trainer.sweep import make_plan
-from smc_trainer.targets import find_targets
+from smc_trainer.runs.ledger import Ledger
+from smc_trainer.runs.recipes import load_recipe
+from smc_trainer.runs.sweep import make_plan
 from smc_trainer.tasks.protein import build, compute_accuracy, trainer_kwargs
 from smc_trainer.tasks.protein.data import ProteinSettings, crop, read_fasta, split_files, to_canonical
 from smc_trainer.tasks.protein.loading import NOT_COPIED, load_model_and_tokenizer
@@ -44,7 +43,8 @@ from smc_trainer.tasks.protein.modeling import (
     masked_mean,
     residue_mask,
 )
-from smc_trainer.trainer import SparseTrainer
+from smc_trainer.training.arguments import DataArguments, ModelArguments, SparseTrainingArguments
+from smc_trainer.training.trainer import SparseTrainer
 
 ESM_VOCAB = ["<cls>", "<pad>", "<eos>", "<unk>", "L", "A", "G", "V", "S", "E", "R", "T", "I", "D", "P", "K", "Q", "N",
              "F", "Y", "M", "H", "W", "C", "X", "B", "U", "Z", "O", ".", "-", "<null_1>", "<mask>"]

@@ -7,8 +7,8 @@ import json
 import pytest
 import yaml
 
-from smc_trainer.config import parse_run_config
-from smc_trainer.recipes import available_recipes, check_recipe_args, load_recipe, recipe_from_dict
+from smc_trainer.runs.config import parse_run_config
+from smc_trainer.runs.recipes import available_recipes, check_recipe_args, load_recipe, recipe_from_dict
 
 
 def parse_args(argv):

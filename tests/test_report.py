@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from smc_trainer.ledger import Ledger
-from smc_trainer.report import plot, summarize, to_markdown, write_report
+from smc_trainer.runs.ledger import Ledger
+from smc_trainer.runs.report import plot, summarize, to_markdown, write_report
 
 SPARSITIES = (0.2, 0.36, 0.488)
 SEEDS = (1, 2)

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from smc_trainer.config import parse_run_config
-from smc_trainer.ledger import Ledger
-from smc_trainer.pipeline import RunOutcome
-from smc_trainer.report import plot, summarize, to_markdown, write_report
-from smc_trainer.sweep import make_record, run_key
+from smc_trainer.runs.config import parse_run_config
+from smc_trainer.runs.ledger import Ledger
+from smc_trainer.runs.report import plot, summarize, to_markdown, write_report
+from smc_trainer.runs.run_config import RunOutcome
+from smc_trainer.runs.sweep import make_record, run_key
 
 SPARSITIES = (0.2, 0.36)
 SEEDS = (1, 2)

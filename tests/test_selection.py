@@ -11,8 +11,8 @@ import math
 import pytest
 import torch
 
-from smc_trainer import selection
-from smc_trainer.selection import (
+from smc_trainer.engine import selection
+from smc_trainer.engine.selection import (
     LayerScores,
     global_keep_masks,
     keep_count,

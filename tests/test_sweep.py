@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from smc_trainer.ledger import Ledger
-from smc_trainer.sweep import PAPER_GRID, SweepArguments, make_plan, module_groups_from, run_sweep
+from smc_trainer.runs.ledger import Ledger
+from smc_trainer.runs.sweep import PAPER_GRID, SweepArguments, make_plan, module_groups_from, run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_METHODS = ["omp_after", "random_after", "lth", "lrr", "gmp", "omp_before", "random_before", "snip", "rigl",
@@ -47,7 +47,7 @@ def test_rounded_paper_sparsities_snap_to_the_exact_grid():
 
 
 def test_bad_sweeps_fail_before_anything_trains(tmp_path, monkeypatch):
-    import smc_trainer.sweep as sweep
+    import smc_trainer.runs.sweep as sweep
 
     monkeypatch.setattr(sweep, "execute", lambda *a, **k: pytest.fail("training started"))
     with pytest.raises(ValueError, match="sparse_method must be one of"):

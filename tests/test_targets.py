@@ -10,7 +10,7 @@ from tiny_models import CLASSIFIER_MODELS, dummy_inputs, make_tiny
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from smc_trainer.targets import PruneTarget, find_targets
+from smc_trainer.engine.targets import PruneTarget, find_targets
 
 PRUNABLE = (nn.Linear, nn.Embedding, Conv1D)
 

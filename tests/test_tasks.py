@@ -11,8 +11,7 @@ import pytest
 from datasets import Dataset
 from transformers import EvalPrediction, TrainingArguments
 
-from smc_trainer.arguments import DataArguments, ModelArguments
-from smc_trainer.recipes import load_recipe
+from smc_trainer.runs.recipes import load_recipe
 from smc_trainer.tasks import get_task, task_names
 from smc_trainer.tasks.multiple_choice import (
     compute_metrics,
@@ -22,6 +21,7 @@ from smc_trainer.tasks.multiple_choice import (
     tokenize_batch,
 )
 from smc_trainer.tasks.quickstart import CATEGORIES, NUM_CHOICES, make_examples, quickstart_model_path, tiny_tokenizer
+from smc_trainer.training.arguments import DataArguments, ModelArguments
 
 LETTERS = ["A", "B", "C", "D", "E"]
 

@@ -9,7 +9,7 @@ import torch
 from sparse_helpers import make_trainer, pruned_leaks, sparse_args, train_with_recorder
 
 from smc_trainer import method_names
-from smc_trainer.selection import keep_count
+from smc_trainer.engine.selection import keep_count
 
 SPARSE_METHODS = [m for m in method_names() if m != "dense"]
 SPARSITIES = [0.2, 0.59, 0.893]
@@ -101,7 +101,7 @@ def test_rigl_moves_connections_with_constant_layer_budgets(tmp_path, accumulati
 
 
 def test_cosine_drop_fraction():
-    from smc_trainer.schedules import CosineDropSchedule
+    from smc_trainer.engine.schedules import CosineDropSchedule
 
     sched = CosineDropSchedule.from_fractions(0.5, 500, 3000, 1.0)
     # the SMC-Bench CSQA values listed in the reference notes (which add a 0.005 floor)
@@ -112,10 +112,10 @@ def test_cosine_drop_fraction():
 
 def test_rigl_grows_by_dense_gradient_and_drops_by_magnitude():
     """Unit test of one RigL update on a single 4x4 layer, against a hand-built expectation."""
-    from smc_trainer.masks import MaskSet
+    from smc_trainer.engine.masks import MaskSet
+    from smc_trainer.engine.targets import find_targets
     from smc_trainer.methods import get_method_class
     from smc_trainer.methods.base import SparseContext
-    from smc_trainer.targets import find_targets
 
     layer = torch.nn.Sequential(torch.nn.Linear(4, 4, bias=False))
     w = torch.arange(1.0, 17.0).view(4, 4)  # |w| grows with flat index

@@ -20,12 +20,11 @@ from transformers import (
 )
 
 import run_smc
-from smc_trainer import pipeline
-from smc_trainer.arguments import DataArguments, ModelArguments, SparseTrainingArguments
-from smc_trainer.ledger import Ledger
-from smc_trainer.masks import MaskSet
-from smc_trainer.recipes import load_recipe
-from smc_trainer.targets import find_targets
+from smc_trainer.engine.masks import MaskSet
+from smc_trainer.engine.targets import find_targets
+from smc_trainer.runs import pipeline
+from smc_trainer.runs.ledger import Ledger
+from smc_trainer.runs.recipes import load_recipe
 from smc_trainer.tasks import get_task
 from smc_trainer.tasks.translation import load_pairs
 from smc_trainer.tasks.translation import metric as bleu
@@ -38,6 +37,7 @@ from smc_trainer.tasks.translation.languages import (
     resolve_format,
 )
 from smc_trainer.tasks.translation.model import load_model_and_tokenizer
+from smc_trainer.training.arguments import DataArguments, ModelArguments, SparseTrainingArguments
 
 ALL = list(SMC_LANGUAGES)
 DIRECTIONS = [d for lang in ALL for d in (f"{lang}-en", f"en-{lang}")]

@@ -1,7 +1,7 @@
 """Skipping the weight re-mask after optimizer steps is safe, bit for bit, and guarded.
 
 `MaskSet.after_optimizer_step` skips `apply_to_weights` for SGD/Adam/AdamW when gradients were masked
-and the optimizer state was zeroed at pruned positions (`smc_trainer.zero_preserving` has the math).
+and the optimizer state was zeroed at pruned positions (`smc_trainer.engine.zero_preserving` has the math).
 These tests train the same tiny model twice, once skipping and once re-masking every step, and
 require identical bits of weights and optimizer state after every step, with every pruned weight
 exactly zero. Optimizers outside the proof, eps = 0, unmasked gradients and an optimizer whose state
@@ -16,7 +16,7 @@ import torch
 from sparse_helpers import make_trainer, sparse_args, train_with_recorder
 
 from smc_trainer import MaskSet, find_targets
-from smc_trainer.zero_preserving import unwrap_optimizer, why_not_zero_preserving
+from smc_trainer.engine.zero_preserving import unwrap_optimizer, why_not_zero_preserving
 
 OPTIMIZERS = {
     "sgd": lambda p: torch.optim.SGD(p, lr=0.1),
@@ -131,7 +131,7 @@ def test_unmasked_gradients_or_unreset_state_are_remasked():
 
 
 def test_corrupted_state_is_caught_by_the_periodic_check(monkeypatch):
-    from smc_trainer import masks as masks_module
+    from smc_trainer.engine import masks as masks_module
 
     warnings: list[str] = []
     monkeypatch.setattr(masks_module.logger, "warning", lambda message, *a, **k: warnings.append(message))

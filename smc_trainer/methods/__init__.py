@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
+from smc_trainer.errors import UsageError
 from smc_trainer.methods.base import METHOD_REGISTRY, SparseMethod, register_method
 
 _loaded = False
@@ -34,7 +35,7 @@ def get_method_class(name: str) -> type[SparseMethod]:
     """The class registered as `name`; ValueError naming the valid choices otherwise."""
     _load_all()
     if name not in METHOD_REGISTRY:
-        raise ValueError(f"--sparse_method must be one of {', '.join(method_names())}; got {name!r}")
+        raise UsageError(f"--sparse_method must be one of {', '.join(method_names())}; got {name!r}")
     return METHOD_REGISTRY[name]
 
 

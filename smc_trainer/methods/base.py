@@ -13,13 +13,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import Tensor
 
-from smc_trainer.distributions import layer_counts
-from smc_trainer.masks import MaskSet
-from smc_trainer.selection import LayerScores, keep_count, magnitude_scores, select_topk
-from smc_trainer.targets import PruneTarget
+from smc_trainer.engine.distributions import layer_counts
+from smc_trainer.engine.masks import MaskSet
+from smc_trainer.engine.selection import LayerScores, keep_count, magnitude_scores, select_topk
+from smc_trainer.engine.targets import PruneTarget
+from smc_trainer.errors import UsageError
 
 if TYPE_CHECKING:
-    from smc_trainer.arguments import SparseTrainingArguments
+    from smc_trainer.training.arguments import SparseTrainingArguments
 
 METHOD_REGISTRY: dict[str, type[SparseMethod]] = {}
 
@@ -29,7 +30,7 @@ def register_method(name: str) -> Callable[[type[SparseMethod]], type[SparseMeth
 
     def wrap(cls: type[SparseMethod]) -> type[SparseMethod]:
         if name in METHOD_REGISTRY and METHOD_REGISTRY[name] is not cls:
-            raise ValueError(f"sparse method {name!r} is registered twice")
+            raise UsageError(f"sparse method {name!r} is registered twice")
         cls.name = name
         METHOD_REGISTRY[name] = cls
         return cls
@@ -128,4 +129,4 @@ def magnitude_sources(ctx: SparseContext, within_current: bool = False) -> dict[
 def require(condition: bool, message: str) -> None:
     """Raise ValueError(message) unless condition holds (keeps `validate_args` bodies flat)."""
     if not condition:
-        raise ValueError(message)
+        raise UsageError(message)

@@ -8,6 +8,7 @@ never come back (only currently kept weights compete).
 
 from __future__ import annotations
 
+from smc_trainer.engine.schedules import CubicSchedule
 from smc_trainer.methods.base import (
     SparseContext,
     SparseMethod,
@@ -16,7 +17,6 @@ from smc_trainer.methods.base import (
     require,
     select_masks,
 )
-from smc_trainer.schedules import CubicSchedule
 
 
 @register_method("gmp")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+from smc_trainer.errors import UsageError
 from smc_trainer.methods.base import SparseContext, SparseMethod, register_method, require
 
 GRID_TOLERANCE = 5e-4  # the paper writes 0.8325 for 1 - 0.8^8 = 0.83223
@@ -23,7 +24,7 @@ def imp_round_for(sparsity: float, rate: float) -> int:
     k = round(math.log(1.0 - sparsity) / math.log(1.0 - rate))
     if k < 1 or abs(1.0 - (1.0 - rate) ** k - sparsity) > GRID_TOLERANCE:
         grid = ", ".join(f"{1 - (1 - rate) ** i:.4f}" for i in range(1, 11))
-        raise ValueError(f"--sparsity {sparsity} is not reached by iterative pruning at --imp_rate {rate}; "
+        raise UsageError(f"--sparsity {sparsity} is not reached by iterative pruning at --imp_rate {rate}; "
                          f"its rounds give {grid}, ...")
     return k
 
@@ -43,7 +44,7 @@ class IterativeMethod(SparseMethod):
         imp_round_for(args.sparsity, args.imp_rate)
 
     def initial_masks(self, ctx: SparseContext):
-        raise ValueError(f"--sparse_method {self.name} runs round by round through smc_trainer.pipeline "
+        raise UsageError(f"--sparse_method {self.name} runs round by round through smc_trainer.runs.pipeline "
                          "(run_smc.py does this); SparseTrainer alone needs the round's mask as initial_masks=")
 
 

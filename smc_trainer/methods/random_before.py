@@ -7,8 +7,8 @@ here random scores go through the same exact selection as every other criterion.
 
 from __future__ import annotations
 
+from smc_trainer.engine.selection import mix_seed, random_scores
 from smc_trainer.methods.base import SparseContext, SparseMethod, register_method, select_masks
-from smc_trainer.selection import mix_seed, random_scores
 
 RANDOM_INIT_STREAM = 0x52414E44  # separates these draws from SET's regrowth draws
 

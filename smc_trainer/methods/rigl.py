@@ -13,9 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from smc_trainer.methods.base import SparseContext, SparseMethod, register_method, require
-from smc_trainer.schedules import CosineDropSchedule
-from smc_trainer.selection import (
+from smc_trainer.engine.schedules import CosineDropSchedule
+from smc_trainer.engine.selection import (
     LayerScores,
     magnitude_scores,
     mix_seed,
@@ -23,6 +22,7 @@ from smc_trainer.selection import (
     select_topk,
     tensor_scores,
 )
+from smc_trainer.methods.base import SparseContext, SparseMethod, register_method, require
 
 INIT_METHODS = ("omp_before", "random_before", "snip")
 SET_GROWTH_STREAM = 0x534554

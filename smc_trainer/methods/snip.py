@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from smc_trainer.engine.selection import LayerScores, product_scores, tensor_scores
 from smc_trainer.methods.base import SparseContext, SparseMethod, register_method, require, select_masks
-from smc_trainer.selection import LayerScores, product_scores, tensor_scores
 
 
 def snip_scores(ctx: SparseContext) -> dict[str, LayerScores]:

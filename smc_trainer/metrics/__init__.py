@@ -18,6 +18,8 @@ from typing import Any
 import evaluate
 import numpy as np
 
+from smc_trainer.errors import UsageError
+
 HERE = Path(__file__).parent
 SCRIPTS = {"accuracy": "accuracy.py", "sacrebleu": "corpus_sacrebleu.py"}
 METRICS = tuple(SCRIPTS)
@@ -27,7 +29,7 @@ METRICS = tuple(SCRIPTS)
 def load_metric(name: str) -> evaluate.EvaluationModule:
     """The packaged `evaluate` module `name` (one of METRICS), loaded once per process."""
     if name not in METRICS:
-        raise ValueError(f"unknown packaged metric {name!r}; choose one of {', '.join(METRICS)}")
+        raise UsageError(f"unknown packaged metric {name!r}; choose one of {', '.join(METRICS)}")
     return evaluate.load(str(HERE / SCRIPTS[name]), keep_in_memory=True)  # no cache files per compute
 
 
@@ -49,7 +51,7 @@ def generated_texts(eval_pred: Any, tokenizer: Any, scored: str) -> list[str]:
     error when the evaluation produced logits instead of generated ids."""
     predictions = np.asarray(model_predictions(eval_pred))
     if predictions.ndim != 2:
-        raise ValueError(f"{scored} needs generated token ids: pass --predict_with_generate true")
+        raise UsageError(f"{scored} needs generated token ids: pass --predict_with_generate true")
     return decode_ids(tokenizer, predictions)
 
 

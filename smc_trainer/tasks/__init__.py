@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
+from smc_trainer.errors import UsageError
+
 TASK_FAMILIES = {
     "arithmetic": "smc_trainer.tasks.arithmetic",
     "multiple_choice": "smc_trainer.tasks.multiple_choice",
@@ -58,8 +60,19 @@ def task_names() -> list[str]:
 def get_task(name: str) -> ModuleType:
     """The task family module registered as `name` (it has a `build` function)."""
     if name not in TASK_FAMILIES:
-        raise ValueError(f"task must be one of {', '.join(task_names())}; got {name!r}")
+        raise UsageError(f"task must be one of {', '.join(task_names())}; got {name!r}")
     return importlib.import_module(TASK_FAMILIES[name])
 
 
-__all__ = ["TASK_FAMILIES", "EvalSets", "TaskBundle", "get_task", "task_names"]
+def check_fold(recipe: Any, fold: int | None) -> None:
+    """Reject --fold for a recipe without folds, or outside 0..K-1 (tasks that read a fold's files check it
+    before reading; the runs layer checks it before planning folds)."""
+    folds = recipe.folds if recipe is not None else None
+    if fold is not None and not folds:
+        name = recipe.name if recipe is not None else None
+        raise UsageError(f"--fold is only for cross-validated recipes; recipe {name!r} has no folds")
+    if fold is not None and not 0 <= fold < folds:
+        raise UsageError(f"--fold must be in 0..{folds - 1} for recipe {recipe.name!r}; got {fold}")
+
+
+__all__ = ["TASK_FAMILIES", "EvalSets", "TaskBundle", "check_fold", "get_task", "task_names"]

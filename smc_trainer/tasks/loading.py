@@ -13,13 +13,15 @@ from typing import Any
 
 from transformers import AutoConfig, AutoTokenizer
 
+from smc_trainer.errors import OfflineError, UsageError
+
 LOCAL_MODEL_HINT = "a local folder with the model's config, weights and tokenizer as --model_name_or_path"
 
 
 def checkpoint_name(model_args: Any) -> str:
     """`--model_name_or_path`, which every task needs (recipes set it)."""
     if not model_args.model_name_or_path:
-        raise ValueError("--model_name_or_path is required (the recipe sets none)")
+        raise UsageError("--model_name_or_path is required (the recipe sets none)")
     return model_args.model_name_or_path
 
 
@@ -42,4 +44,4 @@ def offline_hint(name: str, local: str = LOCAL_MODEL_HINT) -> Iterator[None]:
     try:
         yield
     except OSError as err:
-        raise OSError(f"could not load model {name!r} ({err}). Offline? Pass {local}.") from err
+        raise OfflineError(f"could not load model {name!r} ({err}). Offline? Pass {local}.") from err

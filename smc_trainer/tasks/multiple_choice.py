@@ -22,6 +22,7 @@ from datasets import Dataset, DatasetDict, load_dataset
 from transformers import AutoModelForMultipleChoice, DataCollatorForMultipleChoice
 from transformers.utils import logging
 
+from smc_trainer.errors import MissingFileError, OfflineError, UsageError
 from smc_trainer.metrics import argmax_accuracy
 from smc_trainer.tasks import TaskBundle
 from smc_trainer.tasks.loading import checkpoint_name, hub_kwargs, load_tokenizer_and_config, offline_hint
@@ -57,7 +58,7 @@ def load_raw_splits(data_args, model_args, recipe) -> dict[str, RawSplit]:
                 for split, path in files.items()}
     name = data_args.dataset_name
     if not name:
-        raise ValueError("no data: pass --dataset_name or --train_file/--validation_file (the recipe sets neither)")
+        raise UsageError("no data: pass --dataset_name or --train_file/--validation_file (the recipe sets neither)")
     dataset = _load_hub(name, data_args.dataset_config_name, model_args.cache_dir)
     theirs = {ours: recipe.split(ours) if recipe is not None else ours for ours in SPLITS}
     subsets = list(getattr(recipe, "subsets", None) or [])
@@ -90,17 +91,17 @@ def _load_hub(name: str, config: str | None, cache_dir: str | None) -> DatasetDi
         return load_dataset(name, config, cache_dir=cache_dir)
     except Exception as err:
         which = f"{name!r}" + (f" (config {config!r})" if config else "")
-        raise OSError(f"could not load dataset {which} from the Hugging Face Hub or the local cache "
-                      f"({type(err).__name__}: {err}). Offline? Pass local files in the dataset's schema with "
-                      "--train_file, --validation_file and --test_file (json, jsonl or csv).") from err
+        raise OfflineError(f"could not load dataset {which} from the Hugging Face Hub or the local cache "
+                           f"({type(err).__name__}: {err}). Offline? Pass local files in the dataset's schema with "
+                           "--train_file, --validation_file and --test_file (json, jsonl or csv).") from err
 
 
 def _load_local(path: str, split: str, cache_dir: str | None) -> Dataset:
     builder = LOCAL_BUILDERS.get(os.path.splitext(path)[1].lower())
     if builder is None:
-        raise ValueError(f"--{split}_file must end in {', '.join(LOCAL_BUILDERS)}; got {path!r}")
+        raise UsageError(f"--{split}_file must end in {', '.join(LOCAL_BUILDERS)}; got {path!r}")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"--{split}_file {path!r} does not exist")
+        raise MissingFileError(f"--{split}_file {path!r} does not exist")
     return load_dataset(builder, data_files={split: path}, cache_dir=cache_dir)[split]
 
 
@@ -142,7 +143,7 @@ def check_answers_fit(seconds: list[str], tokenizer: Any, max_length: int) -> No
     too_long = [i for i, n in enumerate(lengths) if n + specials >= max_length]
     if too_long:
         worst = max(too_long, key=lambda i: lengths[i])
-        raise ValueError(f"{len(too_long)} of {len(seconds)} answer candidates in this batch leave no room for the "
+        raise UsageError(f"{len(too_long)} of {len(seconds)} answer candidates in this batch leave no room for the "
                          f"question/context in --max_seq_length {max_length} (the longest needs {lengths[worst]} "
                          f"tokens + {specials} special tokens: {seconds[worst][:80]!r}); answers are never "
                          "truncated, so raise --max_seq_length")
@@ -163,7 +164,7 @@ def tokenize_batch(examples: dict[str, list], tokenizer: Any, max_length: int) -
 def split_subsets(dataset: Dataset, subsets: Sequence[str], where: str) -> dict[str, Dataset]:
     """Group a canonical split's rows by their `subset` column into the recipe's named subsets."""
     if "subset" not in dataset.column_names or all(s is None for s in dataset["subset"]):
-        raise ValueError(f"{where}: the recipe reports subsets {', '.join(subsets)} separately, but the rows name "
+        raise UsageError(f"{where}: the recipe reports subsets {', '.join(subsets)} separately, but the rows name "
                          "no subset (RACE rows carry it in example_id, e.g. 'middle12.txt'; canonical files need a "
                          "'subset' column)")
     seen = Counter(dataset["subset"])
@@ -173,7 +174,7 @@ def split_subsets(dataset: Dataset, subsets: Sequence[str], where: str) -> dict[
                        f"recipe's subsets ({', '.join(subsets)}) and are not evaluated")
     missing = [s for s in subsets if not seen.get(s)]
     if len(missing) == len(subsets):
-        raise ValueError(f"{where}: no row belongs to any of the subsets {', '.join(subsets)}; found {sorted(others)}")
+        raise UsageError(f"{where}: no row belongs to any of the subsets {', '.join(subsets)}; found {sorted(others)}")
     if missing:
         logger.warning(f"{where}: no rows of subset(s) {', '.join(missing)}; they are not evaluated")
     return {s: dataset.filter(lambda x, s=s: x == s, input_columns="subset", desc=f"Selecting {where} ({s})")

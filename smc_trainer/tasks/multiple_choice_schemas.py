@@ -25,6 +25,8 @@ from typing import Any
 from datasets import Dataset
 from transformers.utils import logging
 
+from smc_trainer.errors import UsageError
+
 logger = logging.get_logger(__name__)
 
 CANONICAL_COLUMNS = ("question", "choices", "label")
@@ -117,7 +119,7 @@ def winogrande_segments(sentence: str, options: list[str]) -> tuple[str, list[st
     """
     blank = sentence.find("_")
     if blank < 0:
-        raise ValueError(f"WinoGrande sentence has no blank '_' to fill: {sentence!r}")
+        raise UsageError(f"WinoGrande sentence has no blank '_' to fill: {sentence!r}")
     after = sentence[blank + 1:]
     return sentence[:blank].strip(), [f"{option.strip()}{after}".strip() for option in options]
 
@@ -131,7 +133,7 @@ def winogrande_label(answer: Any) -> int:
     if text == "":
         return -1
     if text not in ("1", "2"):
-        raise ValueError(f"WinoGrande answer must be '1', '2' or '' (hidden label); got {answer!r}")
+        raise UsageError(f"WinoGrande answer must be '1', '2' or '' (hidden label); got {answer!r}")
     return int(text) - 1
 
 
@@ -161,7 +163,7 @@ def race_label(answer: str | None, num_options: int) -> int:
         return -1
     letters = LETTERS[:num_options]
     if len(key) != 1 or key not in letters:
-        raise ValueError(f"RACE answer must be one of {', '.join(letters)} (or empty); got {answer!r}")
+        raise UsageError(f"RACE answer must be one of {', '.join(letters)} (or empty); got {answer!r}")
     return letters.index(key)
 
 
@@ -186,7 +188,7 @@ ADAPTERS: list[Adapter] = [
 def to_canonical(dataset: Dataset, where: str = "dataset") -> Dataset:
     """Convert `dataset` to the canonical schema with the first adapter that recognizes it."""
     if len(dataset) == 0:
-        raise ValueError(f"{where} is empty")
+        raise UsageError(f"{where} is empty")
     columns, first = set(dataset.column_names), dataset[0]
     for name, detect, convert in ADAPTERS:
         if detect(columns, first):
@@ -194,7 +196,7 @@ def to_canonical(dataset: Dataset, where: str = "dataset") -> Dataset:
             converted = dataset.map(convert, remove_columns=dataset.column_names, desc=f"Reading {where}")
             check_canonical(converted, where)
             return converted
-    raise ValueError(f"{where} has columns {sorted(columns)}, which no adapter recognizes; expected "
+    raise UsageError(f"{where} has columns {sorted(columns)}, which no adapter recognizes; expected "
                      "question/choices/label (optional context, subset), the CSQA schema (question, "
                      "choices{label,text}, answerKey), question/choice0..choiceK/label, WinoGrande (sentence, option1, "
                      "option2, answer) or RACE (example_id, article, question, options, answer)")
@@ -205,15 +207,15 @@ def check_canonical(dataset: Dataset, where: str) -> None:
     when contexts are given per choice, one context per choice."""
     counts = {len(c) for c in dataset["choices"]}
     if len(counts) != 1 or min(counts) < 2:
-        raise ValueError(f"{where}: every question needs the same number (>= 2) of choices; found {sorted(counts)}")
+        raise UsageError(f"{where}: every question needs the same number (>= 2) of choices; found {sorted(counts)}")
     n = counts.pop()
     bad = [y for y in dataset["label"] if not -1 <= y < n]
     if bad:
-        raise ValueError(f"{where}: labels must be in [0, {n}) (or -1 for unlabeled); found {bad[0]}")
+        raise UsageError(f"{where}: labels must be in [0, {n}) (or -1 for unlabeled); found {bad[0]}")
     if "context" in dataset.column_names:
         wrong = [c for c in dataset["context"] if isinstance(c, list) and len(c) != n]
         if wrong:
-            raise ValueError(f"{where}: a per-choice context needs one text per choice ({n}); found {len(wrong[0])}")
+            raise UsageError(f"{where}: a per-choice context needs one text per choice ({n}); found {len(wrong[0])}")
 
 
 __all__ = [

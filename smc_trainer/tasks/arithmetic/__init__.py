@@ -5,7 +5,7 @@ encoder (`loading`), encodes the problems, and hands the SparseTrainer the paper
 StepLR schedule (`optim`) and the answer-accuracy metric (`metrics`). The benchmarks have no
 validation split: the final model is evaluated once on the held-out fold (MAWPS, ASDiv-A) or on
 SVAMP and reported as the test metric; nothing is selected on it (the original took the best epoch
-by test accuracy). Cross-validated recipes run every fold through `smc_trainer.folds`.
+by test accuracy). Cross-validated recipes run every fold through `smc_trainer.runs.folds`.
 
 The second model option: an encoder-decoder `--model_name_or_path` (T5, BART, ...) is trained to write
 the prefix equation as text (`seq2seq`), scored by the same answer accuracy.

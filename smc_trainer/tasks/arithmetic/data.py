@@ -27,7 +27,8 @@ import torch
 from datasets import Dataset, Features, Value, load_dataset
 from transformers.utils import logging
 
-from smc_trainer.folds import check_fold
+from smc_trainer.errors import MissingFileError, OfflineError, UsageError
+from smc_trainer.tasks import check_fold
 from smc_trainer.tasks.arithmetic.equations import evaluate_prefix, parse_numbers, tokenize
 from smc_trainer.tasks.arithmetic.vocab import EquationVocab
 
@@ -57,13 +58,13 @@ def split_paths(recipe, data_args) -> dict[str, str | None]:
         template = explicit[split] or (recipe.splits.get(split) if recipe is not None else None)
         if template and "{fold}" in template:
             if fold is None:
-                raise ValueError(f"recipe {recipe.name!r} is cross-validated over {folds} folds: pass --fold K "
-                                 f"(0..{folds - 1}), or run it through smc_trainer.pipeline / run_smc.py, which "
+                raise UsageError(f"recipe {recipe.name!r} is cross-validated over {folds} folds: pass --fold K "
+                                 f"(0..{folds - 1}), or run it through smc_trainer.runs.pipeline / run_smc.py, which "
                                  "runs every fold and pools them")
             template = template.format(fold=fold)
         paths[split] = template
     if not paths["train"]:
-        raise ValueError("no training data: the recipe names no train split and --train_file is not set")
+        raise UsageError("no training data: the recipe names no train split and --train_file is not set")
     return paths
 
 
@@ -80,7 +81,7 @@ def load_raw_splits(data_args, model_args, recipe) -> dict[str, Dataset | None]:
         elif data_args.dataset_name:
             out[split] = _load_hub(data_args.dataset_name, path, split, model_args)
         else:
-            raise ValueError(f"no data: pass --data_dir with {DATA_HELP}, or --dataset_name of a Hub dataset "
+            raise UsageError(f"no data: pass --data_dir with {DATA_HELP}, or --dataset_name of a Hub dataset "
                              "repository with the same layout, or --train_file/--test_file")
     return out
 
@@ -92,8 +93,8 @@ def _csv_options() -> dict[str, Any]:
 
 def _load_local(path: str, split: str, cache_dir: str | None) -> Dataset:
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"the {split} split {path!r} does not exist (check --data_dir / --{split}_file; "
-                                f"--data_dir is {DATA_HELP})")
+        raise MissingFileError(f"the {split} split {path!r} does not exist (check --data_dir / --{split}_file; "
+                               f"--data_dir is {DATA_HELP})")
     return load_dataset("csv", data_files={split: path}, cache_dir=cache_dir, **_csv_options())[split]
 
 
@@ -101,8 +102,8 @@ def _load_hub(name: str, path: str, split: str, model_args) -> Dataset:
     try:
         return load_dataset(name, data_files={split: path}, cache_dir=model_args.cache_dir, **_csv_options())[split]
     except Exception as err:
-        raise OSError(f"could not load {path!r} of dataset {name!r} from the Hugging Face Hub or the local cache "
-                      f"({type(err).__name__}: {err}). Offline? Pass --data_dir with {DATA_HELP}.") from err
+        raise OfflineError(f"could not load {path!r} of dataset {name!r} from the Hugging Face Hub or the local cache "
+                           f"({type(err).__name__}: {err}). Offline? Pass --data_dir with {DATA_HELP}.") from err
 
 
 # ---- encoding -----------------------------------------------------------------------------------
@@ -129,7 +130,7 @@ def gold_value(question: str, numbers_text: str, equation: str, split: str) -> t
     numbers = parse_numbers(numbers_text)
     reference = evaluate_prefix(tokenize(equation), numbers)
     if reference is None:
-        raise ValueError(f"{split} split: the gold equation {equation!r} is invalid for the numbers "
+        raise UsageError(f"{split} split: the gold equation {equation!r} is invalid for the numbers "
                          f"{numbers_text!r} (question: {question[:80]!r})")
     return numbers, reference
 
@@ -144,7 +145,7 @@ def encode_batch(examples: dict[str, list], tokenizer: Any, vocab: EquationVocab
         numbers, reference = gold_value(question, numbers_text, equation, split)
         ids = vocab.encode(tokenize(equation))
         if ids is None and split == "train":
-            raise ValueError(f"train split: equation {equation!r} is outside the vocabulary built from it")
+            raise UsageError(f"train split: equation {equation!r} is outside the vocabulary built from it")
         positions = placeholder_positions(question, encoding, row, len(numbers))
         out["number_positions"].append(positions)
         out["labels"].append(ids if ids is not None else [])
@@ -212,5 +213,5 @@ class ArithmeticCollator:
 
 def _pad(values: list, width: int, fill: Any) -> list:
     if len(values) > width:
-        raise ValueError(f"{len(values)} values do not fit in {width} columns")
+        raise UsageError(f"{len(values)} values do not fit in {width} columns")
     return list(values) + [fill] * (width - len(values))

@@ -14,6 +14,8 @@ import operator
 import re
 from collections.abc import Callable, Sequence
 
+from smc_trainer.errors import UsageError
+
 OPERATORS: dict[str, Callable[[float, float], float]] = {
     "+": operator.add,
     "-": operator.sub,
@@ -47,7 +49,7 @@ def canonical_constant(token: str) -> str:
     """One spelling per constant value (`1`, `1.0` and `1.00` are all `1.0`), so vocabularies do not split."""
     value = constant_value(token)
     if value is None:
-        raise ValueError(f"{token!r} is not a numeric constant")
+        raise UsageError(f"{token!r} is not a numeric constant")
     return repr(value)
 
 

@@ -13,6 +13,7 @@ from datasets import Dataset
 from transformers import AutoModel, AutoModelForSeq2SeqLM
 from transformers.utils import logging
 
+from smc_trainer.errors import UsageError
 from smc_trainer.tasks.arithmetic.configuration_gts import GTSConfig
 from smc_trainer.tasks.arithmetic.data import max_numbers
 from smc_trainer.tasks.arithmetic.equations import tokenize
@@ -31,10 +32,10 @@ def is_seq2seq(config: Any) -> bool:
 def check_decoding_flags(name: str, config: Any, training_args) -> None:
     """GTS decodes by beam search in its own evaluation forward; a seq2seq model must generate at evaluation."""
     if is_seq2seq(config) and not training_args.predict_with_generate:
-        raise ValueError(f"{name!r} is an encoder-decoder ({config.model_type}) model, trained to write the prefix "
+        raise UsageError(f"{name!r} is an encoder-decoder ({config.model_type}) model, trained to write the prefix "
                          "equation: pass --predict_with_generate true so that evaluation scores generated equations")
     if not is_seq2seq(config) and training_args.predict_with_generate:
-        raise ValueError("--predict_with_generate does not apply to GTS: it decodes equations by beam search in its "
+        raise UsageError("--predict_with_generate does not apply to GTS: it decodes equations by beam search in its "
                          "evaluation forward (--generation_num_beams / --generation_max_length set the beam)")
 
 
@@ -57,10 +58,10 @@ def load_model_and_tokenizer(model_args, data_args, training_args,
         else:
             model, source = _new_gts(name, config, common, model_args, data_args, raw)
     if not tokenizer.is_fast:
-        raise ValueError(f"tokenizer of {name!r} is not a fast tokenizer; number positions need its offsets")
+        raise UsageError(f"tokenizer of {name!r} is not a fast tokenizer; number positions need its offsets")
     needed = max_numbers(*raw.values())
     if needed > model.config.max_numbers:
-        raise ValueError(f"a problem has {needed} numbers but the GTS checkpoint {name!r} has "
+        raise UsageError(f"a problem has {needed} numbers but the GTS checkpoint {name!r} has "
                          f"{model.config.max_numbers} number slots")
     if training_args.generation_num_beams:
         model.config.beam_size = training_args.generation_num_beams

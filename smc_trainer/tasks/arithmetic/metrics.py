@@ -12,6 +12,7 @@ from collections.abc import Callable
 import numpy as np
 from transformers import EvalPrediction
 
+from smc_trainer.errors import UsageError
 from smc_trainer.tasks.arithmetic.equations import evaluate_prefix, is_correct
 from smc_trainer.tasks.arithmetic.vocab import EquationVocab
 
@@ -34,7 +35,7 @@ def make_compute_metrics(vocab: EquationVocab) -> Callable[[EvalPrediction], dic
     def compute_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
         label_ids = eval_pred.label_ids
         if not isinstance(label_ids, (tuple, list)) or len(label_ids) != 3:
-            raise ValueError("arithmetic metrics need label_ids = (labels, label_numbers, label_answers); leave "
+            raise UsageError("arithmetic metrics need label_ids = (labels, label_numbers, label_answers); leave "
                              "--label_names unset so the Trainer takes them from the model's forward")
         predictions = eval_pred.predictions
         if isinstance(predictions, (tuple, list)):

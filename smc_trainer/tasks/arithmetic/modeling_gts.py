@@ -25,6 +25,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from transformers import AutoModel, PreTrainedModel
 from transformers.utils import ModelOutput
 
+from smc_trainer.errors import UsageError
 from smc_trainer.tasks.arithmetic.configuration_gts import GTSConfig
 from smc_trainer.tasks.arithmetic.gts_layers import Generation, Merge, Prediction
 from smc_trainer.tasks.arithmetic.tree_decoding import EncodedProblems, TreeDecoder
@@ -84,7 +85,7 @@ class GTSForMathWordProblems(PreTrainedModel):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if not bool(attention_mask[:, 0].all()):
-            raise ValueError("GTS expects right-padded inputs (attention_mask[:, 0] must be 1)")
+            raise UsageError("GTS expects right-padded inputs (attention_mask[:, 0] must be 1)")
         extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
         lengths = attention_mask.sum(dim=1)
@@ -108,7 +109,7 @@ class GTSForMathWordProblems(PreTrainedModel):
         """Number positions padded with -1 to the vocabulary's `max_numbers` slots."""
         slots = self.config.max_numbers
         if number_positions.size(1) > slots:
-            raise ValueError(f"a problem has {number_positions.size(1)} number slots but this model has "
+            raise UsageError(f"a problem has {number_positions.size(1)} number slots but this model has "
                              f"{slots} (config.max_numbers)")
         return nn.functional.pad(number_positions, (0, slots - number_positions.size(1)), value=-1)
 
@@ -128,14 +129,14 @@ class GTSForMathWordProblems(PreTrainedModel):
         placeholder (-1: absent). `label_numbers` and `label_answers` are not used by the model: they ride along
         so that the Trainer passes them to `compute_metrics`."""
         if number_positions is None:
-            raise ValueError("GTS needs number_positions (the token index of each numberK placeholder)")
+            raise UsageError("GTS needs number_positions (the token index of each numberK placeholder)")
         problems = self.encode(input_ids, attention_mask, token_type_ids, number_positions)
         loss = None
         if labels is not None:
             log_probs, scored = self.tree_decoder.token_log_probs(problems, labels)
             loss = -log_probs.sum() / scored.sum().clamp(min=1)
         elif self.training:
-            raise ValueError("GTS trains on labels (the gold prefix equations as token ids)")
+            raise UsageError("GTS trains on labels (the gold prefix equations as token ids)")
         predictions = None if self.training else self._beam_search(problems)[0]
         return GTSOutput(loss=loss, predictions=predictions)
 

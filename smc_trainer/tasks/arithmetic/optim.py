@@ -14,6 +14,8 @@ import math
 import torch
 from torch import nn
 
+from smc_trainer.errors import UsageError
+
 
 def update_steps_per_epoch(num_examples: int, args) -> int:
     """Optimizer steps in one epoch, counted as the Trainer counts them (batches per process, then accumulation)."""
@@ -26,7 +28,7 @@ def gts_optimizers(model: nn.Module, args, encoder_learning_rate: float, step_ep
                    num_train_examples: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """(Adam over [encoder at `encoder_learning_rate`, everything else at --learning_rate], StepLR)."""
     if step_epochs < 1 or not 0.0 < gamma <= 1.0:
-        raise ValueError(f"--lr_step_epochs must be >= 1 and --lr_step_gamma in (0, 1]; got {step_epochs}, {gamma}")
+        raise UsageError(f"--lr_step_epochs must be >= 1 and --lr_step_gamma in (0, 1]; got {step_epochs}, {gamma}")
     encoder = {id(p) for p in model.base_model.parameters()}
     trainable = [p for p in model.parameters() if p.requires_grad]
     groups = [

@@ -20,6 +20,7 @@ from typing import Any
 from datasets import Dataset
 from transformers import EvalPrediction
 
+from smc_trainer.errors import UsageError
 from smc_trainer.metrics import decode_ids, generated_texts
 from smc_trainer.tasks.arithmetic.data import COLUMNS, PLACEHOLDER, encode_split, gold_value
 from smc_trainer.tasks.arithmetic.equations import evaluate_prefix, is_correct, tokenize
@@ -38,7 +39,7 @@ def with_numbers(text: str, numbers: list[float]) -> str:
     def value(match) -> str:
         k = int(match.group(1))
         if k >= len(numbers):
-            raise ValueError(f"{text!r} names number{k}, but the problem has {len(numbers)} numbers")
+            raise UsageError(f"{text!r} names number{k}, but the problem has {len(numbers)} numbers")
         return number_text(numbers[k])
 
     return PLACEHOLDER.sub(value, text)
@@ -60,7 +61,7 @@ def encode_batch(examples: dict[str, list], tokenizer: Any, max_length: int, spl
     labels = tokenizer(text_target=targets)["input_ids"]  # never truncated: a cut equation would be a wrong label
     for target, decoded in zip(targets, tokenizer.batch_decode(labels, skip_special_tokens=True)):
         if tokenize(decoded) != tokenize(target):
-            raise ValueError(f"{split} split: the tokenizer writes the equation {target!r} back as {decoded!r}; "
+            raise UsageError(f"{split} split: the tokenizer writes the equation {target!r} back as {decoded!r}; "
                              "the answer metric reads the decoded text, so choose a tokenizer that represents "
                              "these numbers and operators exactly")
     out["labels"] = labels

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from smc_trainer.errors import UsageError
 from smc_trainer.tasks.arithmetic.equations import OPERATORS, canonical_constant, constant_value, number_index
 
 
@@ -25,9 +26,9 @@ class EquationVocab:
     def __post_init__(self) -> None:
         unknown = [op for op in self.operators if op not in OPERATORS]
         if unknown or not self.operators:
-            raise ValueError(f"operators must be a non-empty subset of {' '.join(OPERATORS)}; got {self.operators}")
+            raise UsageError(f"operators must be a non-empty subset of {' '.join(OPERATORS)}; got {self.operators}")
         if self.max_numbers < 1:
-            raise ValueError(f"max_numbers must be >= 1; got {self.max_numbers}")
+            raise UsageError(f"max_numbers must be >= 1; got {self.max_numbers}")
 
     @classmethod
     def from_equations(cls, equations: Iterable[Sequence[str]], max_numbers: int) -> EquationVocab:
@@ -80,7 +81,7 @@ class EquationVocab:
             if i < 0:
                 continue
             if i >= self.size:
-                raise ValueError(f"token id {i} is outside the vocabulary of size {self.size}")
+                raise UsageError(f"token id {i} is outside the vocabulary of size {self.size}")
             if i < len(self.operators):
                 tokens.append(self.operators[i])
             elif i < self.number_start:

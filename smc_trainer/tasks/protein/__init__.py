@@ -51,6 +51,7 @@ from typing import Any
 from transformers import DataCollatorWithPadding
 from transformers.utils import logging
 
+from smc_trainer.errors import UsageError
 from smc_trainer.metrics import argmax_accuracy
 from smc_trainer.tasks import TaskBundle
 from smc_trainer.tasks.protein.data import ProteinSettings, load_splits, prepare
@@ -71,7 +72,7 @@ def trainer_kwargs(data_args, training_args) -> dict[str, Any]:
     head_lr = data_args.protein_head_learning_rate
     head_lr = training_args.learning_rate if head_lr is None else head_lr
     if head_lr <= 0:
-        raise ValueError(f"--protein_head_learning_rate must be > 0; got {head_lr}")
+        raise UsageError(f"--protein_head_learning_rate must be > 0; got {head_lr}")
     optim = getattr(training_args.optim, "value", training_args.optim)
     if not str(optim).startswith("adamw"):
         logger.warning(f"protein: --optim {optim} is replaced by AdamW with backbone and head groups")

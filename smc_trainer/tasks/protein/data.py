@@ -18,6 +18,8 @@ import numpy as np
 from datasets import ClassLabel, Dataset, Features, Value, load_dataset
 from transformers.utils import logging
 
+from smc_trainer.errors import MissingFileError, UsageError
+
 logger = logging.get_logger(__name__)
 
 SPLITS = ("train", "validation", "test")
@@ -44,23 +46,23 @@ class ProteinSettings:
     def from_args(cls, data_args) -> ProteinSettings:
         """Parse and check the flags; errors name the flag, the value and what is valid."""
         if not data_args.protein_labels:
-            raise ValueError("--protein_labels is required: comma-separated class names in label-id order, "
+            raise UsageError("--protein_labels is required: comma-separated class names in label-id order, "
                              "e.g. cold,hot (the recipe sets none)")
         labels = tuple(x.strip().lower() for x in data_args.protein_labels.split(",") if x.strip())
         if len(labels) < 2 or len(set(labels)) != len(labels):
-            raise ValueError(f"--protein_labels needs at least 2 distinct class names; got "
+            raise UsageError(f"--protein_labels needs at least 2 distinct class names; got "
                              f"{data_args.protein_labels!r}")
         if data_args.protein_max_residues < 1:
-            raise ValueError(f"--protein_max_residues must be >= 1; got {data_args.protein_max_residues}")
+            raise UsageError(f"--protein_max_residues must be >= 1; got {data_args.protein_max_residues}")
         if not 0.0 <= data_args.protein_validation_percentage < 100.0:
-            raise ValueError("--protein_validation_percentage must be in [0, 100); got "
+            raise UsageError("--protein_validation_percentage must be in [0, 100); got "
                              f"{data_args.protein_validation_percentage}")
         if data_args.protein_lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"--protein_lr_schedule must be one of {', '.join(LR_SCHEDULES)}; got "
+            raise UsageError(f"--protein_lr_schedule must be one of {', '.join(LR_SCHEDULES)}; got "
                              f"{data_args.protein_lr_schedule!r}")
         dropout = data_args.protein_dropout
         if dropout is not None and not 0.0 <= dropout < 1.0:
-            raise ValueError(f"--protein_dropout must be in [0, 1); got {dropout}")
+            raise UsageError(f"--protein_dropout must be in [0, 1); got {dropout}")
         return cls(labels, parse_tm_bins(data_args.protein_tm_bins, len(labels)), data_args.protein_max_residues,
                    data_args.protein_validation_percentage, dropout)
 
@@ -72,9 +74,9 @@ def parse_tm_bins(text: str | None, num_labels: int) -> tuple[float, ...] | None
     try:
         bins = tuple(float(x) for x in str(text).split(","))
     except ValueError:
-        raise ValueError(f"--protein_tm_bins must be comma-separated numbers (deg C); got {text!r}") from None
+        raise UsageError(f"--protein_tm_bins must be comma-separated numbers (deg C); got {text!r}") from None
     if len(bins) != num_labels - 1 or any(a >= b for a, b in zip(bins, bins[1:])):
-        raise ValueError(f"--protein_tm_bins must be {num_labels - 1} ascending thresholds for the {num_labels} "
+        raise UsageError(f"--protein_tm_bins must be {num_labels - 1} ascending thresholds for the {num_labels} "
                          f"classes of --protein_labels; got {text!r}")
     return bins
 
@@ -93,16 +95,16 @@ def read_fasta(path: str) -> Dataset:
             if line.startswith(">"):
                 words = line[1:].replace("|", " ").split()
                 if not words:
-                    raise ValueError(f"{path}:{number}: empty FASTA header")
+                    raise UsageError(f"{path}:{number}: empty FASTA header")
                 row = {"id": words[0], "sequence": ""}
                 row.update(w.split("=", 1) for w in words[1:] if "=" in w)
                 rows.append(row)
             elif not rows:
-                raise ValueError(f"{path}:{number}: sequence line before the first '>' header")
+                raise UsageError(f"{path}:{number}: sequence line before the first '>' header")
             else:
                 rows[-1]["sequence"] += line
     if not rows:
-        raise ValueError(f"{path} holds no FASTA records")
+        raise UsageError(f"{path} holds no FASTA records")
     keys = sorted({k for r in rows for k in r})
     return Dataset.from_dict({k: [r.get(k) for r in rows] for k in keys})
 
@@ -111,9 +113,9 @@ def read_file(path: str, flag: str, cache_dir: str | None = None) -> Dataset:
     """One local file (CSV, TSV or FASTA, by extension) as a raw Dataset."""
     suffix = os.path.splitext(path)[1].lower()
     if suffix not in SUFFIXES:
-        raise ValueError(f"--{flag} must end in {', '.join(SUFFIXES)}; got {path!r}")
+        raise UsageError(f"--{flag} must end in {', '.join(SUFFIXES)}; got {path!r}")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"--{flag} {path!r} does not exist")
+        raise MissingFileError(f"--{flag} {path!r} does not exist")
     if suffix in FASTA:
         return read_fasta(path)
     return load_dataset("csv", data_files={"data": path}, delimiter=DELIMITED[suffix], cache_dir=cache_dir)["data"]
@@ -122,11 +124,11 @@ def read_file(path: str, flag: str, cache_dir: str | None = None) -> Dataset:
 def find_split_files(data_dir: str) -> dict[str, str | None]:
     """`DATA_DIR/{train,validation,test}.{csv,tsv,tab,fasta,fa,faa}` (the first that exists per split)."""
     if not os.path.isdir(data_dir):
-        raise FileNotFoundError(f"--data_dir {data_dir!r} is not a directory")
+        raise MissingFileError(f"--data_dir {data_dir!r} is not a directory")
     found = {s: next((os.path.join(data_dir, s + x) for x in SUFFIXES if os.path.isfile(os.path.join(data_dir, s + x))),
                      None) for s in SPLITS}
     if found["train"] is None:
-        raise FileNotFoundError(f"--data_dir {data_dir!r} has no train file (train.csv, train.tsv or train.fasta)")
+        raise MissingFileError(f"--data_dir {data_dir!r} has no train file (train.csv, train.tsv or train.fasta)")
     return found
 
 
@@ -137,7 +139,7 @@ def split_files(data_args) -> dict[str, str | None]:
         return files
     if data_args.data_dir:
         return find_split_files(data_args.data_dir)
-    raise ValueError("protein data are read from local files only (HotProtein and Meltome are not on the Hub in a "
+    raise UsageError("protein data are read from local files only (HotProtein and Meltome are not on the Hub in a "
                      "standard form): pass --data_dir or --train_file/--validation_file/--test_file "
                      "(CSV, TSV or FASTA; see smc_trainer/tasks/protein/__init__.py for the format)")
 
@@ -161,7 +163,7 @@ def label_index(value: Any, labels: tuple[str, ...], where: str) -> int:
         number = math.nan
     if number.is_integer() and 0 <= number < len(labels):
         return int(number)
-    raise ValueError(f"{where}: label {value!r} is neither a class name ({', '.join(labels)}) nor an index in "
+    raise UsageError(f"{where}: label {value!r} is neither a class name ({', '.join(labels)}) nor an index in "
                      f"[0, {len(labels)}) (--protein_labels)")
 
 
@@ -172,7 +174,7 @@ def tm_class(tm: Any, bins: tuple[float, ...], where: str) -> int:
     except (TypeError, ValueError):
         value = math.nan
     if math.isnan(value):
-        raise ValueError(f"{where}: melting temperature {tm!r} is not a number")
+        raise UsageError(f"{where}: melting temperature {tm!r} is not a number")
     return int(np.searchsorted(bins, value, side="right"))
 
 
@@ -181,18 +183,18 @@ def to_canonical(raw: Dataset, settings: ProteinSettings, where: str) -> Dataset
     columns = raw.column_names
     seq_col, label_col, tm_col = (_first(columns, names) for names in (SEQUENCE_COLUMNS, LABEL_COLUMNS, TM_COLUMNS))
     if seq_col is None or (label_col is None and tm_col is None):
-        raise ValueError(f"{where} has columns {columns}; expected a sequence column ({', '.join(SEQUENCE_COLUMNS)}) "
+        raise UsageError(f"{where} has columns {columns}; expected a sequence column ({', '.join(SEQUENCE_COLUMNS)}) "
                          f"and a label column ({', '.join(LABEL_COLUMNS)}) or a melting temperature "
                          f"({', '.join(TM_COLUMNS)}, binned by --protein_tm_bins)")
     if label_col is None and settings.tm_bins is None:
-        raise ValueError(f"{where} has melting temperatures ({tm_col!r}) but no label column; pass --protein_tm_bins "
+        raise UsageError(f"{where} has melting temperatures ({tm_col!r}) but no label column; pass --protein_tm_bins "
                          "to bin them into the classes of --protein_labels")
     sequences, labels = [], []
     for i, (seq, value) in enumerate(zip(raw[seq_col], raw[label_col or tm_col])):
         row = f"{where}, row {i + 1}"
         seq = "".join(str(seq or "").split()).upper()
         if not seq:
-            raise ValueError(f"{row}: empty sequence")
+            raise UsageError(f"{row}: empty sequence")
         sequences.append(seq)
         labels.append(label_index(value, settings.labels, row) if label_col else tm_class(value, settings.tm_bins, row))
     features = Features({"sequence": Value("string"), "label": ClassLabel(names=list(settings.labels))})
@@ -222,7 +224,7 @@ def load_splits(data_args, settings: ProteinSettings, seed: int, cache_dir: str 
     """Canonical train/validation/test splits (validation carved from train when no file gives one)."""
     files = split_files(data_args)
     if files["train"] is None:
-        raise ValueError("protein: --train_file is required (or a train file in --data_dir)")
+        raise UsageError("protein: --train_file is required (or a train file in --data_dir)")
     from_dir = not any((data_args.train_file, data_args.validation_file, data_args.test_file))
     splits: dict[str, Dataset] = {}
     for split, path in files.items():

@@ -7,6 +7,7 @@ from typing import Any
 from transformers import PretrainedConfig
 from transformers.utils import logging
 
+from smc_trainer.errors import UsageError
 from smc_trainer.tasks.loading import checkpoint_name, hub_kwargs, load_tokenizer_and_config, offline_hint
 from smc_trainer.tasks.protein.data import ProteinSettings
 from smc_trainer.tasks.protein.modeling import EsmForThermostability, EsmThermostabilityConfig
@@ -24,7 +25,7 @@ def thermostability_config(
 ) -> EsmThermostabilityConfig:
     """The checkpoint's ESM config plus the head: classes from --protein_labels, pooled-out ids from the tokenizer."""
     if base.model_type not in ESM_MODEL_TYPES:
-        raise ValueError(f"--model_name_or_path must be an ESM checkpoint (model_type {' or '.join(ESM_MODEL_TYPES)}); "
+        raise UsageError(f"--model_name_or_path must be an ESM checkpoint (model_type {' or '.join(ESM_MODEL_TYPES)}); "
                          f"got model_type {base.model_type!r}")
     values = {k: v for k, v in base.to_dict().items() if k not in NOT_COPIED}
     special = (tokenizer.cls_token_id, tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.mask_token_id)
@@ -44,7 +45,7 @@ def check_length(config: EsmThermostabilityConfig, max_residues: int) -> None:
         return
     limit = config.max_position_embeddings - (config.pad_token_id or 0) - 1 - 2
     if max_residues > limit:
-        raise ValueError(f"--protein_max_residues {max_residues} exceeds what this checkpoint's learned positions "
+        raise UsageError(f"--protein_max_residues {max_residues} exceeds what this checkpoint's learned positions "
                          f"allow ({limit} residues + <cls> + <eos>); pass at most {limit}")
 
 

@@ -23,6 +23,8 @@ from torch.optim.lr_scheduler import OneCycleLR
 from transformers.trainer_pt_utils import get_parameter_names
 from transformers.utils import logging
 
+from smc_trainer.errors import UsageError
+
 logger = logging.get_logger(__name__)
 
 NO_DECAY_PATTERNS = [r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)"]
@@ -51,7 +53,7 @@ def head_and_backbone_groups(
             groups.append({"name": name, "params": params, "lr": lr,
                            "weight_decay": 0.0 if name.endswith("no_decay") else weight_decay})
     if not any(g["name"].startswith("head") for g in groups):
-        raise ValueError(f"{type(model).__name__} has no trainable parameters outside its base model "
+        raise UsageError(f"{type(model).__name__} has no trainable parameters outside its base model "
                          f"({prefix[:-1]!r}), so there is no head to give its own learning rate")
     return groups
 

@@ -19,6 +19,7 @@ from transformers import DataCollatorForSeq2Seq
 from transformers.trainer_utils import IntervalStrategy
 from transformers.utils import logging
 
+from smc_trainer.errors import UsageError
 from smc_trainer.tasks import TaskBundle
 from smc_trainer.tasks.translation.data import first_rows, load_pair, mix
 from smc_trainer.tasks.translation.languages import (
@@ -44,9 +45,9 @@ def check_training_args(training_args: Any) -> None:
     """BLEU needs generated text, and each direction needs its own target code at generation, which only the
     evaluation after training (one subset at a time) provides."""
     if not training_args.predict_with_generate:
-        raise ValueError("translation reports BLEU of generated text: pass --predict_with_generate true; got false")
+        raise UsageError("translation reports BLEU of generated text: pass --predict_with_generate true; got false")
     if training_args.eval_strategy != IntervalStrategy.NO:
-        raise ValueError("translation: --eval_strategy must be no; got "
+        raise UsageError("translation: --eval_strategy must be no; got "
                          f"{training_args.eval_strategy.value!r}. Each direction is decoded with its own target "
                          "language code after training; in-training evaluation would decode all with one.")
 
@@ -58,7 +59,7 @@ def build(model_args: Any, data_args: Any, training_args: Any, recipe: Any) -> T
     eval_languages = parse_languages(data_args.eval_languages, "eval_languages", default=SMC_LANGUAGES)
     tokenize_by_lang = parse_bleu_tokenize(data_args.bleu_tokenize)
     if data_args.lang_code_format not in CODE_FORMATS:
-        raise ValueError(f"--lang_code_format must be one of {', '.join(CODE_FORMATS)}; "
+        raise UsageError(f"--lang_code_format must be one of {', '.join(CODE_FORMATS)}; "
                          f"got {data_args.lang_code_format!r}")
     model, tokenizer, source = load_model_and_tokenizer(model_args, data_args)
     code_format = resolve_format(tokenizer, data_args.lang_code_format)
@@ -79,11 +80,11 @@ def load_pairs(train_languages: list[str], eval_languages: list[str], data_args:
         wanted = (("train",) if lang in train_languages else ()) + (EVAL_SPLITS if lang in eval_languages else ())
         pairs[lang] = load_pair(lang, wanted, data_args, model_args, recipe)
         if lang in train_languages and "train" not in pairs[lang]:
-            raise ValueError(f"no train split for the {lang}-en pair (--train_languages includes {lang})")
+            raise UsageError(f"no train split for the {lang}-en pair (--train_languages includes {lang})")
     for split in EVAL_SPLITS:
         missing = [lang for lang in eval_languages if split not in pairs[lang]]
         if 0 < len(missing) < len(eval_languages):
-            raise ValueError(f"the {split} split is missing for {', '.join(missing)} but present for the other "
+            raise UsageError(f"the {split} split is missing for {', '.join(missing)} but present for the other "
                              "--eval_languages; provide it for all of them or for none")
     return pairs
 

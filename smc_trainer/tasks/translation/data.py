@@ -21,6 +21,7 @@ from typing import Any
 from datasets import Dataset, concatenate_datasets, load_dataset
 from transformers.utils import logging
 
+from smc_trainer.errors import MissingFileError, OfflineError, UsageError
 from smc_trainer.tasks.translation.languages import PIVOT
 
 logger = logging.get_logger(__name__)
@@ -51,12 +52,12 @@ def load_pair(lang: str, splits: tuple[str, ...], data_args: Any, model_args: An
 def _load_hub(lang: str, splits: tuple[str, ...], data_args: Any, model_args: Any, recipe: Any) -> dict:
     name, config = data_args.dataset_name, pair_name(lang)
     if not name:
-        raise ValueError(f"no data: pass --dataset_name (e.g. Helsinki-NLP/opus-100) or {LOCAL_HELP}")
+        raise UsageError(f"no data: pass --dataset_name (e.g. Helsinki-NLP/opus-100) or {LOCAL_HELP}")
     try:
         dataset = load_dataset(name, config, cache_dir=model_args.cache_dir)
     except Exception as err:
-        raise OSError(f"could not load dataset {name!r} config {config!r} from the Hugging Face Hub or the local "
-                      f"cache ({type(err).__name__}: {err}). Offline? Pass local files: {LOCAL_HELP}.") from err
+        raise OfflineError(f"could not load dataset {name!r} config {config!r} from the Hugging Face Hub or the local "
+                           f"cache ({type(err).__name__}: {err}). Offline? Pass local files: {LOCAL_HELP}.") from err
     theirs = {split: recipe.split(split) if recipe is not None else split for split in splits}
     return {split: dataset[t] if t is not None and t in dataset else None for split, t in theirs.items()}
 
@@ -64,8 +65,8 @@ def _load_hub(lang: str, splits: tuple[str, ...], data_args: Any, model_args: An
 def _load_local(data_dir: str, lang: str, split: str, cache_dir: str | None) -> Dataset | None:
     folder = os.path.join(data_dir, pair_name(lang))
     if not os.path.isdir(folder):
-        raise FileNotFoundError(f"--data_dir: no folder {folder!r} for the {lang}-{PIVOT} pair; expected "
-                                f"{LOCAL_HELP}")
+        raise MissingFileError(f"--data_dir: no folder {folder!r} for the {lang}-{PIVOT} pair; expected "
+                               f"{LOCAL_HELP}")
     files = sorted(os.path.join(folder, f) for f in os.listdir(folder)
                    if os.path.splitext(f)[1] in LOCAL_BUILDERS and (f.startswith(f"{split}.") or
                                                                      f.startswith(f"{split}-")))
@@ -73,21 +74,21 @@ def _load_local(data_dir: str, lang: str, split: str, cache_dir: str | None) -> 
         return None
     builders = {LOCAL_BUILDERS[os.path.splitext(f)[1]] for f in files}
     if len(builders) > 1:
-        raise ValueError(f"--data_dir: {folder} mixes JSON and Parquet files for the {split} split: {files}")
+        raise UsageError(f"--data_dir: {folder} mixes JSON and Parquet files for the {split} split: {files}")
     return load_dataset(builders.pop(), data_files={split: files}, cache_dir=cache_dir)[split]
 
 
 def check_schema(dataset: Dataset, lang: str, where: str) -> None:
     """Rows must be {"translation": {lang: str, "en": str}}; fail early naming what was found instead."""
     if "translation" not in dataset.column_names:
-        raise ValueError(f"{where}: expected a 'translation' column holding {{{lang!r}: ..., {PIVOT!r}: ...}}; "
+        raise UsageError(f"{where}: expected a 'translation' column holding {{{lang!r}: ..., {PIVOT!r}: ...}}; "
                          f"found columns {dataset.column_names}")
     if len(dataset) == 0:
-        raise ValueError(f"{where} is empty")
+        raise UsageError(f"{where} is empty")
     first = dataset[0]["translation"]
     missing = [x for x in (lang, PIVOT) if not isinstance(first, dict) or x not in first]
     if missing:
-        raise ValueError(f"{where}: 'translation' has no {', '.join(map(repr, missing))} entry; first row: {first!r}")
+        raise UsageError(f"{where}: 'translation' has no {', '.join(map(repr, missing))} entry; first row: {first!r}")
 
 
 def first_rows(dataset: Dataset, limit: int | None) -> Dataset:

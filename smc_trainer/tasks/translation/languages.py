@@ -19,6 +19,8 @@ from typing import Any
 from transformers.models.mbart.tokenization_mbart import FAIRSEQ_LANGUAGE_CODES as MBART_CC25_CODES
 from transformers.models.mbart50.tokenization_mbart50 import FAIRSEQ_LANGUAGE_CODES as MBART50_CODES
 
+from smc_trainer.errors import UsageError
+
 PIVOT = "en"
 """SMC-Bench's data is English-centric: every language is trained and evaluated to and from English."""
 SMC_LANGUAGES = ("fr", "cs", "de", "gu", "ja", "my", "ro", "ru", "vi", "zh")
@@ -32,14 +34,14 @@ def parse_languages(value: str | None, flag: str, default: tuple[str, ...] = ())
     """`"fr,cs"` -> `["fr", "cs"]`, checked against the languages that have an mBART code (English excluded)."""
     languages = [x.strip() for x in value.split(",") if x.strip()] if value else list(default)
     if not languages:
-        raise ValueError(f"--{flag} needs at least one language, e.g. fr,cs; got {value!r}")
+        raise UsageError(f"--{flag} needs at least one language, e.g. fr,cs; got {value!r}")
     valid = sorted(set(LANG_CODES) - {PIVOT})
     for lang in languages:
         if lang not in valid:
-            raise ValueError(f"--{flag}: every language must be one of {', '.join(valid)} (each is paired with "
+            raise UsageError(f"--{flag}: every language must be one of {', '.join(valid)} (each is paired with "
                              f"English); got {lang!r}")
     if len(set(languages)) != len(languages):
-        raise ValueError(f"--{flag} lists a language twice: {value!r}")
+        raise UsageError(f"--{flag} lists a language twice: {value!r}")
     return languages
 
 
@@ -56,7 +58,7 @@ def resolve_format(tokenizer: Any, requested: str) -> str:
     """The code convention for `tokenizer`: `--lang_code_format` unless `auto`, else `mbart50` for the
     mBART-50 tokenizers and `cc25` for every other one (mBART-cc25's and generic tokenizers)."""
     if requested not in CODE_FORMATS:
-        raise ValueError(f"--lang_code_format must be one of {', '.join(CODE_FORMATS)}; got {requested!r}")
+        raise UsageError(f"--lang_code_format must be one of {', '.join(CODE_FORMATS)}; got {requested!r}")
     if requested != "auto":
         return requested
     return "mbart50" if type(tokenizer).__name__.startswith("MBart50") else "cc25"
@@ -69,7 +71,7 @@ class LanguageCodes:
         self.code_format = code_format
         self.eos_id = tokenizer.eos_token_id
         if self.eos_id is None:
-            raise ValueError(f"the tokenizer ({type(tokenizer).__name__}) has no eos token; mBART needs </s>")
+            raise UsageError(f"the tokenizer ({type(tokenizer).__name__}) has no eos token; mBART needs </s>")
         self.ids: dict[str, int] = {}
         missing = []
         for lang in sorted({PIVOT, *languages}):
@@ -78,7 +80,7 @@ class LanguageCodes:
                 missing.append(LANG_CODES[lang])
             self.ids[lang] = token_id
         if missing:
-            raise ValueError(f"the tokenizer ({type(tokenizer).__name__}) has no token for the language code(s) "
+            raise UsageError(f"the tokenizer ({type(tokenizer).__name__}) has no token for the language code(s) "
                              f"{', '.join(missing)}; use an mBART tokenizer or add the codes as special tokens")
         self.language_of = {token_id: lang for lang, token_id in self.ids.items()}
 

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from sacrebleu.metrics import BLEU
 
+from smc_trainer.errors import UsageError
 from smc_trainer.metrics import generated_texts, load_metric
 from smc_trainer.tasks.translation.languages import PIVOT, LanguageCodes
 
@@ -38,7 +39,7 @@ def parse_bleu_tokenize(value: str | None) -> dict[str, str]:
     for item in filter(None, (x.strip() for x in (value or "").split(","))):
         lang, _, name = item.partition("=")
         if not lang or name not in BLEU.TOKENIZERS:
-            raise ValueError(f"--bleu_tokenize entries must be LANG=TOKENIZER with TOKENIZER one of "
+            raise UsageError(f"--bleu_tokenize entries must be LANG=TOKENIZER with TOKENIZER one of "
                              f"{', '.join(BLEU.TOKENIZERS)}; got {item!r}")
         result[lang.strip()] = name
     return result
@@ -51,7 +52,7 @@ def corpus_bleu(hypotheses: list[str], references: list[str], tokenize: str = DE
     100, so that float noise is clipped and a perfect hypothesis scores exactly 100.
     """
     if len(hypotheses) != len(references):
-        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
+        raise UsageError(f"{len(hypotheses)} hypotheses but {len(references)} references")
     score = load_metric("sacrebleu").compute(predictions=hypotheses, references=references, tokenize=tokenize)
     return min(score["score"], 100.0)
 
@@ -79,11 +80,11 @@ class BleuMetric:
     def _tokenize_for(self, labels: list[list[int]]) -> str:
         targets = {self.codes.target_language(row) for row in labels}
         if None in targets:
-            raise ValueError(f"a label sequence carries no language code of {sorted(self.codes.ids)} "
+            raise UsageError(f"a label sequence carries no language code of {sorted(self.codes.ids)} "
                              f"({self.codes.code_format} format)")
         methods = {self.tokenize_by_lang.get(lang, DEFAULT_TOKENIZE) for lang in targets}
         if len(methods) > 1:
-            raise ValueError(f"one evaluation set mixes target languages {sorted(targets)} that need different "
+            raise UsageError(f"one evaluation set mixes target languages {sorted(targets)} that need different "
                              "sacreBLEU tokenizers; evaluate each direction on its own")
         return methods.pop()
 
@@ -95,7 +96,7 @@ def make_aggregate(names: list[str]) -> Callable[[dict[str, float], str], dict[s
     def aggregate(metrics: dict[str, float], split: str) -> dict[str, float]:
         missing = [n for n in names if f"{split}_{n}_bleu" not in metrics]
         if missing:
-            raise ValueError(f"{split}: no BLEU for direction(s) {', '.join(missing)}")
+            raise UsageError(f"{split}: no BLEU for direction(s) {', '.join(missing)}")
         groups = {
             "bleu": names,
             f"bleu_into_{PIVOT}": [n for n in names if n.endswith(f"-{PIVOT}")],

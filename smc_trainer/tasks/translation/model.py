@@ -7,6 +7,7 @@ from typing import Any
 from transformers import AutoModelForSeq2SeqLM
 from transformers.utils import logging
 
+from smc_trainer.errors import UsageError
 from smc_trainer.tasks.loading import (
     LOCAL_MODEL_HINT,
     checkpoint_name,
@@ -33,7 +34,7 @@ def load_model_and_tokenizer(model_args: Any, data_args: Any) -> tuple[Any, Any,
     with offline_hint(name, f"{LOCAL_MODEL_HINT} (or the tokenizer's as --tokenizer_name)"):
         tokenizer, config = load_tokenizer_and_config(model_args, **config_overrides(data_args))
         if not getattr(config, "is_encoder_decoder", False):
-            raise ValueError(f"translation needs an encoder-decoder model (e.g. mBART); {name!r} is a "
+            raise UsageError(f"translation needs an encoder-decoder model (e.g. mBART); {name!r} is a "
                              f"{config.model_type} model")
         if model_args.from_scratch:
             model, source = AutoModelForSeq2SeqLM.from_config(config), f"{name} config, random weights"
@@ -41,5 +42,5 @@ def load_model_and_tokenizer(model_args: Any, data_args: Any) -> tuple[Any, Any,
             model, source = AutoModelForSeq2SeqLM.from_pretrained(name, config=config, **common), f"{name} (pretrained)"
     tokenizer.padding_side = "right"  # mBART's shift_tokens_right reads the last non-pad label as the decoder start
     if tokenizer.pad_token_id is None:
-        raise ValueError(f"the tokenizer of {name!r} has no pad token")
+        raise UsageError(f"the tokenizer of {name!r} has no pad token")
     return model, tokenizer, source

@@ -14,10 +14,11 @@ from typing import Any
 import yaml
 from transformers import HfArgumentParser
 
-from smc_trainer.arguments import DataArguments, ModelArguments, SparseTrainingArguments
-from smc_trainer.pipeline import RunConfig
-from smc_trainer.provenance import override_flags
-from smc_trainer.recipes import Recipe, load_recipe
+from smc_trainer.training.arguments import DataArguments, ModelArguments, SparseTrainingArguments
+from smc_trainer.runs.run_config import RunConfig
+from smc_trainer.release.provenance import override_flags
+from smc_trainer.runs.recipes import Recipe, load_recipe
+from smc_trainer.errors import MissingFileError, UsageError
 
 CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
 DEFAULT_RECIPE = DataArguments.recipe
@@ -29,9 +30,14 @@ def make_parser(description: str | None = None) -> HfArgumentParser:
 
 def read_config_file(path: str) -> dict[str, Any]:
     """Flag values from a .json/.yaml config file (YAML is a superset of JSON)."""
-    data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    if not Path(path).is_file():
+        raise MissingFileError(f"config file {path!r} does not exist")
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise UsageError(f"config file {path} is not valid YAML/JSON: {err}") from err
     if not isinstance(data, dict):
-        raise ValueError(f"config file {path} must hold a mapping of flag names to values")
+        raise UsageError(f"config file {path} must hold a mapping of flag names to values")
     return data
 
 
@@ -48,7 +54,7 @@ def parse_run_config(argv: list[str], description: str | None = None) -> RunConf
         dests = {a.dest for a in parser._actions}
         unknown = sorted(set(file_values) - dests)
         if unknown:
-            raise ValueError(f"config file {argv[0]}: unknown flag(s) {', '.join(unknown)}; see run_smc.py --help")
+            raise UsageError(f"config file {argv[0]}: unknown flag(s) {', '.join(unknown)}; see run_smc.py --help")
         argv = []
         recipe_name = str(file_values.get("recipe", DEFAULT_RECIPE))
         flags = override_flags(file_values)
@@ -63,7 +69,12 @@ def parse_run_config(argv: list[str], description: str | None = None) -> RunConf
     namespace = parser.parse_args(argv)
     if namespace.output_dir is None:
         namespace.output_dir = default_output_dir(recipe, namespace.sparse_method, namespace.sparsity)
-    model_args, data_args, training_args = parser.parse_dict(vars(namespace))
+    try:
+        model_args, data_args, training_args = parser.parse_dict(vars(namespace))
+    except UsageError:
+        raise
+    except ValueError as err:  # transformers' own checks of TrainingArguments: about the flags too
+        raise UsageError(str(err)) from err
     return RunConfig(model_args, data_args, training_args, recipe, flags=flags)
 
 

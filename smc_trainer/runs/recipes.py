@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from smc_trainer.errors import UsageError
 
 
 def _recipes_dir() -> Path:
     """The repository's recipes/ (editable install), else the copy a regular install put under sys.prefix."""
-    beside = Path(__file__).resolve().parents[1] / "recipes"
+    beside = Path(__file__).resolve().parents[2] / "recipes"
     installed = Path(sys.prefix) / "share" / "smc-trainer" / "recipes"
     return beside if beside.is_dir() or not installed.is_dir() else installed
 
@@ -48,6 +49,13 @@ class Recipe:
     folds: int | None = None
     """Cross-validation folds (MAWPS, ASDiv-A: 5); the reported score pools all folds' examples."""
 
+    @property
+    def cli_name(self) -> str:
+        """What `--recipe` needs to find this very file: the name of a shipped recipe, else the path."""
+        if self.path is None or (RECIPES_DIR / f"{self.name}.yaml").resolve() == Path(self.path).resolve():
+            return self.name
+        return self.path
+
     def split(self, ours: str) -> str | None:
         """The dataset's name for our split `ours` (train/validation/test); the same name when unmapped."""
         return self.splits.get(ours, ours)
@@ -68,10 +76,10 @@ def load_recipe(name_or_path: str) -> Recipe:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
-        raise ValueError(f"recipe {path} is not valid YAML: {err}") from err
+        raise UsageError(f"recipe {path} is not valid YAML: {err}") from err
     recipe = recipe_from_dict(data, name=path.stem, path=str(path))
     if recipe.task not in task_names():
-        raise ValueError(f"recipe {path}: task must be one of {', '.join(task_names())}; got {recipe.task!r}")
+        raise UsageError(f"recipe {path}: task must be one of {', '.join(task_names())}; got {recipe.task!r}")
     check_recipe_args(recipe)
     return recipe
 
@@ -80,21 +88,21 @@ def recipe_from_dict(data: Any, name: str, path: str | None = None) -> Recipe:
     """Check a recipe's structure and build it; errors name the file and the offending key."""
     where = path or name
     if not isinstance(data, dict):
-        raise ValueError(f"recipe {where} must be a YAML mapping with keys {', '.join(RECIPE_KEYS)}")
+        raise UsageError(f"recipe {where} must be a YAML mapping with keys {', '.join(RECIPE_KEYS)}")
     unknown = sorted(set(data) - set(RECIPE_KEYS))
     if unknown:
-        raise ValueError(f"recipe {where} has unknown top-level key(s) {', '.join(map(repr, unknown))}; "
+        raise UsageError(f"recipe {where} has unknown top-level key(s) {', '.join(map(repr, unknown))}; "
                          f"valid keys are {', '.join(RECIPE_KEYS)}")
     missing = [k for k in REQUIRED_KEYS if not data.get(k)]
     if missing:
-        raise ValueError(f"recipe {where} is missing required key(s) {', '.join(missing)}")
+        raise UsageError(f"recipe {where} is missing required key(s) {', '.join(missing)}")
     splits = data.get("splits") or {}
     args = data.get("args") or {}
     if not isinstance(splits, dict) or set(splits) - set(SPLIT_NAMES):
-        raise ValueError(f"recipe {where}: 'splits' must map some of {', '.join(SPLIT_NAMES)} to dataset split "
+        raise UsageError(f"recipe {where}: 'splits' must map some of {', '.join(SPLIT_NAMES)} to dataset split "
                          f"names (or null); got {splits!r}")
     if not isinstance(args, dict):
-        raise ValueError(f"recipe {where}: 'args' must be a mapping of flag names to values; got {args!r}")
+        raise UsageError(f"recipe {where}: 'args' must be a mapping of flag names to values; got {args!r}")
     chance = data.get("chance_level")
     return Recipe(
         name=name,
@@ -113,15 +121,15 @@ def recipe_from_dict(data: Any, name: str, path: str | None = None) -> Recipe:
 def check_recipe_args(recipe: Recipe, dataclass_types: tuple[type, ...] | None = None) -> None:
     """Reject recipe `args` keys that are no field of the argument dataclasses (typos fail early)."""
     if dataclass_types is None:
-        from smc_trainer.arguments import DataArguments, ModelArguments, SparseTrainingArguments
+        from smc_trainer.training.arguments import DataArguments, ModelArguments, SparseTrainingArguments
 
         dataclass_types = (ModelArguments, DataArguments, SparseTrainingArguments)
     known = {f.name for t in dataclass_types for f in dataclasses.fields(t) if f.init}
     for key in recipe.args:
         if key in FORBIDDEN_ARGS:
-            raise ValueError(f"recipe {recipe.path or recipe.name}: args.{key} cannot be set by a recipe")
+            raise UsageError(f"recipe {recipe.path or recipe.name}: args.{key} cannot be set by a recipe")
         if key not in known:
-            raise ValueError(f"recipe {recipe.path or recipe.name}: args.{key} is not a known flag (see "
+            raise UsageError(f"recipe {recipe.path or recipe.name}: args.{key} is not a known flag (see "
                              "`run_smc.py --help` for the fields of ModelArguments, DataArguments and "
                              "SparseTrainingArguments)")
 
@@ -133,4 +141,4 @@ def _resolve(name_or_path: str) -> Path:
     names = available_recipes()
     if name_or_path in names:
         return RECIPES_DIR / f"{name_or_path}.yaml"
-    raise ValueError(f"--recipe must be one of {', '.join(names)} or a path to a recipe YAML; got {name_or_path!r}")
+    raise UsageError(f"--recipe must be one of {', '.join(names)} or a path to a recipe YAML; got {name_or_path!r}")

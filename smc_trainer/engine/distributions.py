@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from smc_trainer.selection import keep_count
+from smc_trainer.engine.selection import keep_count
+from smc_trainer.errors import UsageError
 
 
 def uniform_densities(shapes: Mapping[str, Sequence[int]], density: float) -> dict[str, float]:
@@ -70,7 +71,7 @@ def allocate_counts(
                 missing -= step
                 moved = True
         if not moved:
-            raise ValueError(f"cannot place {target} kept weights in layers that allow {sum(cap.values())}")
+            raise UsageError(f"cannot place {target} kept weights in layers that allow {sum(cap.values())}")
     return counts
 
 
@@ -88,4 +89,4 @@ def layer_counts(
         return allocate_counts(uniform_densities(shapes, density), numels, density, capacity)
     if distribution == "erk":
         return allocate_counts(erk_densities(shapes, density), numels, density, capacity)
-    raise ValueError(f"--distribution must be one of global, uniform, erk; got {distribution!r}")
+    raise UsageError(f"--distribution must be one of global, uniform, erk; got {distribution!r}")

@@ -18,14 +18,16 @@ from typing import Any
 
 from transformers.utils import logging
 
-from smc_trainer.dense_cache import config_fingerprint, fingerprint_hash
-from smc_trainer.folds import over_folds
-from smc_trainer.ledger import Ledger
+from smc_trainer.runs.dense_cache import config_fingerprint, fingerprint_hash
+from smc_trainer.runs.folds import over_folds
+from smc_trainer.runs.ledger import Ledger
 from smc_trainer.methods import get_method_class
 from smc_trainer.methods.iterative import imp_round_for, imp_sparsity
-from smc_trainer.module_groups import TABLE1_GROUPS, TABLE1_PRESET, parse_module_group
-from smc_trainer.pipeline import RunConfig, RunOutcome, run, run_dense, run_iterative
+from smc_trainer.engine.module_groups import TABLE1_GROUPS, TABLE1_PRESET, parse_module_group
+from smc_trainer.runs.pipeline import run, run_dense, run_iterative
+from smc_trainer.runs.run_config import RunConfig, RunOutcome
 from smc_trainer.version import __version__
+from smc_trainer.errors import UsageError
 
 logger = logging.get_logger(__name__)
 
@@ -107,7 +109,7 @@ class Plan:
 def parse_list(text: str, flag: str) -> list[str]:
     items = [x.strip() for x in text.split(",") if x.strip()]
     if not items:
-        raise ValueError(f"--{flag} is empty")
+        raise UsageError(f"--{flag} is empty")
     return items
 
 
@@ -119,9 +121,9 @@ def parse_sparsities(text: str) -> list[float]:
         try:
             value = float(item)
         except ValueError:
-            raise ValueError(f"--sparsities must be numbers in [0, 1) or 'paper'; got {item!r}") from None
+            raise UsageError(f"--sparsities must be numbers in [0, 1) or 'paper'; got {item!r}") from None
         if not 0.0 < value < 1.0:
-            raise ValueError(f"--sparsities must be in (0, 1); got {value}")
+            raise UsageError(f"--sparsities must be in (0, 1); got {value}")
         values.append(value)
     return values
 
@@ -284,7 +286,7 @@ def seeds_from(text: str) -> list[int]:
     try:
         return [int(s) for s in parse_list(text, "seeds")]
     except ValueError as err:
-        raise ValueError(f"--seeds must be comma-separated integers; got {text!r}") from err
+        raise UsageError(f"--seeds must be comma-separated integers; got {text!r}") from err
 
 
 def unique(items: Iterable[str]) -> list[str]:
@@ -307,10 +309,10 @@ def module_groups_from(text: str | None) -> list[str | None]:
 
 def run_sweep(sweep_args: SweepArguments, run_argv: list[str]) -> list[dict[str, Any]]:
     """Validate everything, print the plan, run what the ledger lacks, and write the report."""
-    from smc_trainer.config import parse_run_config
+    from smc_trainer.runs.config import parse_run_config
 
     if any(a == "--recipe" or a.startswith("--recipe=") for a in run_argv):
-        raise ValueError("a sweep takes --recipes (comma-separated), not --recipe")
+        raise UsageError("a sweep takes --recipes (comma-separated), not --recipe")
     recipes = unique(parse_list(sweep_args.recipes, "recipes"))
     methods = unique(parse_list(sweep_args.methods, "methods"))
     sparsities = parse_sparsities(sweep_args.sparsities)

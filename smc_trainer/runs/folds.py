@@ -14,14 +14,12 @@ import dataclasses
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING
 
 from transformers.utils import logging
 
-from smc_trainer.dense_cache import config_fingerprint, fingerprint_hash
-
-if TYPE_CHECKING:
-    from smc_trainer.pipeline import RunConfig, RunOutcome
+from smc_trainer.runs.dense_cache import config_fingerprint, fingerprint_hash
+from smc_trainer.runs.run_config import RunConfig, RunOutcome
+from smc_trainer.tasks import check_fold
 
 logger = logging.get_logger(__name__)
 
@@ -30,16 +28,6 @@ SUMMED = ("_correct", "_total", "_samples")
 
 OnOutcome = Callable[["RunOutcome"], None]
 Stage = Callable[["RunConfig", str, "OnOutcome | None"], list["RunOutcome"]]
-
-
-def check_fold(recipe, fold: int | None) -> None:
-    """Reject --fold for a recipe without folds, or outside 0..K-1."""
-    folds = recipe.folds if recipe is not None else None
-    if fold is not None and not folds:
-        name = recipe.name if recipe is not None else None
-        raise ValueError(f"--fold is only for cross-validated recipes; recipe {name!r} has no folds")
-    if fold is not None and not 0 <= fold < folds:
-        raise ValueError(f"--fold must be in 0..{folds - 1} for recipe {recipe.name!r}; got {fold}")
 
 
 def fold_configs(config: RunConfig) -> list[RunConfig] | None:
@@ -125,8 +113,6 @@ def over_folds(config: RunConfig, output_dir: str, stage: Stage, on_outcome: OnO
 def _run_fold(config: RunConfig, directory: str, stage: Stage) -> list[RunOutcome]:
     """The fold's outcomes: reused when `directory` holds this very configuration's finished run (unless
     --overwrite_output_dir), else run."""
-    from smc_trainer.pipeline import RunOutcome  # pipeline imports this module
-
     key = fingerprint_hash(config_fingerprint(config, include_sparse=True))
     finished = None if config.training_args.overwrite_output_dir else RunOutcome.load(directory)
     if finished is not None and _stored_key(directory) == key:

@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any
 from transformers import Seq2SeqTrainingArguments
 from transformers.utils import logging
 
-from smc_trainer.parallel import decided_by_main, wait_for_all
+from smc_trainer.training.parallel import decided_by_main, wait_for_all
 from smc_trainer.version import __version__
 
 if TYPE_CHECKING:
-    from smc_trainer.pipeline import RunConfig
+    from smc_trainer.runs.run_config import RunConfig
 
 logger = logging.get_logger(__name__)
 
@@ -45,7 +45,7 @@ _VOLATILE = {
 
 
 def _sparse_fields() -> set[str]:
-    from smc_trainer.arguments import SparseTrainingArguments
+    from smc_trainer.training.arguments import SparseTrainingArguments
 
     base = {f.name for f in dataclasses.fields(Seq2SeqTrainingArguments)}
     return {f.name for f in dataclasses.fields(SparseTrainingArguments)} - base - {"select_on"}

@@ -18,8 +18,9 @@ from typing import Any
 
 from transformers.utils import logging
 
-from smc_trainer.ledger import Ledger
+from smc_trainer.runs.ledger import Ledger
 from smc_trainer.methods import get_method_class, method_names
+from smc_trainer.errors import UsageError
 
 logger = logging.get_logger(__name__)
 
@@ -93,7 +94,7 @@ def row_label(record: Mapping[str, Any], by_group: bool) -> str:
 def choose_metric_key(records: Sequence[Mapping[str, Any]], metric: str, split: str = "auto") -> tuple[str, str]:
     """(metric key, split): `auto` takes test_<metric> when every record has it, otherwise eval_<metric>."""
     if split not in SPLITS:
-        raise ValueError(f"--split must be one of {', '.join(SPLITS)}; got {split!r}")
+        raise UsageError(f"--split must be one of {', '.join(SPLITS)}; got {split!r}")
     if split == "auto":
         split = "test" if all(f"test_{metric}" in r["metrics"] for r in records) else "eval"
     return f"{split}_{metric}", split
@@ -106,9 +107,9 @@ def _stat(values: Sequence[float]) -> Stat:
 def _recipe_metric(recipe: str, records: Sequence[Mapping[str, Any]]) -> str:
     names = {r["metric"] for r in records if r.get("metric")}
     if not names:
-        raise ValueError(f"records of recipe {recipe!r} name no primary metric (their 'metric' field is missing)")
+        raise UsageError(f"records of recipe {recipe!r} name no primary metric (their 'metric' field is missing)")
     if len(names) > 1:
-        raise ValueError(f"records of recipe {recipe!r} disagree on the primary metric: {sorted(names)}")
+        raise UsageError(f"records of recipe {recipe!r} disagree on the primary metric: {sorted(names)}")
     return names.pop()
 
 
@@ -167,7 +168,7 @@ def summarize(records: Sequence[Mapping[str, Any]], split: str = "auto") -> list
     evaluation subsets (RACE: middle, high, like the paper's RACE-M / RACE-H panels); means and population
     stds over seeds."""
     if split not in SPLITS:
-        raise ValueError(f"--split must be one of {', '.join(SPLITS)}; got {split!r}")
+        raise UsageError(f"--split must be one of {', '.join(SPLITS)}; got {split!r}")
     by_recipe: dict[str, list[Mapping[str, Any]]] = {}
     for r in records:
         by_recipe.setdefault(r["recipe"], []).append(r)
@@ -312,7 +313,7 @@ def write_report(ledger_path: str, out_dir: str, split: str = "auto") -> dict[st
     records = Ledger(ledger_path).records()
     if not records:
         where = "is empty" if os.path.exists(ledger_path) else "does not exist"
-        raise ValueError(f"ledger {ledger_path} has no records (the file {where}); run a sweep first")
+        raise UsageError(f"ledger {ledger_path} has no records (the file {where}); run a sweep first")
     tables = summarize(records, split=split)
     os.makedirs(out_dir, exist_ok=True)
     markdown = os.path.join(out_dir, "results.md")

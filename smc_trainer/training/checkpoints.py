@@ -20,6 +20,7 @@ import time
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
+from smc_trainer.errors import UsageError
 from smc_trainer.version import __version__
 
 logger = logging.get_logger(__name__)
@@ -142,21 +143,21 @@ def resolve_resume_checkpoint(resume: str | bool | None, output_dir: str) -> str
     if resume is True:
         last = last_complete_checkpoint(output_dir)
         if last is None:
-            raise ValueError(f"--resume_from_checkpoint true, but {output_dir} holds no complete checkpoint")
+            raise UsageError(f"--resume_from_checkpoint true, but {output_dir} holds no complete checkpoint")
         return last
     if list_checkpoints(resume) and not os.path.isfile(os.path.join(resume, COMPLETE_NAME)):  # a run folder
         last = last_complete_checkpoint(resume)
         if last is None:
-            raise ValueError(f"--resume_from_checkpoint {resume} is a run folder with no complete checkpoint "
+            raise UsageError(f"--resume_from_checkpoint {resume} is a run folder with no complete checkpoint "
                              f"(incomplete, left in place: {', '.join(incomplete_checkpoints(resume))})")
         return last
     reason = incomplete_reason(resume)
     if reason is not None:
         last = last_complete_checkpoint(os.path.dirname(os.path.abspath(resume)))
         hint = f"; the last complete checkpoint beside it is {last}" if last else ""
-        raise ValueError(
+        raise UsageError(
             f"--resume_from_checkpoint {resume} is not a complete checkpoint ({reason}){hint}. If you know it is "
-            f"complete, declare it so with `python -c \"from smc_trainer.checkpoints import write_manifest; "
+            f"complete, declare it so with `python -c \"from smc_trainer.training.checkpoints import write_manifest; "
             f"write_manifest('{resume}')\"`"
         )
     return resume

@@ -1,4 +1,4 @@
-"""The passes behind `smc_trainer.selection.select_topk`: sample, bracket, one pass, finishing.
+"""The passes behind `smc_trainer.engine.selection.select_topk`: sample, bracket, one pass, finishing.
 
 1. A sample of about 2 N^(2/3) scores; two `kthvalue` calls give a bracket [lo, hi] that should
    contain the k-th largest score. An endpoint shared by many sampled scores (heavy ties, e.g. the
@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
-    from smc_trainer.selection import LayerScores
+    from smc_trainer.engine.selection import LayerScores
 
 _NEG_INF = float("-inf")
 _INF = float("inf")

@@ -151,7 +151,7 @@ def _usage_section(facts: CardFacts) -> list[str]:
         "The weights are standard safetensors with the pruned weights stored as exact zeros:", "",
         "```python", f"from transformers import {cls}", "", f'model = {cls}.from_pretrained("{where}")', "```", "",
         "With the bool masks (e.g. to keep training sparse) and the sparsity report:", "",
-        "```python", "from smc_trainer.hub import load_sparse_pretrained", "",
+        "```python", "from smc_trainer.release.hub import load_sparse_pretrained", "",
         f'ckpt = load_sparse_pretrained("{where}")   # .model, .masks, .report, .metrics, .run_config',
         "# SparseTrainer(model=ckpt.model, args=..., initial_masks=ckpt.masks) keeps exactly this mask", "```", "",
     ]
@@ -164,7 +164,7 @@ def _files_section(facts: CardFacts) -> list[str]:
         "sparse_masks.safetensors": "bool keep-masks, one per prunable weight, keyed by parameter name",
         "sparsity_report.json": "per-layer kept / total / non-zero counts, measured from the tensors",
         "smc_run_config.json": "smc-trainer version, the command, the recipe and every argument",
-        "model.sparse.safetensors": "the weights in smc-trainer's bitmask format (`smc_trainer.compressed`)",
+        "model.sparse.safetensors": "the weights in smc-trainer's bitmask format (`smc_trainer.release.compressed`)",
         "all_results.json": "the metrics above",
     }
     lines = ["## Files", "", "| file | size | content |", "| --- | ---: | --- |"]
@@ -173,9 +173,9 @@ def _files_section(facts: CardFacts) -> list[str]:
         dense, small = facts.compressed["dense_bytes"], facts.compressed["compressed_bytes"]
         lines += ["", f"Compressed: `model.sparse.safetensors` is {_size(small)} against {_size(dense)} for "
                   f"`model.safetensors` ({small / dense:.3f}x). It stores a bitmask of the non-zero elements "
-                  "(1 bit each), their values and the signs of the zeros; `smc_trainer.compressed.load_compressed` "
-                  "restores the exact state dict. Delete `model.safetensors` to ship only the compressed file; "
-                  "`load_sparse_pretrained` then reads it."]
+                  "(1 bit each), their values and the signs of the zeros; "
+                  "`smc_trainer.release.compressed.load_compressed` restores the exact state dict. Delete "
+                  "`model.safetensors` to ship only the compressed file; `load_sparse_pretrained` then reads it."]
     return lines + [""]
 
 

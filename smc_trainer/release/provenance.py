@@ -13,7 +13,6 @@ import enum
 import json
 import shlex
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from transformers.utils import logging
@@ -21,8 +20,8 @@ from transformers.utils import logging
 from smc_trainer.version import __version__
 
 if TYPE_CHECKING:
-    from smc_trainer.arguments import SparseTrainingArguments
-    from smc_trainer.pipeline import RunConfig
+    from smc_trainer.runs.run_config import RunConfig
+    from smc_trainer.training.arguments import SparseTrainingArguments
 
 logger = logging.get_logger(__name__)
 
@@ -32,15 +31,6 @@ NOT_REPRODUCED = frozenset({
     "ledger", "push_to_hub", "hub_model_id", "hub_strategy", "hub_token", "hub_private_repo", "hub_always_push",
     "hub_revision", "recipe",
 })
-
-
-def _shipped_recipe_name(recipe: Any) -> str:
-    """The recipe's name if `--recipe NAME` finds this very file, else its path."""
-    from smc_trainer.recipes import RECIPES_DIR
-
-    if recipe.path is None or (RECIPES_DIR / f"{recipe.name}.yaml").resolve() == Path(recipe.path).resolve():
-        return recipe.name
-    return recipe.path
 
 
 def _cli_value(value: Any) -> list[str] | None:
@@ -102,16 +92,14 @@ def reproduce_command(config: RunConfig) -> list[str] | None:
         return None
     groups = _flag_groups(config.flags)
     kept = [tok for name, values in groups.items() if name not in NOT_REPRODUCED for tok in (f"--{name}", *values)]
-    return ["python", "run_smc.py", "--recipe", _shipped_recipe_name(config.recipe), *kept]
+    return ["python", "run_smc.py", "--recipe", config.recipe.cli_name, *kept]
 
 
 def run_config_dict(run_config: RunConfig | SparseTrainingArguments) -> dict[str, Any]:
     """The JSON written as `smc_run_config.json`: version, command, recipe and the argument dataclasses
     (tokens redacted by `TrainingArguments.to_dict`). A bare `SparseTrainingArguments` (the Python API)
     gives only the training arguments."""
-    from smc_trainer.arguments import SparseTrainingArguments
-
-    if isinstance(run_config, SparseTrainingArguments):
+    if not hasattr(run_config, "training_args"):  # the training arguments alone (this layer sits below them)
         return {"smc_trainer_version": __version__, "command": None, "recipe": None, "model_args": None,
                 "data_args": None, "training_args": run_config.to_dict()}
     command = reproduce_command(run_config)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 
+from smc_trainer.errors import UsageError
+
 MODULE_PATTERNS: dict[str, str] = {
     "q": r"attention\.self\.query",
     "k": r"attention\.self\.key",
@@ -35,7 +37,7 @@ def parse_module_group(group: str, flag: str = "prune_modules") -> tuple[str, ..
         elif part and all(ch in "qkvo" for ch in part):
             kinds.update(part)
         else:
-            raise ValueError(f"--{flag} must combine the module kinds {', '.join(KIND_ORDER)} (letters q, k, v, o "
+            raise UsageError(f"--{flag} must combine the module kinds {', '.join(KIND_ORDER)} (letters q, k, v, o "
                              f"run together, parts joined by '_', e.g. {', '.join(TABLE1_GROUPS)}); got {group!r}")
     return tuple(k for k in KIND_ORDER if k in kinds)
 

@@ -34,6 +34,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from smc_trainer.errors import UsageError
+
 FORMAT = "smc_trainer.bitmask"
 VERSION = "1"
 COMPRESSED_NAME = "model.sparse.safetensors"
@@ -70,7 +72,7 @@ def decode_tensor(parts: Mapping[str, Tensor], shape: list[int]) -> Tensor:
     numel = math.prod(shape)
     nonzero, values = _unpack(parts["bitmask"], numel), parts["values"]
     if int(nonzero.sum()) != values.numel():
-        raise ValueError(f"corrupt bitmask tensor: {int(nonzero.sum())} set bits but {values.numel()} values")
+        raise UsageError(f"corrupt bitmask tensor: {int(nonzero.sum())} set bits but {values.numel()} values")
     out = torch.zeros(numel, dtype=values.dtype)
     out[nonzero] = values
     if "zero_signs" in parts:
@@ -94,7 +96,7 @@ def compress_state_dict(state_dict: Mapping[str, Tensor]) -> tuple[dict[str, Ten
     shrinks = [name for name, t in state_dict.items() if _shrinks(t)]
     clashes = sorted({f"{n}.{part}" for n in shrinks for part in PARTS} & set(state_dict))
     if clashes:
-        raise ValueError(f"tensor names clash with the bitmask format's suffixes: {clashes[:3]}")
+        raise UsageError(f"tensor names clash with the bitmask format's suffixes: {clashes[:3]}")
     tensors = {name: t.detach().contiguous().cpu() for name, t in state_dict.items() if name not in shrinks}
     compressed: dict[str, dict] = {}
     for name in shrinks:
@@ -118,9 +120,9 @@ def load_compressed(path: str) -> dict[str, Tensor]:
     with safe_open(path, framework="pt") as fh:
         metadata = fh.metadata() or {}
         if metadata.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a {FORMAT} file (metadata format {metadata.get('format')!r})")
+            raise UsageError(f"{path} is not a {FORMAT} file (metadata format {metadata.get('format')!r})")
         if metadata.get("version") != VERSION:
-            raise ValueError(f"{path}: {FORMAT} version {metadata.get('version')!r} is not supported (only {VERSION})")
+            raise UsageError(f"{path}: {FORMAT} version {metadata.get('version')!r} is not supported (only {VERSION})")
         compressed = json.loads(metadata["compressed"])
         names = list(fh.keys())
         derived = {f"{n}.{part}" for n in compressed for part in PARTS}

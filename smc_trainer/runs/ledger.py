@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from transformers.utils import logging
+from smc_trainer.errors import UsageError
 
 logger = logging.get_logger(__name__)
 
@@ -43,7 +44,7 @@ class Ledger:
         """Append one record atomically with respect to other writers (flock + single write + fsync)."""
         missing = [f for f in REQUIRED_FIELDS if f not in record]
         if missing:
-            raise ValueError(f"ledger record lacks required fields {missing}")
+            raise UsageError(f"ledger record lacks required fields {missing}")
         line = json.dumps({"schema_version": SCHEMA_VERSION, **record}, sort_keys=True, default=_json_default)
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)

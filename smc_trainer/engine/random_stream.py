@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from smc_trainer.errors import UsageError
+
 _OUTPUTS_PER_COUNTER = 4  # Philox4x64 turns one counter value into four 64-bit outputs
 _BLOCK = 1 << 16  # raw outputs converted at a time (bounds the uint64 temporary to 512 KiB)
 _SCALE = 2.0**-24
@@ -22,9 +24,9 @@ _SCALE = 2.0**-24
 def uniform_into(seed: int, start: int, out: Tensor) -> Tensor:
     """Write scores `start, ..., start + out.numel() - 1` of stream `seed` into the float32 tensor `out`."""
     if out.dtype != torch.float32:
-        raise ValueError(f"uniform_into writes float32 scores; got an output of dtype {out.dtype}")
+        raise UsageError(f"uniform_into writes float32 scores; got an output of dtype {out.dtype}")
     if seed < 0 or start < 0:
-        raise ValueError(f"seed and start must be non-negative; got seed={seed}, start={start}")
+        raise UsageError(f"seed and start must be non-negative; got seed={seed}, start={start}")
     host = out if out.device.type == "cpu" and out.is_contiguous() else torch.empty(out.numel(), dtype=torch.float32)
     dest = host.numpy().reshape(-1)
     bits = np.random.Philox(key=seed, counter=start // _OUTPUTS_PER_COUNTER)

@@ -28,6 +28,8 @@ from typing import TypeVar
 
 import torch.distributed as dist
 
+from smc_trainer.errors import UsageError
+
 T = TypeVar("T")
 
 SHARDED_BACKENDS = {
@@ -57,7 +59,7 @@ def refuse_sharded_backend(method: str, backend: str | None) -> None:
     if backend is None or method == "dense":
         return
     flag, env, reason = SHARDED_BACKENDS[backend]
-    raise ValueError(
+    raise UsageError(
         f"--sparse_method {method} does not support {backend} ({flag}, or accelerate launch setting {env}): "
         f"{reason}. Train sparse methods with DDP instead (accelerate launch --multi_gpu --num_processes N, or "
         "torchrun), where every method is supported; dense runs may use sharded back-ends."

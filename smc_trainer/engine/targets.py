@@ -1,0 +1,149 @@
+"""Which parameters are prunable: the 2-D weights of Linear, Conv1D, Embedding and recurrent (LSTM/GRU) modules.
+
+No per-architecture code: embeddings are found by module type, the task head as the parameters
+outside `model.base_model` (or the output embeddings when the model is its own base). Biases and
+norm weights are 1-D and never pruned. Tied weights appear once (by their first name).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from torch import nn
+
+from smc_trainer.engine.module_groups import module_group_regex
+from smc_trainer.errors import UsageError
+
+BASE_PRUNABLE_MODULES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Embedding)
+
+
+def prunable_module_types() -> tuple[type[nn.Module], ...]:
+    """Linear and Embedding, plus transformers' GPT-2 style transposed `Conv1D` when transformers is loaded.
+
+    Read from `sys.modules` rather than imported: the engine stays torch-only, and a model that holds a
+    `Conv1D` has necessarily loaded transformers already."""
+    conv1d = getattr(sys.modules.get("transformers.pytorch_utils"), "Conv1D", None)
+    return BASE_PRUNABLE_MODULES + ((conv1d,) if conv1d is not None else ())
+RECURRENT_MODULES: tuple[type[nn.Module], ...] = (nn.RNNBase,)  # LSTM / GRU / RNN: every 2-D `weight_*`
+GROUPS = ("embeddings", "head", "layers", "other")
+_LAYER_INDEX = re.compile(r"\.(\d+)\.")
+
+
+@dataclass(frozen=True)
+class PruneTarget:
+    """One prunable weight: its parameter name, the tensor, and the group it is reported under."""
+
+    name: str
+    param: nn.Parameter
+    group: str  # "embeddings", "head", "layer_<i>" or "other"
+
+    @property
+    def numel(self) -> int:
+        return self.param.numel()
+
+
+def _head_prefixes(model: nn.Module) -> tuple[set[str], set[int]]:
+    """Parameter-name prefixes and output-embedding ids that make up the task head."""
+    base = getattr(model, "base_model", model)
+    head_ids: set[int] = set()
+    if base is model:
+        get_out = getattr(model, "get_output_embeddings", None)
+        out = get_out() if callable(get_out) else None
+        if out is not None:
+            head_ids.add(id(out.weight))
+        return set(), head_ids
+    base_prefix = next((name for name, mod in model.named_modules() if mod is base), "")
+    return {base_prefix + "."}, head_ids
+
+
+def _module_weights(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, nn.Parameter]]:
+    """(module name, module, attribute, weight) for every 2-D weight of a prunable module: `weight` of a
+    Linear / Conv1D / Embedding, each `weight_ih_l<k>` / `weight_hh_l<k>` (and `_reverse`) of a recurrent layer."""
+    prunable = prunable_module_types()
+    for mod_name, module in model.named_modules():
+        if isinstance(module, RECURRENT_MODULES):
+            weights = [(n, p) for n, p in module.named_parameters(recurse=False) if n.startswith("weight_")]
+        elif isinstance(module, prunable):
+            weights = [("weight", getattr(module, "weight", None))]
+        else:
+            continue
+        for attr, weight in weights:
+            if isinstance(weight, nn.Parameter) and weight.dim() == 2:
+                yield mod_name, module, attr, weight
+
+
+def find_targets(
+    model: nn.Module,
+    *,
+    prune_embeddings: bool = True,
+    prune_heads: bool = True,
+    include: str | None = None,
+    exclude: str | None = None,
+    modules: str | None = None,
+) -> list[PruneTarget]:
+    """The prunable weights of `model`, in `named_modules` order.
+
+    `modules` names a module group of the transformer layers (`smc_trainer.engine.module_groups`, e.g. "qkv"):
+    only the weights of those linears stay prunable.
+
+    Raises ValueError when a regex matches no candidate weight or when nothing is left to prune.
+    """
+    base_prefixes, head_ids = _head_prefixes(model)
+    candidates: list[PruneTarget] = []
+    seen: set[int] = set()
+    for mod_name, module, attr, weight in _module_weights(model):
+        if id(weight) in seen:
+            continue
+        seen.add(id(weight))
+        name = f"{mod_name}.{attr}" if mod_name else attr
+        is_head = id(weight) in head_ids or (bool(base_prefixes) and not name.startswith(tuple(base_prefixes)))
+        if isinstance(module, nn.Embedding):  # an input embedding tied to the LM head is still an embedding
+            group = "embeddings"
+        elif is_head:
+            group = "head"
+        else:
+            match = _LAYER_INDEX.search(name)
+            group = f"layer_{int(match.group(1)):02d}" if match else "other"
+        candidates.append(PruneTarget(name, weight, group))
+
+    targets = [
+        t
+        for t in candidates
+        if (prune_embeddings or t.group != "embeddings") and (prune_heads or t.group != "head")
+    ]
+    targets = _apply_regex(targets, candidates, include, "prune_include", keep_matches=True)
+    targets = _apply_regex(targets, candidates, exclude, "prune_exclude", keep_matches=False)
+    if modules is not None:
+        targets = _apply_regex(targets, candidates, module_group_regex(modules), "prune_modules", keep_matches=True)
+    if not targets:
+        raise UsageError(
+            f"{type(model).__name__} has no prunable parameters (2-D weights of Linear, Conv1D or Embedding "
+            "modules) left after --prune_embeddings/--prune_heads/--prune_include/--prune_exclude/--prune_modules"
+        )
+    return targets
+
+
+def targets_for_args(model: nn.Module, args) -> list[PruneTarget]:
+    """`find_targets` configured by the --prune_embeddings/--prune_heads/--prune_include/--prune_exclude/
+    --prune_modules flags."""
+    return find_targets(model, prune_embeddings=args.prune_embeddings, prune_heads=args.prune_heads,
+                        include=args.prune_include, exclude=args.prune_exclude,
+                        modules=getattr(args, "prune_modules", None))
+
+
+def _apply_regex(
+    targets: list[PruneTarget], candidates: list[PruneTarget], pattern: str | None, flag: str, keep_matches: bool
+) -> list[PruneTarget]:
+    if pattern is None:
+        return targets
+    try:
+        regex = re.compile(pattern)
+    except re.error as err:
+        raise UsageError(f"--{flag} is not a valid regular expression: {pattern!r} ({err})") from None
+    if not any(regex.search(t.name) for t in candidates):
+        examples = ", ".join(t.name for t in candidates[:4])
+        raise UsageError(f"--{flag} {pattern!r} matches no prunable parameter; names look like: {examples}, ...")
+    return [t for t in targets if bool(regex.search(t.name)) == keep_matches]

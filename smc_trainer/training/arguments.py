@@ -1,0 +1,301 @@
+"""Argument dataclasses: the single source of configuration, and of the CLI's `--help`.
+
+`SparseTrainingArguments` extends `transformers.TrainingArguments` with every sparse flag, so a
+user (or a recipe YAML) configures training and sparsity in one place. Validation of the sparse
+flags happens in `__post_init__`, before any model download or training starts.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from transformers import Seq2SeqTrainingArguments
+
+from smc_trainer.errors import UsageError
+from smc_trainer.training.parallel import check_parallel_support
+
+DISTRIBUTIONS = ("global", "uniform", "erk")
+SELECT_ON = ("validation", "test")
+
+
+def _choices_error(flag: str, value: object, choices: tuple[str, ...] | list[str]) -> ValueError:
+    return ValueError(f"--{flag} must be one of {', '.join(choices)}; got {value!r}")
+
+
+@dataclass
+class ModelArguments:
+    """Which checkpoint to start from and how to load it."""
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Hub id or local folder of the pretrained model. Default: the recipe's checkpoint."},
+    )
+    config_name: str | None = field(
+        default=None, metadata={"help": "Config name or path, if not the same as model_name_or_path."}
+    )
+    tokenizer_name: str | None = field(
+        default=None, metadata={"help": "Tokenizer name or path, if not the same as model_name_or_path."}
+    )
+    model_revision: str = field(default="main", metadata={"help": "Branch, tag or commit of the checkpoint."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Where downloaded models and datasets are cached."})
+    from_scratch: bool = field(
+        default=False,
+        metadata={"help": "Build the model from its config with random weights instead of loading pretrained ones."},
+    )
+
+
+@dataclass
+class DataArguments:
+    """Which benchmark row (recipe) to run and which data to feed it."""
+
+    recipe: str = field(
+        default="quickstart",
+        metadata={
+            "help": "Benchmark row to run: a name from recipes/ (e.g. csqa, quickstart) or a path to a recipe YAML. "
+            "The recipe sets the task, checkpoint, dataset and the paper's hyper-parameters; flags override it."
+        },
+    )
+    dataset_name: str | None = field(default=None, metadata={"help": "Hub dataset id. Default: the recipe's."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Hub dataset config name."})
+    train_file: str | None = field(default=None, metadata={"help": "Local training file (json, jsonl or csv)."})
+    validation_file: str | None = field(default=None, metadata={"help": "Local validation file (json, jsonl or csv)."})
+    test_file: str | None = field(default=None, metadata={"help": "Local test file (json, jsonl or csv)."})
+    max_seq_length: int = field(default=128, metadata={"help": "Maximum tokens per (question, choice) input."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training set (debugging)."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate evaluation sets (debugging)."})
+    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for datasets.map."})
+    overwrite_cache: bool = field(default=False, metadata={"help": "Recompute cached preprocessing."})
+    num_synthetic_examples: int = field(
+        default=2000, metadata={"help": "Quickstart only: how many synthetic training questions to generate."}
+    )
+    data_dir: str | None = field(
+        default=None,
+        metadata={"help": "Folder of local data in the layout the recipe's task documents (e.g. the arithmetic "
+                  "CSV folders); used instead of a Hub dataset."},
+    )
+    # ---- arithmetic (smc_trainer/tasks/arithmetic) -------------------------------------------------
+    fold: int | None = field(
+        default=None,
+        metadata={"help": "Arithmetic: run only this fold of a cross-validated recipe (MAWPS, ASDiv-A: 0-4). "
+                  "Default: every fold, reported pooled (total correct / total problems) and per fold."},
+    )
+    encoder_learning_rate: float = field(
+        default=8e-6,
+        metadata={"help": "Arithmetic: learning rate of the pretrained encoder (paper: 8e-6); --learning_rate is "
+                  "the BiLSTM and tree decoder's (paper: 1e-3)."},
+    )
+    lr_step_epochs: int = field(
+        default=20, metadata={"help": "Arithmetic: StepLR period in epochs (paper: every 20 epochs)."}
+    )
+    lr_step_gamma: float = field(
+        default=0.5, metadata={"help": "Arithmetic: StepLR factor applied every --lr_step_epochs (paper: 0.5)."}
+    )
+    gts_hidden_size: int = field(default=512, metadata={"help": "Arithmetic: GTS hidden size (paper: 512)."})
+    gts_num_layers: int = field(
+        default=2, metadata={"help": "Arithmetic: BiLSTM layers over the encoder states (paper: 2)."}
+    )
+    gts_dropout: float = field(default=0.5, metadata={"help": "Arithmetic: GTS dropout (paper: 0.5)."})
+    # ---- protein (smc_trainer/tasks/protein) -------------------------------------------------------
+    protein_labels: str | None = field(
+        default=None,
+        metadata={"help": "Protein: comma-separated class names in label-id order (e.g. cold,hot). An integer label "
+                  "in the data is an index into this list; a text label must be one of the names (any case)."},
+    )
+    protein_tm_bins: str | None = field(
+        default=None,
+        metadata={"help": "Protein: ascending melting-temperature thresholds in deg C (comma-separated) that bin a "
+                  "`tm` column into the classes when the data has no label: class i holds bins[i-1] <= tm < "
+                  "bins[i]. The Meltome recipe's 45,80 is UNCONFIRMED (the paper gives no thresholds)."},
+    )
+    protein_max_residues: int = field(
+        default=1022,
+        metadata={"help": "Protein: longer sequences are cropped to their first N (N-terminal) residues and the "
+                  "count is logged. ESM-1b and ESM-2 take at most 1022 residues + 2 special tokens."},
+    )
+    protein_head_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "Protein: learning rate of the new classification head (paper: 2e-2); --learning_rate is "
+                  "the backbone's (paper: 1e-6). Default: --learning_rate."},
+    )
+    protein_lr_schedule: str = field(
+        default="one_cycle",
+        metadata={"help": "Protein: one_cycle (torch OneCycleLR over all optimizer steps, each parameter group "
+                  "peaking at its own learning rate, as the paper) or trainer (--lr_scheduler_type)."},
+    )
+    protein_dropout: float | None = field(
+        default=None,
+        metadata={"help": "Protein: hidden and attention dropout of the ESM backbone (paper: 0 for ESM-1B). "
+                  "Default: the checkpoint's config."},
+    )
+    protein_validation_percentage: float = field(
+        default=10.0,
+        metadata={"help": "Protein: without a validation file, this percentage of the training set (stratified by "
+                  "class, seeded) becomes the validation split used for checkpoint selection."},
+    )
+    # ---- translation (smc_trainer/tasks/translation) -----------------------------------------------
+    train_languages: str | None = field(
+        default=None,
+        metadata={"help": "Translation: comma-separated languages trained to and from English, both directions mixed "
+                  "(2-to-2: fr,cs; 5-to-5: fr,cs,de,gu,ja; 10-to-10: all ten). Default: the recipe's."},
+    )
+    eval_languages: str | None = field(
+        default=None,
+        metadata={"help": "Translation: comma-separated languages evaluated to and from English, whatever the "
+                  "training set (default: SMC-Bench's ten, fr,cs,de,gu,ja,my,ro,ru,vi,zh = 20 directions)."},
+    )
+    max_source_length: int = field(
+        default=128, metadata={"help": "Translation: training source tokens kept per example (codes included); "
+                               "evaluation sentences are cut only at the model's position limit."}
+    )
+    max_target_length: int = field(
+        default=128, metadata={"help": "Translation: training target tokens kept per example (codes included)."}
+    )
+    lang_code_format: str = field(
+        default="auto",
+        metadata={"help": "Translation: where the language codes go: cc25 (`X </s> <lang>`, decoder starts with the "
+                  "target code: mBART-cc25), mbart50 (`<lang> X </s>`, target code forced as first token: "
+                  "mBART-50), or auto (mbart50 for MBart50 tokenizers, cc25 otherwise)."},
+    )
+    bleu_tokenize: str = field(
+        default="zh=zh,ja=char",
+        metadata={"help": "Translation: sacreBLEU tokenizer per target language (LANG=NAME, comma-separated); other "
+                  "targets use 13a. ja-mecab needs `pip install sacrebleu[ja]`."},
+    )
+    translation_dropout: float | None = field(
+        default=None, metadata={"help": "Translation: the model's dropout (mBART `dropout`; paper 0.3). Default: "
+                                "the checkpoint's."}
+    )
+    translation_attention_dropout: float | None = field(
+        default=None, metadata={"help": "Translation: the model's attention dropout (paper 0.1). Default: the "
+                                "checkpoint's."}
+    )
+
+
+@dataclass
+class SparseTrainingArguments(Seq2SeqTrainingArguments):
+    """`TrainingArguments` plus the sparse-training flags (SMC-Bench methods, targets, schedules).
+
+    It derives from `Seq2SeqTrainingArguments` (a `TrainingArguments` with the generation flags
+    `--predict_with_generate`, `--generation_max_length`, `--generation_num_beams`), so generative
+    tasks (translation, arithmetic equations) evaluate by decoding with the same trainer.
+    """
+
+    sparse_method: str = field(
+        default="dense",
+        metadata={
+            "help": "Sparse algorithm: dense, omp_after, random_after, lth, lrr, omp_before, random_before, snip, "
+            "gmp, rigl, set (see README's method table)."
+        },
+    )
+    sparsity: float = field(
+        default=0.0,
+        metadata={"help": "Target fraction of prunable weights set to zero, in [0, 1). The paper grid is 1-0.8^k."},
+    )
+    distribution: str = field(
+        default="global",
+        metadata={
+            "help": "How sparsity is spread over layers: global (one threshold over all prunable weights, as the "
+            "paper), uniform (same sparsity per layer) or erk (Erdos-Renyi-Kernel)."
+        },
+    )
+    prune_embeddings: bool = field(
+        default=True, metadata={"help": "Include embedding matrices in the prunable set (the paper does)."}
+    )
+    prune_heads: bool = field(
+        default=True, metadata={"help": "Include the task head (weights outside the base model) (the paper does)."}
+    )
+    prune_include: str | None = field(
+        default=None, metadata={"help": "Regex: only parameters whose name matches are prunable (re.search)."}
+    )
+    prune_exclude: str | None = field(
+        default=None, metadata={"help": "Regex: parameters whose name matches are never pruned (re.search)."}
+    )
+    prune_modules: str | None = field(
+        default=None,
+        metadata={
+            "help": "Only these linears of the transformer layers are prunable (BERT/RoBERTa/ESM names): a combination "
+            "of q, k, v, o (attention) and ffn, e.g. qkvo_ffn, qkv, qk (the paper's Table 1). Applied together with "
+            "--prune_include/--prune_exclude."
+        },
+    )
+    snip_batches: int = field(default=1, metadata={"help": "SNIP: training batches whose gradients are summed."})
+    gmp_start: float = field(
+        default=0.1, metadata={"help": "GMP: fraction of training steps at which pruning starts (paper: 0.1)."}
+    )
+    gmp_end: float = field(
+        default=0.8,
+        metadata={"help": "GMP: fraction of training steps at which the target sparsity is reached (paper: 0.8)."},
+    )
+    prune_frequency: int = field(
+        default=100, metadata={"help": "GMP: optimizer steps between pruning events (paper: 500-4000)."}
+    )
+    update_interval: int = field(
+        default=100, metadata={"help": "RigL/SET: optimizer steps between mask updates (paper: GMP's frequency)."}
+    )
+    drop_fraction: float = field(
+        default=0.5,
+        metadata={"help": "RigL/SET: initial fraction of active weights swapped per update (cosine decay)."},
+    )
+    update_end: float = field(
+        default=1.0, metadata={"help": "RigL/SET: fraction of training steps after which the mask is frozen."}
+    )
+    init_method: str = field(
+        default="omp_before",
+        metadata={"help": "RigL/SET: method giving the initial mask: omp_before, random_before or snip."},
+    )
+    imp_rate: float = field(
+        default=0.2, metadata={"help": "LTH/LRR: fraction of the remaining weights pruned per round (paper: 0.2)."}
+    )
+    dense_cache_dir: str = field(
+        default="smc_outputs/dense_cache",
+        metadata={"help": "Where dense fine-tunes are cached and shared by after-methods, LTH/LRR and the dense row."},
+    )
+    ledger: str | None = field(
+        default=None, metadata={"help": "Append a record of each finished run to this results ledger (JSON lines)."}
+    )
+    save_compressed: bool = field(
+        default=False,
+        metadata={"help": "Also write model.sparse.safetensors: the weights in smc-trainer's bitmask format (packed "
+                  "bits + non-zero values), with its size against the dense file in the model card."},
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Train from scratch even if output_dir holds checkpoints (files there may be replaced)."},
+    )
+    select_on: str = field(
+        default="validation",
+        metadata={
+            "help": "Split used for checkpoint selection: validation (correct protocol) or test (the original code's "
+            "test-selected protocol, for parity only)."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        self.validate_sparse_flags()
+        super().__post_init__()
+
+    def validate_sparse_flags(self) -> None:
+        """Reject bad sparse flags with the flag, the value and the valid choices, before anything runs."""
+        from smc_trainer.engine.module_groups import parse_module_group
+        from smc_trainer.methods import get_method_class, method_names
+
+        if not 0.0 <= self.sparsity < 1.0:
+            raise UsageError(f"--sparsity must be in [0, 1); got {self.sparsity!r}")
+        if self.distribution not in DISTRIBUTIONS:
+            raise _choices_error("distribution", self.distribution, DISTRIBUTIONS)
+        if self.select_on not in SELECT_ON:
+            raise _choices_error("select_on", self.select_on, SELECT_ON)
+        if self.sparse_method not in method_names():
+            raise _choices_error("sparse_method", self.sparse_method, method_names())
+        if self.prune_modules is not None:
+            parse_module_group(self.prune_modules)
+        for flag in ("prune_include", "prune_exclude"):
+            pattern = getattr(self, flag)
+            if pattern is not None:
+                try:
+                    re.compile(pattern)
+                except re.error as err:
+                    raise UsageError(f"--{flag} is not a valid regular expression: {pattern!r} ({err})") from None
+        get_method_class(self.sparse_method).validate_args(self)
+        check_parallel_support(self)  # FSDP / DeepSpeed with a sparse method: refused before any model loads

@@ -1,0 +1,245 @@
+"""SparseTrainer: `transformers.Trainer` plus a MaskSet, a sparse method and its callback.
+
+It derives from `Seq2SeqTrainer`, which is the plain Trainer unless `--predict_with_generate` is
+set; then evaluation decodes with `model.generate` (translation, arithmetic equations).
+
+The subclass overrides only what has no callback hook: masking gradients right after the last
+backward of an optimizer step (before clipping), computing SNIP gradients with the Trainer's own
+loss, and writing/reading masks and method state with every model save and checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from transformers import Seq2SeqTrainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+from transformers.utils import logging
+
+from smc_trainer.engine.masks import MaskSet
+from smc_trainer.engine.targets import targets_for_args
+from smc_trainer.errors import UsageError
+from smc_trainer.methods import get_method_class
+from smc_trainer.release.hub import check_push_args, check_release_dir, push_sparse_folder, write_release_files
+from smc_trainer.training.arguments import SparseTrainingArguments
+from smc_trainer.training.callbacks import SparsityCallback
+from smc_trainer.training.checkpoints import clear_manifest, resolve_resume_checkpoint, write_manifest
+from smc_trainer.training.parallel import refuse_sharded_backend
+
+logger = logging.get_logger(__name__)
+
+
+class SparseTrainer(Seq2SeqTrainer):
+    """A Trainer that trains a sparse model with the method named by `args.sparse_method`.
+
+    `initial_masks` (bool tensors by parameter name) replaces the method's own initial pruning; the
+    pipeline uses it for LTH/LRR rounds, whose masks come from the previous round's weights.
+    `lr_scheduler_factory(optimizer, num_training_steps)` builds the LR scheduler instead of
+    `--lr_scheduler_type` (a task's own schedule, e.g. OneCycle over per-module learning rates), and
+    `optimizer_cls_and_kwargs` reaches `Trainer` (which `Seq2SeqTrainer.__init__` does not forward).
+    """
+
+    def __init__(self, model: torch.nn.Module | None = None, args: SparseTrainingArguments | None = None,
+                 *pos: Any, initial_masks: Mapping[str, torch.Tensor] | None = None,
+                 lr_scheduler_factory: Callable[[torch.optim.Optimizer, int], Any] | None = None,
+                 optimizer_cls_and_kwargs: tuple[Any, dict[str, Any]] | None = None, **kwargs: Any):
+        if not isinstance(args, SparseTrainingArguments):
+            raise TypeError(f"SparseTrainer needs SparseTrainingArguments; got {type(args).__name__}")
+        if model is None:
+            raise UsageError("SparseTrainer needs a model instance (model_init is not supported)")
+        check_push_args(args)  # before Trainer.__init__ reaches for the Hub
+        targets = targets_for_args(model, args)
+        self.lr_scheduler_factory = lr_scheduler_factory
+        super().__init__(model, args, *pos, **kwargs)
+        if optimizer_cls_and_kwargs is not None:
+            if self.optimizer is not None:
+                raise RuntimeError("Passing both `optimizers` and `optimizer_cls_and_kwargs` is incompatible.")
+            self.optimizer_cls_and_kwargs = optimizer_cls_and_kwargs
+        # argument validation refused these already; this catches a back-end configured some other way
+        refuse_sharded_backend(args.sparse_method, "deepspeed" if self.is_deepspeed_enabled
+                               else "fsdp" if self.is_fsdp_enabled else None)
+        self._loss_scale_before_step: float | None = None
+        self.masks = MaskSet(targets)
+        self.sparse_method = get_method_class(args.sparse_method)(args)
+        self.sparsity_callback = SparsityCallback(
+            self.sparse_method,
+            self.masks,
+            accumulate_gradients=self._accumulate_gradients,
+            step_was_skipped=self._optimizer_step_was_skipped,
+        )
+        if initial_masks is not None:
+            self.sparsity_callback.preset_masks = dict(initial_masks)
+        self.add_callback(self.sparsity_callback)
+        n_prunable = self.masks.total
+        logger.info(f"smc-trainer: {args.sparse_method} at sparsity {args.sparsity} over {len(targets)} "
+                    f"prunable weights ({n_prunable:,} values), distribution {args.distribution}")
+
+    # ---- the one hook Trainer lacks: after the last backward, before clipping ----------------------
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.accelerator.sync_gradients:
+            scaler = self.accelerator.scaler
+            self._loss_scale_before_step = scaler.get_scale() if scaler is not None else None
+            self.sparsity_callback.before_optimizer_step()
+        return loss
+
+    def _optimizer_step_was_skipped(self) -> bool:
+        """Whether the fp16 grad scaler skipped the optimizer step that just ran (inf/NaN gradients).
+
+        accelerate's `optimizer_step_was_skipped` misses the skips of optimizers that unscale inside their own
+        step, such as fused AdamW, the default `adamw_torch_fused` (huggingface/accelerate#4242). GradScaler
+        lowers its scale exactly when it found inf/NaN gradients, so a lower scale marks a skipped step too.
+        """
+        if self.accelerator.optimizer_step_was_skipped:
+            return True
+        scaler, before = self.accelerator.scaler, self._loss_scale_before_step
+        return scaler is not None and before is not None and scaler.get_scale() < before
+
+    def _accumulate_gradients(self, n_batches: int) -> None:
+        """Sum dense gradients of the first `n_batches` training batches (SNIP), leaving the data order intact."""
+        model = self.model_wrapped
+        dataloader = self.callback_handler.train_dataloader or self.get_train_dataloader()
+        cpu_rng = torch.get_rng_state()
+        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        model.train()
+        model.zero_grad(set_to_none=True)
+        batches = iter(dataloader)
+        for i in range(n_batches):
+            try:
+                batch = next(batches)
+            except StopIteration:
+                raise UsageError(f"--snip_batches {n_batches} exceeds the {i} training batches available") from None
+            inputs = self._prepare_inputs(batch)
+            with self.compute_loss_context_manager():
+                loss = self.compute_loss(model, inputs)
+            self.accelerator.backward(loss)
+        torch.set_rng_state(cpu_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
+        """The task's `lr_scheduler_factory` schedule when it has one, else the Trainer's."""
+        if self.lr_scheduler is None and self.lr_scheduler_factory is not None:
+            self.lr_scheduler = self.lr_scheduler_factory(optimizer or self.optimizer, num_training_steps)
+            self._created_lr_scheduler = True
+        return super().create_scheduler(num_training_steps, optimizer)
+
+    # ---- logging --------------------------------------------------------------------------------
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs or "train_loss" in logs:
+            logs.update(self.masks.measured_sparsity())
+        super().log(logs, start_time)
+
+    # ---- saving and resuming --------------------------------------------------------------------
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Save the model (plain safetensors, zeros in place), the bool masks, the report and method state."""
+        super().save_model(output_dir, _internal_call)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if self.args.should_save:
+            self.masks.save(output_dir, extra_report=self.sparsity_metadata())
+            self.sparsity_callback.save(output_dir)
+
+    def sparsity_metadata(self) -> dict[str, Any]:
+        a = self.args
+        return {
+            "method": a.sparse_method,
+            "target_sparsity": a.sparsity,
+            "distribution": a.distribution,
+            "prune_embeddings": a.prune_embeddings,
+            "prune_heads": a.prune_heads,
+            "prune_include": a.prune_include,
+            "prune_exclude": a.prune_exclude,
+            "prune_modules": a.prune_modules,
+            "optimizer_steps": self.sparsity_callback.step,
+        }
+
+    def _determine_best_metric(self, metrics, trial) -> bool:
+        """Only checkpoints at the final sparsity compete for 'best' (the original GMP runs could pick an
+        early, denser checkpoint)."""
+        if not self.sparsity_callback.reached_target():
+            return False
+        return super()._determine_best_metric(metrics, trial)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if self.sparsity_callback.load(resume_from_checkpoint):
+            logger.info(f"Restored masks and {self.args.sparse_method} state (step {self.sparsity_callback.step}) "
+                        f"from {resume_from_checkpoint}")
+
+    def _load_best_model(self) -> None:
+        super()._load_best_model()
+        best = self.state.best_model_checkpoint
+        if best and os.path.isdir(best):
+            self.masks.load(best)
+
+    # ---- complete checkpoints only (smc_trainer/training/checkpoints.py) ---------------------------------
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, **kwargs: Any):
+        """`Trainer.train`, resuming only from complete checkpoints (True: the last complete one)."""
+        resume = resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
+        return super().train(resume_from_checkpoint=resume, trial=trial, **kwargs)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """transformers' checkpoint, then its completion manifest as the very last write. Rotation of old
+        checkpoints (`--save_total_limit`) is held back until the manifest exists, so a kill at any moment
+        leaves at least one complete checkpoint."""
+        run_dir = self._get_output_dir(trial=trial)
+        folder = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        if self.args.should_save:
+            clear_manifest(folder)
+        limit, self.args.save_total_limit = self.args.save_total_limit, None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+        self.accelerator.wait_for_everyone()  # every rank's files (RNG states) are written
+        if self.args.should_save:
+            write_manifest(folder, step=self.state.global_step)
+            rotate_checkpoints(run_dir, limit, self.state.best_model_checkpoint, use_mtime=True)
+
+    # ---- sparse release and the Hub (smc_trainer/release/hub.py) ----------------------------------------
+
+    def save_sparse_pretrained(self, output_dir: str | None = None, metrics: Mapping[str, float] | None = None,
+                               run_config: Any = None, compressed: bool | None = None, overwrite: bool = False) -> str:
+        """The model plus everything a sparse release holds (masks, report, run config, sparsity in
+        config.json, model card); see `smc_trainer.release.hub.save_sparse_pretrained`. A folder other than the
+        run's own `output_dir` must be new or empty unless `overwrite` (a user's files are never replaced)."""
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if self.args.should_save and os.path.abspath(output_dir) != os.path.abspath(self.args.output_dir):
+            check_release_dir(output_dir, overwrite)
+        self.save_model(output_dir, _internal_call=True)
+        if self.args.should_save:
+            write_release_files(output_dir, self.masks, self.sparsity_metadata(),
+                                metrics=metrics if metrics is not None else self.latest_metrics(),
+                                run_config=run_config if run_config is not None else self.args,
+                                compressed=self.args.save_compressed if compressed is None else compressed)
+        return output_dir
+
+    def latest_metrics(self) -> dict[str, float]:
+        """The newest value of every metric in the Trainer's log history (for the model card)."""
+        merged: dict[str, float] = {}
+        for entry in self.state.log_history:
+            merged.update({k: v for k, v in entry.items() if isinstance(v, (int, float)) and k not in ("step",)})
+        return merged
+
+    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True,
+                    token: str | None = None, revision: str | None = None, private: bool | None = None,
+                    **kwargs: Any):
+        """Upload the sparse release of `output_dir` (not only the plain model) to `--hub_model_id`."""
+        self.callback_handler.on_push_begin(self.args, self.state, self.control)
+        token = token if token is not None else self.args.hub_token
+        if self.hub_model_id is None:
+            self.init_hf_repo(token=token, private=private)
+        self.save_sparse_pretrained(self.args.output_dir, metrics=kwargs.pop("metrics", None))
+        if not self.is_world_process_zero():
+            return None
+        self._finish_current_push()
+        return push_sparse_folder(self.args.output_dir, self.hub_model_id, token=token, create=False,
+                                  revision=revision if revision is not None else self.args.hub_revision,
+                                  commit_message=commit_message, run_as_future=not blocking)
