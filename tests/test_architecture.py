@@ -79,7 +79,7 @@ def import_graph() -> dict[str, set[str]]:
 def layer_of(module: str) -> int:
     parts = module.split(".")
     if len(parts) == 1:
-        return -1  # the package itself: its names load lazily, it imports only the version
+        return len(LAYERS)  # the package itself: the public names of every layer (loaded lazily)
     if parts[1] in COMPAT_SHIMS:
         return len(LAYERS)
     if parts[1] not in LAYER_OF:
