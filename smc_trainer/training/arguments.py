@@ -96,6 +96,11 @@ class DataArguments:
         default=2, metadata={"help": "Arithmetic: BiLSTM layers over the encoder states (paper: 2)."}
     )
     gts_dropout: float = field(default=0.5, metadata={"help": "Arithmetic: GTS dropout (paper: 0.5)."})
+    gts_encoder_dropout: float = field(
+        default=0.0,
+        metadata={"help": "Arithmetic: dropout on the pretrained encoder's states before the BiLSTM (official code: "
+                  "none, the default; earlier smc-trainer versions used --gts_dropout here)."},
+    )
     # ---- protein (smc_trainer/tasks/protein) -------------------------------------------------------
     protein_labels: str | None = field(
         default=None,

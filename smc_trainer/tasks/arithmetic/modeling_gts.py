@@ -2,7 +2,8 @@
 
 The model of SMC-Bench's arithmetic task (the SVAMP authors' GTS with a RoBERTa embedding): the
 pretrained encoder (`self.encoder`, the base model) reads the question, a 2-layer BiLSTM runs over
-its states (directions summed), the root goal is the BiLSTM's last forward plus first backward
+its states (directions summed; as the official code, no dropout on the states unless
+`config.encoder_dropout`), the root goal is the BiLSTM's last forward plus first backward
 state, and each number's embedding is the state at the first sub-token of its `numberK`
 placeholder. The tree decoder (`gts_layers`, `tree_decoding`) is trained by teacher forcing and
 decodes by beam search.
@@ -54,7 +55,7 @@ class GTSForMathWordProblems(PreTrainedModel):
         super().__init__(config)
         self.encoder = encoder if encoder is not None else AutoModel.from_config(config.encoder)
         vocab, hidden = config.vocab, config.hidden_size
-        self.embedding_dropout = nn.Dropout(config.dropout)
+        self.encoder_dropout = nn.Dropout(config.encoder_dropout)
         self.lstm = nn.LSTM(config.encoder.hidden_size, hidden, num_layers=config.num_layers, batch_first=True,
                             bidirectional=True, dropout=config.dropout if config.num_layers > 1 else 0.0)
         self.prediction = Prediction(hidden, len(vocab.operators), len(vocab.constants), config.dropout)
@@ -89,7 +90,7 @@ class GTSForMathWordProblems(PreTrainedModel):
         extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
         lengths = attention_mask.sum(dim=1)
-        packed = pack_padded_sequence(self.embedding_dropout(hidden), lengths.cpu(), batch_first=True,
+        packed = pack_padded_sequence(self.encoder_dropout(hidden), lengths.cpu(), batch_first=True,
                                       enforce_sorted=False)
         outputs, _ = pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=hidden.size(1))
         size = self.config.hidden_size
