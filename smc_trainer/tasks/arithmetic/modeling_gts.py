@@ -19,6 +19,7 @@ default `label_names`); `Seq2SeqTrainer`'s generate path would pass `labels` alo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -50,6 +51,11 @@ class GTSForMathWordProblems(PreTrainedModel):
     config_class = GTSConfig
     base_model_prefix = "encoder"
     main_input_name = "input_ids"
+    keep_dense_weights: ClassVar[str] = r"^(?:encoder\.pooler|merge|prediction\.constant_embeddings)\."
+    """Never pruned (`smc_trainer.engine.targets`), as the official SMC-Bench GTS: its SNIP, GMP and RigL runs
+    leave the pooler (which GTS never reads) and the merge network out of the masks, and its constant embeddings
+    are a 3-D parameter, never masked. (Its one-shot and LTH runs masked the pooler and merge: one set for every
+    method here; docs/differences.md.)"""
 
     def __init__(self, config: GTSConfig, encoder: PreTrainedModel | None = None):
         super().__init__(config)
