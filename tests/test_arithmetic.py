@@ -23,6 +23,7 @@ from arithmetic_helpers import (
     write_encoder,
     write_shipped_layouts,
 )
+from torch.nn.utils.rnn import pack_padded_sequence
 from transformers import AutoModel, AutoTokenizer, EvalPrediction, TrainingArguments
 
 from smc_trainer.engine.targets import find_targets
@@ -262,6 +263,25 @@ def test_forward_shapes_loss_and_gradients():
     assert bool((valid < model.config.vocab.size).all())
 
 
+@pytest.mark.parametrize("encoder_dropout", [0.0, 0.5])
+def test_the_bilstm_reads_the_encoder_states_without_dropout_unless_asked(encoder_dropout):
+    """As the official GTS (`train_tree` passes the RoBERTa output straight into `EncoderSeq`), dropout 0.5 acts
+    between the BiLSTM layers and in the decoder, not on the encoder states; `encoder_dropout` brings it back."""
+    torch.manual_seed(0)
+    model = GTSForMathWordProblems.from_encoder(tiny_encoder(len(tiny_tokenizer())), hidden_size=16, dropout=0.5,
+                                                encoder_dropout=encoder_dropout, operators=["+", "-", "*", "/"],
+                                                constants=["100.0"], max_numbers=3).train()
+    model.encoder.eval()  # the encoder's own dropout off: only what sits between it and the BiLSTM is tested
+    seen = {}
+    model.encoder.register_forward_hook(lambda m, args, out: seen.update(states=out.last_hidden_state))
+    model.lstm.register_forward_pre_hook(lambda m, args: seen.update(lstm_input=args[0]))
+    batch = tiny_batch([problem(i) for i in range(7)], model)
+    model(**model_inputs(batch))
+    lengths = batch["attention_mask"].sum(dim=1)
+    expected = pack_padded_sequence(seen["states"], lengths, batch_first=True, enforce_sorted=False).data
+    assert torch.equal(seen["lstm_input"].data, expected) == (encoder_dropout == 0.0)
+
+
 def test_teacher_forcing_is_batch_independent():
     """The batched tree construction gives every problem exactly the log-likelihood it has alone."""
     model = tiny_gts().eval()
@@ -356,21 +376,28 @@ def test_pretrained_encoder_weights_survive_the_new_decoder(tmp_path):
     assert all(torch.equal(model.encoder.state_dict()[k], v) for k, v in expected.items())
 
 
-def test_every_2d_weight_is_prunable_and_sensibly_grouped():
-    """The paper prunes every 2-D weight of the encoder (embeddings included), the BiLSTM and the decoder."""
+OFFICIAL_DENSE = {"encoder.pooler.dense.weight", "merge.merge.weight", "merge.merge_g.weight",
+                  "prediction.constant_embeddings.weight"}
+
+
+def test_the_official_2d_weights_are_prunable_and_sensibly_grouped():
+    """The official GTS masks every 2-D weight of the encoder (embeddings included), the BiLSTM and the decoder,
+    except the pooler (GTS never reads it) and the merge network (left out by its SNIP, GMP and RigL runs) and the
+    constant embeddings (a 3-D parameter there, never masked)."""
     model = tiny_gts()
     targets = {t.name: t.group for t in find_targets(model)}
-    assert set(targets) == {n for n, p in model.named_parameters() if p.dim() == 2}
+    assert set(targets) == {n for n, p in model.named_parameters() if p.dim() == 2} - OFFICIAL_DENSE
     assert targets["encoder.embeddings.word_embeddings.weight"] == "embeddings"
     assert targets["encoder.encoder.layer.0.attention.self.query.weight"] == "layer_00"
     assert targets["generation.operator_embeddings.weight"] == "embeddings"
-    assert targets["prediction.constant_embeddings.weight"] == "embeddings"
-    for name in ("lstm.weight_ih_l0", "lstm.weight_hh_l1_reverse", "prediction.ops.weight", "merge.merge_g.weight"):
+    for name in ("lstm.weight_ih_l0", "lstm.weight_hh_l1_reverse", "prediction.ops.weight",
+                 "generation.generate_rg.weight", "prediction.leaf_score.attn.weight"):
         assert targets[name] == "head"
     assert not any(n.startswith("lstm.bias") for n in targets)
     without_heads = {t.name for t in find_targets(model, prune_heads=False)}
     assert {n for n in without_heads if not n.startswith("encoder.")} == {
-        "prediction.constant_embeddings.weight", "generation.operator_embeddings.weight"}  # still embeddings
+        "generation.operator_embeddings.weight"}  # still an embedding
+    assert OFFICIAL_DENSE.isdisjoint(t.name for t in find_targets(model, exclude="pooler"))  # a regex still finds it
 
 
 # ---- optimization -----------------------------------------------------------------------------------------
@@ -421,6 +448,7 @@ def test_recipes_build_the_papers_gts_optimizer_schedule_and_beam(shipped, tmp_p
     bundle = pipeline.build_task(config)
     gts = bundle.model.config
     assert (gts.hidden_size, gts.num_layers, gts.dropout, gts.beam_size) == (512, 2, 0.5, 5)
+    assert gts.encoder_dropout == 0.0  # the official train_tree feeds the RoBERTa states straight to the BiLSTM
     optimizer, scheduler = bundle.trainer_kwargs["optimizers"]
     assert isinstance(optimizer, torch.optim.Adam)
     encoder_group, decoder_group = optimizer.param_groups

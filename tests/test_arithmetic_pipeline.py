@@ -158,7 +158,7 @@ def test_resume_restores_the_gts_optimizer_schedule_and_masks(tiny, tmp_path):
     assert full.masks.masks.keys() == resumed.masks.masks.keys() and resumed.masks.sparsity() == pytest.approx(0.5)
     state = resumed.optimizer.state
     moments = {name: state[resumed.masks.by_name[name].param].get("exp_avg") for name in resumed.masks.masks}
-    assert {n for n, m in moments.items() if m is None} == {"encoder.pooler.dense.weight"}  # never gets a gradient
+    assert all(m is not None for m in moments.values())  # the pooler (never given a gradient) is not prunable
     for name, mask in resumed.masks.masks.items():
         if moments[name] is not None:
             assert not bool(moments[name][~mask].any()), f"Adam moments revive pruned weights of {name}"

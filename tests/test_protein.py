@@ -439,7 +439,7 @@ def tiny_flags(esm: Path, out: Path, files: dict[str, Path]) -> list[str]:
     flags = ["--model_name_or_path", str(esm), "--output_dir", str(out), "--dense_cache_dir", str(out.parent / "cache"),
              "--report_to", "none", "--use_cpu", "--disable_tqdm", "true", "--log_level", "warning",
              "--protein_max_residues", str(MAX_RESIDUES), "--num_train_epochs", "1", "--learning_rate", "1e-3",
-             "--per_device_eval_batch_size", "16", "--prune_frequency", "2"]
+             "--per_device_eval_batch_size", "16", "--prune_frequency", "2", "--snip_batches", "2"]
     for split, path in files.items():
         flags += [f"--{split}_file", str(path)]
     return flags
@@ -531,6 +531,7 @@ def test_recipes_carry_the_paper_settings():
         assert (args["learning_rate"], args["protein_head_learning_rate"], args["weight_decay"]) == (1e-6, 2e-2, 0.01)
         assert args["num_train_epochs"] == 4 and args["protein_dropout"] == 0.0 and args["prune_modules"] == "qkvo_ffn"
         assert args["per_device_train_batch_size"] == (2 if name == "meltome" else 3)
+        assert args["snip_batches"] == 101  # the official ESM-1B SNIP sums gradients over 101 batches
     assert len(load_recipe("hp_s").args["protein_labels"].split(",")) == 5
     assert load_recipe("hp_s2c2").args["protein_labels"] == "cold,hot"
     assert load_recipe("meltome").args["protein_tm_bins"] == "45,80"

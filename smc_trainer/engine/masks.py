@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from smc_trainer.engine.collapse import find_collapsed
 from smc_trainer.engine.targets import PruneTarget
 from smc_trainer.engine.zero_preserving import unwrap_optimizer, why_not_zero_preserving
 from smc_trainer.errors import UsageError
@@ -197,14 +198,19 @@ class MaskSet:
 
     @torch.no_grad()
     def measured_sparsity(self) -> dict[str, float]:
-        """Sparsity measured from the weights themselves: overall and per group (embeddings, head, layer_i)."""
+        """The logged sparsities. `sparsity/mask`: the share of prunable weights the masks remove.
+        `sparsity/zeros`: the share that is exactly zero in the weights themselves, which is higher when kept
+        weights are zero too (RigL's grown weights start at zero and stay there without a gradient).
+        `sparsity/overall` (= `sparsity/zeros`, its name before both were logged) and `sparsity/<group>`
+        (embeddings, head, layer_i) are measured on the weights."""
         zeros: dict[str, int] = {}
         totals: dict[str, int] = {}
         for t in self.targets:
             z = t.numel - int(torch.count_nonzero(t.param))
             zeros[t.group] = zeros.get(t.group, 0) + z
             totals[t.group] = totals.get(t.group, 0) + t.numel
-        out = {"sparsity/overall": sum(zeros.values()) / max(1, sum(totals.values()))}
+        measured = sum(zeros.values()) / max(1, sum(totals.values()))
+        out = {"sparsity/overall": measured, "sparsity/mask": self.sparsity(), "sparsity/zeros": measured}
         for group in sorted(totals):
             out[f"sparsity/{group}"] = zeros[group] / totals[group]
         return out
@@ -221,6 +227,7 @@ class MaskSet:
             "kept": kept,
             "mask_sparsity": 1.0 - kept / total,
             "measured_sparsity": 1.0 - nonzero / total,
+            "collapsed_layers": [c.as_dict() for c in find_collapsed(layers)],  # smc_trainer.engine.collapse
             "layers": layers,
         }
 

@@ -5,27 +5,37 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+ANCHORS = ("start", "absolute")
+
 
 @dataclass(frozen=True)
 class CubicSchedule:
     """Zhu & Gupta (2017): s_t = s_f * (1 - (1 - (t - t0) / (tf - t0))^3) for t0 <= t <= tf.
 
-    Pruning events fall every `frequency` steps from `start` and always at `end`, so the final
-    event reaches exactly the target (the original code's `t < tf` condition undershoots it).
+    Pruning events fall every `frequency` steps from `start` (`anchor="start"`) or at the multiples of
+    `frequency` in [start, end) (`anchor="absolute"`, the official SMC-Bench code's `t % f == 0`), and
+    always at `end`, so the final event reaches exactly the target (the original code's `t < tf`
+    condition undershoots it).
     """
 
     final_sparsity: float
     start: int
     end: int
     frequency: int
+    anchor: str = "start"
 
     @classmethod
     def from_fractions(
-        cls, final_sparsity: float, total_steps: int, start: float, end: float, frequency: int
+        cls, final_sparsity: float, total_steps: int, start: float, end: float, frequency: int, anchor: str = "start"
     ) -> CubicSchedule:
+        if anchor not in ANCHORS:
+            raise ValueError(f"--gmp_anchor must be one of {', '.join(ANCHORS)}; got {anchor!r}")
         t0 = round(start * total_steps)
         tf = max(t0, round(end * total_steps))
-        return cls(final_sparsity, t0, tf, frequency)
+        return cls(final_sparsity, t0, tf, frequency, anchor)
+
+    def _origin(self) -> int:
+        return self.start if self.anchor == "start" else 0
 
     def sparsity_at(self, step: int) -> float:
         """The schedule's sparsity at (continuous) step `step`."""
@@ -37,7 +47,7 @@ class CubicSchedule:
         return self.final_sparsity * (1.0 - (1.0 - progress) ** 3)
 
     def is_event(self, step: int) -> bool:
-        return step == self.end or (self.start <= step < self.end and (step - self.start) % self.frequency == 0)
+        return step == self.end or (self.start <= step < self.end and (step - self._origin()) % self.frequency == 0)
 
     def sparsity_after(self, step: int) -> float:
         """Sparsity the model has after optimizer step `step`: the schedule at the last event <= step."""
@@ -45,26 +55,29 @@ class CubicSchedule:
             return 0.0
         if step >= self.end:
             return self.final_sparsity
-        last = self.start + (step - self.start) // self.frequency * self.frequency
-        return self.sparsity_at(last)
+        last = self._origin() + (step - self._origin()) // self.frequency * self.frequency
+        return self.sparsity_at(last) if last >= self.start else 0.0
 
 
 @dataclass(frozen=True)
 class CosineDropSchedule:
-    """RigL's drop fraction: f_t = f0 / 2 * (1 + cos(pi * t / t_end)); updates every `interval` steps."""
+    """RigL's drop fraction: f_t = floor + (f0 - floor) / 2 * (1 + cos(pi * t / t_end)); updates every `interval`
+    steps. `floor` is 0 in RigL; the official SMC-Bench code decays to 0.005 (`CosineDecay`'s `eta_min`)."""
 
     initial_fraction: float
     interval: int
     end: int
+    floor: float = 0.0
 
     @classmethod
-    def from_fractions(cls, initial_fraction: float, interval: int, total_steps: int, end: float) -> CosineDropSchedule:
-        return cls(initial_fraction, interval, round(end * total_steps))
+    def from_fractions(cls, initial_fraction: float, interval: int, total_steps: int, end: float,
+                       floor: float = 0.0) -> CosineDropSchedule:
+        return cls(initial_fraction, interval, round(end * total_steps), floor)
 
     def fraction_at(self, step: int) -> float:
         if step >= self.end:
             return 0.0
-        return self.initial_fraction / 2.0 * (1.0 + math.cos(math.pi * step / self.end))
+        return self.floor + (self.initial_fraction - self.floor) / 2.0 * (1.0 + math.cos(math.pi * step / self.end))
 
     def is_update(self, step: int) -> bool:
         return 0 < step < self.end and step % self.interval == 0

@@ -2,7 +2,9 @@
 
 No per-architecture code: embeddings are found by module type, the task head as the parameters
 outside `model.base_model` (or the output embeddings when the model is its own base). Biases and
-norm weights are 1-D and never pruned. Tied weights appear once (by their first name).
+norm weights are 1-D and never pruned. Tied weights appear once (by their first name). A model may
+name weights it keeps dense with a `keep_dense_weights` attribute (a regex on parameter names): GTS
+keeps its unused pooler, merge network and constant embeddings dense, as the official code.
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ def find_targets(
     Raises ValueError when a regex matches no candidate weight or when nothing is left to prune.
     """
     base_prefixes, head_ids = _head_prefixes(model)
+    keep_dense = getattr(model, "keep_dense_weights", None)
     candidates: list[PruneTarget] = []
     seen: set[int] = set()
     for mod_name, module, attr, weight in _module_weights(model):
@@ -113,6 +116,7 @@ def find_targets(
         t
         for t in candidates
         if (prune_embeddings or t.group != "embeddings") and (prune_heads or t.group != "head")
+        and not (keep_dense and re.search(keep_dense, t.name))
     ]
     targets = _apply_regex(targets, candidates, include, "prune_include", keep_matches=True)
     targets = _apply_regex(targets, candidates, exclude, "prune_exclude", keep_matches=False)

@@ -2,13 +2,14 @@
 
 Every `--prune_frequency` optimizer steps between `--gmp_start` and `--gmp_end` (fractions of
 training) the smallest-magnitude kept weights are removed so the sparsity follows the cubic
-schedule; the last event is at `gmp_end` exactly and reaches the exact target. Pruned weights
+schedule (`--gmp_anchor absolute`: at the multiples of the frequency, as the official code); the last
+event is at `gmp_end` exactly and reaches the exact target. Pruned weights
 never come back (only currently kept weights compete).
 """
 
 from __future__ import annotations
 
-from smc_trainer.engine.schedules import CubicSchedule
+from smc_trainer.engine.schedules import ANCHORS, CubicSchedule
 from smc_trainer.methods.base import (
     SparseContext,
     SparseMethod,
@@ -29,10 +30,13 @@ class GMP(SparseMethod):
         require(0.0 <= args.gmp_start <= args.gmp_end <= 1.0,
                 f"--gmp_start and --gmp_end must satisfy 0 <= start <= end <= 1; got {args.gmp_start}, {args.gmp_end}")
         require(args.prune_frequency >= 1, f"--prune_frequency must be >= 1; got {args.prune_frequency}")
+        require(args.gmp_anchor in ANCHORS,
+                f"--gmp_anchor must be one of {', '.join(ANCHORS)}; got {args.gmp_anchor!r}")
 
     def schedule(self, total_steps: int) -> CubicSchedule:
         a = self.args
-        return CubicSchedule.from_fractions(a.sparsity, total_steps, a.gmp_start, a.gmp_end, a.prune_frequency)
+        return CubicSchedule.from_fractions(a.sparsity, total_steps, a.gmp_start, a.gmp_end, a.prune_frequency,
+                                            a.gmp_anchor)
 
     def reached_target(self, ctx: SparseContext, step: int) -> bool:
         return step >= self.schedule(ctx.total_steps).end

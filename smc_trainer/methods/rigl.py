@@ -1,11 +1,11 @@
 """`rigl` and `set`: dynamic sparse training with a fixed per-layer budget.
 
-Every `--update_interval` optimizer steps until `--update_end`, each layer drops the
-`round(f_t * nnz)` smallest-magnitude kept weights and regrows as many inactive positions: by
-the magnitude of the dense gradient (RigL) or at random (SET). `f_t` decays from
-`--drop_fraction` by a cosine. Grown weights start at zero with zero optimizer state; a weight
-dropped and regrown in the same update keeps its value. The initial mask comes from
-`--init_method` (omp_before, random_before or snip), giving the paper's "X+RigL" rows.
+Every `--update_interval` optimizer steps until `--update_end`, each layer drops the `round(f_t *
+nnz)` smallest-magnitude kept weights and regrows as many inactive positions: by the magnitude of
+the dense gradient (RigL) or at random (SET). `f_t` decays from `--drop_fraction` by a cosine (to
+`--drop_fraction_floor`: 0, or the official code's 0.005). Grown weights start at zero with zero
+optimizer state; a weight dropped and regrown in the same update keeps its value. The initial mask
+comes from `--init_method` (omp_before, random_before or snip), giving the paper's "X+RigL" rows.
 """
 
 from __future__ import annotations
@@ -47,13 +47,17 @@ class RigL(SparseMethod):
         require(args.update_interval >= 1, f"--update_interval must be >= 1 for {cls.name}; got {args.update_interval}")
         require(0.0 < args.drop_fraction < 1.0, f"--drop_fraction must be in (0, 1); got {args.drop_fraction}")
         require(0.0 < args.update_end <= 1.0, f"--update_end must be in (0, 1]; got {args.update_end}")
+        require(0.0 <= args.drop_fraction_floor <= args.drop_fraction,
+                f"--drop_fraction_floor must be in [0, --drop_fraction {args.drop_fraction}]; "
+                f"got {args.drop_fraction_floor}")
         from smc_trainer.methods import get_method_class
 
         get_method_class(args.init_method).validate_args(args)
 
     def schedule(self, total_steps: int) -> CosineDropSchedule:
         a = self.args
-        return CosineDropSchedule.from_fractions(a.drop_fraction, a.update_interval, total_steps, a.update_end)
+        return CosineDropSchedule.from_fractions(a.drop_fraction, a.update_interval, total_steps, a.update_end,
+                                                 a.drop_fraction_floor)
 
     def initial_masks(self, ctx: SparseContext):
         return self.init.initial_masks(ctx)

@@ -234,6 +234,24 @@ def to_csv(records: Sequence[Mapping[str, Any]], path: str) -> str:
     return path
 
 
+def collapse_notes(records: Sequence[Mapping[str, Any]]) -> str:
+    """A footnote naming the runs whose masks left a layer (almost) empty (the records' `collapsed_layers`,
+    `smc_trainer.engine.collapse`); '' when none did. Their cells measure a network cut at that layer."""
+    lines = []
+    for r in records:
+        layers = r.get("collapsed_layers") or []
+        if layers:
+            named = ", ".join(f"`{c['name']}` ({c['kept']:,} of {c['total']:,} kept)" for c in layers[:3])
+            more = f" and {len(layers) - 3} more" if len(layers) > 3 else ""
+            run = f"{r['method']} at {float(r['target_sparsity']):g}, seed {r['seed']}"
+            lines.append(f"- † {run}: {named}{more}")
+    if not lines:
+        return ""
+    return ("\n† layer collapse: the mask left these layers no weight or under 1% of them, so their cells measure a "
+            "cut network (remedies: --prune_exclude, --distribution erk, --prune_heads false)\n\n"
+            + "\n".join(lines) + "\n")
+
+
 # ---- plots ----------------------------------------------------------------------------------------
 
 
@@ -319,6 +337,7 @@ def write_report(ledger_path: str, out_dir: str, split: str = "auto") -> dict[st
     markdown = os.path.join(out_dir, "results.md")
     with open(markdown, "w", encoding="utf-8") as fh:
         fh.write(f"# Results\n\nFrom `{ledger_path}` ({len(records)} runs).\n\n")
-        fh.write("\n".join(to_markdown(t) for t in tables))
+        fh.write("\n".join(to_markdown(t) + collapse_notes([r for r in records if r["recipe"] == t.recipe])
+                           for t in tables))
     pngs = [plot(t, os.path.join(out_dir, f"{_file_name(t.stem)}.png")) for t in tables]
     return {"markdown": [markdown], "csv": [to_csv(records, os.path.join(out_dir, "results.csv"))], "png": pngs}

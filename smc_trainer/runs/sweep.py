@@ -18,6 +18,7 @@ from typing import Any
 
 from transformers.utils import logging
 
+from smc_trainer.engine.collapse import find_collapsed
 from smc_trainer.engine.module_groups import TABLE1_GROUPS, TABLE1_PRESET, parse_module_group
 from smc_trainer.errors import UsageError
 from smc_trainer.methods import get_method_class
@@ -210,6 +211,7 @@ def make_record(config: RunConfig, outcome: RunOutcome, key: str) -> dict[str, A
         "subsets": list(config.recipe.subsets),  # reported separately: metrics <split>_<subset>_<metric>
         "select_on": a.select_on,
         "layers": outcome.layers,
+        "collapsed_layers": [c.as_dict() for c in find_collapsed(outcome.layers)],  # smc_trainer.engine.collapse
         "wall_time_s": outcome.wall_time_s,
         "steps": outcome.steps,
         "version": __version__,

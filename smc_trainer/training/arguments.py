@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from transformers import Seq2SeqTrainingArguments
 
+from smc_trainer.engine.collapse import check_policy as check_collapse_policy
 from smc_trainer.errors import UsageError
 from smc_trainer.training.parallel import check_parallel_support
 
@@ -96,6 +97,11 @@ class DataArguments:
         default=2, metadata={"help": "Arithmetic: BiLSTM layers over the encoder states (paper: 2)."}
     )
     gts_dropout: float = field(default=0.5, metadata={"help": "Arithmetic: GTS dropout (paper: 0.5)."})
+    gts_encoder_dropout: float = field(
+        default=0.0,
+        metadata={"help": "Arithmetic: dropout on the pretrained encoder's states before the BiLSTM (official code: "
+                  "none, the default; earlier smc-trainer versions used --gts_dropout here)."},
+    )
     # ---- protein (smc_trainer/tasks/protein) -------------------------------------------------------
     protein_labels: str | None = field(
         default=None,
@@ -230,6 +236,12 @@ class SparseTrainingArguments(Seq2SeqTrainingArguments):
     prune_frequency: int = field(
         default=100, metadata={"help": "GMP: optimizer steps between pruning events (paper: 500-4000)."}
     )
+    gmp_anchor: str = field(
+        default="start",
+        metadata={"help": "GMP: where pruning events fall: start (every --prune_frequency steps from the first "
+                  "pruning step) or absolute (at multiples of --prune_frequency, as the official code). Both add a "
+                  "last event at --gmp_end that reaches the exact target."},
+    )
     update_interval: int = field(
         default=100, metadata={"help": "RigL/SET: optimizer steps between mask updates (paper: GMP's frequency)."}
     )
@@ -239,6 +251,11 @@ class SparseTrainingArguments(Seq2SeqTrainingArguments):
     )
     update_end: float = field(
         default=1.0, metadata={"help": "RigL/SET: fraction of training steps after which the mask is frozen."}
+    )
+    drop_fraction_floor: float = field(
+        default=0.0,
+        metadata={"help": "RigL/SET: the value the cosine decay of --drop_fraction ends at (0, as RigL; the official "
+                  "SMC-Bench code: 0.005)."},
     )
     init_method: str = field(
         default="omp_before",
@@ -263,6 +280,12 @@ class SparseTrainingArguments(Seq2SeqTrainingArguments):
         default=False,
         metadata={"help": "Train from scratch even if output_dir holds checkpoints (files there may be replaced)."},
     )
+    on_layer_collapse: str = field(
+        default="warn",
+        metadata={"help": "When a mask leaves a prunable layer with no weight or fewer than 1 in 100 of them (while "
+                  "the model keeps 10x that share): warn (name the layers and the remedies in the log, the sparsity "
+                  "report and the ledger) or error (stop the run)."},
+    )
     select_on: str = field(
         default="validation",
         metadata={
@@ -286,6 +309,7 @@ class SparseTrainingArguments(Seq2SeqTrainingArguments):
             raise _choices_error("distribution", self.distribution, DISTRIBUTIONS)
         if self.select_on not in SELECT_ON:
             raise _choices_error("select_on", self.select_on, SELECT_ON)
+        check_collapse_policy(self.on_layer_collapse)
         if self.sparse_method not in method_names():
             raise _choices_error("sparse_method", self.sparse_method, method_names())
         if self.prune_modules is not None:

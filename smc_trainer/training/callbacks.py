@@ -9,6 +9,10 @@ grad scaler skipped), masks may change -> zero_grad.
 
 Schedules count optimizer steps that really happened (`self.step`), not micro-batches, and that
 count is saved in every checkpoint with the method's own state.
+
+Whenever masks are installed or changed, layers the mask left (almost) empty are named
+(`smc_trainer.engine.collapse`): a warning with the remedies, or an error under
+`--on_layer_collapse error`, raised before more training is spent on a collapsed model.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 from transformers import TrainerCallback
 from transformers.utils import logging
 
+from smc_trainer.engine.collapse import CollapsedLayer, LayerCollapseError, collapse_message, collapsed_layers
 from smc_trainer.engine.masks import MaskSet
 from smc_trainer.errors import UsageError
 from smc_trainer.methods.base import SparseContext, SparseMethod
@@ -49,6 +54,7 @@ class SparsityCallback(TrainerCallback):
         self.events: list[dict[str, Any]] = []
         self.ctx: SparseContext | None = None
         self.preset_masks: dict | None = None  # a mask decided outside the run (LTH/LRR rounds)
+        self.collapsed: list[CollapsedLayer] = []  # layers the current masks leave (almost) empty
 
     def context(self, total_steps: int) -> SparseContext:
         if self.ctx is None or self.ctx.total_steps != total_steps:
@@ -68,6 +74,7 @@ class SparsityCallback(TrainerCallback):
         if self.initialized:  # resumed from a checkpoint, or a second train() call: keep masks
             if self.masks.active:  # re-install: re-mask, and zero this optimizer's (loaded) state at pruned positions
                 self.masks.set_masks(self.masks.masks, optimizer)
+                self._check_collapse(f"in the masks resumed at step {self.step}")
             return
         masks = self.preset_masks if self.preset_masks is not None else self.method.initial_masks(ctx)
         self.preset_masks = None
@@ -110,6 +117,20 @@ class SparsityCallback(TrainerCallback):
         event = {"kind": kind, "step": step, "mask_sparsity": round(self.masks.sparsity(), 6)}
         self.events.append(event)
         logger.info(f"[{self.method.name}] {kind} at step {step}: mask sparsity {event['mask_sparsity']:.4f}")
+        self._check_collapse(f"after the {self.method.name} {kind} at step {step} (mask sparsity "
+                             f"{event['mask_sparsity']:.4f})")
+        if self.collapsed:
+            event["collapsed_layers"] = [c.name for c in self.collapsed]
+
+    def _check_collapse(self, where: str) -> None:
+        """Name the layers the masks leave (almost) empty: a warning when that set changes, or with
+        `--on_layer_collapse error` a `LayerCollapseError` (a UsageError) before another step is trained."""
+        collapsed = collapsed_layers(self.masks)
+        if collapsed and getattr(self.method.args, "on_layer_collapse", "warn") == "error":
+            raise LayerCollapseError(collapse_message(collapsed, where))
+        if collapsed and [c.name for c in collapsed] != [c.name for c in self.collapsed]:
+            logger.warning(collapse_message(collapsed, where))
+        self.collapsed = collapsed
 
     def state_dict(self) -> dict[str, Any]:
         return {

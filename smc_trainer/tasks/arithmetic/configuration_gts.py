@@ -18,7 +18,9 @@ class GTSConfig(PreTrainedConfig):
     2 BiLSTM layers, dropout 0.5, beam 5).
 
     Fields: `encoder` (the pretrained encoder's config), `hidden_size` (BiLSTM and tree decoder),
-    `num_layers` (BiLSTM layers over the encoder states), `dropout`, `embedding_size` (operator
+    `num_layers` (BiLSTM layers over the encoder states), `dropout` (between the BiLSTM layers and on the tree
+    decoder's inputs), `encoder_dropout` (on the encoder states before the BiLSTM; 0 as the official
+    `train_tree`, which feeds the RoBERTa output straight into `EncoderSeq`), `embedding_size` (operator
     embeddings; None: the encoder's hidden size, as the SVAMP code), `operators`, `constants` and
     `max_numbers` (the output vocabulary), `beam_size` and `max_decode_length` (evaluation decoding).
     """
@@ -30,6 +32,7 @@ class GTSConfig(PreTrainedConfig):
     hidden_size: int = 512
     num_layers: int = 2
     dropout: float = 0.5
+    encoder_dropout: float = 0.0
     embedding_size: int | None = None
     operators: list[str] | None = None
     constants: list[str] | None = None

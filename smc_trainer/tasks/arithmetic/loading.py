@@ -81,6 +81,6 @@ def _new_gts(name: str, config, common: dict, model_args, data_args, raw) -> tup
         encoder, source = AutoModel.from_pretrained(name, config=config, **common), f"{name} (pretrained) + new GTS"
     model = GTSForMathWordProblems.from_encoder(
         encoder, hidden_size=data_args.gts_hidden_size, num_layers=data_args.gts_num_layers,
-        dropout=data_args.gts_dropout, operators=list(vocab.operators), constants=list(vocab.constants),
-        max_numbers=vocab.max_numbers)
+        dropout=data_args.gts_dropout, encoder_dropout=data_args.gts_encoder_dropout, operators=list(vocab.operators),
+        constants=list(vocab.constants), max_numbers=vocab.max_numbers)
     return model, source

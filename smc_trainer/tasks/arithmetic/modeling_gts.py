@@ -2,7 +2,8 @@
 
 The model of SMC-Bench's arithmetic task (the SVAMP authors' GTS with a RoBERTa embedding): the
 pretrained encoder (`self.encoder`, the base model) reads the question, a 2-layer BiLSTM runs over
-its states (directions summed), the root goal is the BiLSTM's last forward plus first backward
+its states (directions summed; as the official code, no dropout on the states unless
+`config.encoder_dropout`), the root goal is the BiLSTM's last forward plus first backward
 state, and each number's embedding is the state at the first sub-token of its `numberK`
 placeholder. The tree decoder (`gts_layers`, `tree_decoding`) is trained by teacher forcing and
 decodes by beam search.
@@ -18,6 +19,7 @@ default `label_names`); `Seq2SeqTrainer`'s generate path would pass `labels` alo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -49,12 +51,17 @@ class GTSForMathWordProblems(PreTrainedModel):
     config_class = GTSConfig
     base_model_prefix = "encoder"
     main_input_name = "input_ids"
+    keep_dense_weights: ClassVar[str] = r"^(?:encoder\.pooler|merge|prediction\.constant_embeddings)\."
+    """Never pruned (`smc_trainer.engine.targets`), as the official SMC-Bench GTS: its SNIP, GMP and RigL runs
+    leave the pooler (which GTS never reads) and the merge network out of the masks, and its constant embeddings
+    are a 3-D parameter, never masked. (Its one-shot and LTH runs masked the pooler and merge: one set for every
+    method here; docs/differences.md.)"""
 
     def __init__(self, config: GTSConfig, encoder: PreTrainedModel | None = None):
         super().__init__(config)
         self.encoder = encoder if encoder is not None else AutoModel.from_config(config.encoder)
         vocab, hidden = config.vocab, config.hidden_size
-        self.embedding_dropout = nn.Dropout(config.dropout)
+        self.encoder_dropout = nn.Dropout(config.encoder_dropout)
         self.lstm = nn.LSTM(config.encoder.hidden_size, hidden, num_layers=config.num_layers, batch_first=True,
                             bidirectional=True, dropout=config.dropout if config.num_layers > 1 else 0.0)
         self.prediction = Prediction(hidden, len(vocab.operators), len(vocab.constants), config.dropout)
@@ -89,7 +96,7 @@ class GTSForMathWordProblems(PreTrainedModel):
         extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
         lengths = attention_mask.sum(dim=1)
-        packed = pack_padded_sequence(self.embedding_dropout(hidden), lengths.cpu(), batch_first=True,
+        packed = pack_padded_sequence(self.encoder_dropout(hidden), lengths.cpu(), batch_first=True,
                                       enforce_sorted=False)
         outputs, _ = pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=hidden.size(1))
         size = self.config.hidden_size
