@@ -76,7 +76,7 @@ def _parse_markdown(text: str) -> dict[str, tuple[str, list[float], dict[str, li
             recipe, rest = line[4:].split(": ", 1)
             tables[recipe] = (rest.split(" ")[0], [], {})
         elif line.startswith("| method |"):
-            tables[recipe][1].extend(float(c) for c in line.strip("| ").split(" | ")[1:])
+            tables[recipe][1].extend(round(float(c.rstrip("%")) / 100, 6) for c in line.strip("| ").split(" | ")[1:])
         elif line.startswith("| ") and not line.startswith("| ---"):
             cells = line.strip("| ").split(" | ")
             tables[recipe][2][cells[0]] = cells[1:]
@@ -189,5 +189,5 @@ def test_report_creates_out_dir_and_keeps_other_files(ledger_path, tmp_path):
     (out / "notes.txt").write_text("mine")
     write_report(ledger_path, str(out))
     assert (out / "notes.txt").read_text() == "mine"
-    assert set(paths) == {"markdown", "csv", "png"}
+    assert set(paths) == {"markdown", "csv", "png", "density"} and paths["density"] == []  # no per-layer counts
     assert all(p.startswith(str(out)) for ps in paths.values() for p in ps)

@@ -79,7 +79,7 @@ def test_one_table_per_subset_from_the_subset_metrics(tmp_path):
             assert table.cells[("gmp", s)][0] == pytest.approx(mean_of(records, "race", "gmp", s, table.metric_key))
             assert table.cells[("gmp", s)][2] == len(SEEDS)
         assert to_markdown(table).splitlines()[0] == (
-            f"### race ({subset}): test_{subset}_accuracy (test split; checkpoints selected on validation)")
+            f"### race ({subset}): test_{subset}_accuracy (test split; final model, no checkpoint selection)")
     csqa = tables["csqa"]
     assert (csqa.subset, csqa.metric_key) == (None, "eval_accuracy")  # recipes without subsets: as before
 

@@ -1,8 +1,10 @@
 """Reports from a results ledger: per-recipe tables (markdown), a flat CSV and SMC-Bench-style plots.
 
-A table averages the recipe's primary metric over seeds for every (method, sparsity) cell; the plot
-draws it like the paper's figures: sparsities as evenly spaced categories, one line per method, the
-dense model as a flat black line and the chance level as a dashed grey one.
+A table averages the recipe's primary metric over seeds for every (row, sparsity) cell, where a row is a
+method variant (`smc_trainer.runs.variants`: `rigl:init_method=snip` is its own row); the plot draws it
+like the paper's figures: sparsities as evenly spaced categories, one line per row in the paper's words,
+the dense model as a flat black line and the chance level as a dashed grey one. Next to it, a per-layer
+density plot (`smc_trainer.runs.layer_density`) shows where each row kept its weights.
 """
 
 from __future__ import annotations
@@ -13,38 +15,26 @@ import os
 import re
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from transformers.utils import logging
 
 from smc_trainer.errors import UsageError
-from smc_trainer.methods import get_method_class, method_names
+from smc_trainer.methods import method_names
+from smc_trainer.runs.layer_density import density_table, plot_density
 from smc_trainer.runs.ledger import Ledger
+from smc_trainer.runs.report_style import RowStyle, row_styles, sparsity_labels
+from smc_trainer.runs.variants import Variant, format_value, record_row, record_variant, row_label, row_method
 
 logger = logging.get_logger(__name__)
 
 SPLITS = ("auto", "eval", "test")
 MISSING = "–"
-CSV_LEADING = ("key", "recipe", "method", "module_group", "target_sparsity", "mask_sparsity", "measured_sparsity",
-               "seed", "round")
+CSV_LEADING = ("key", "recipe", "method", "row", "label", "module_group", "target_sparsity", "mask_sparsity",
+               "measured_sparsity", "seed", "round")
 CSV_TRAILING = ("wall_time_s", "steps", "version", "git_commit", "output_dir")
-
-# method -> (legend label, colour, line style), after the paper's figures
-METHOD_STYLES: dict[str, tuple[str, str, str]] = {
-    "dense": ("dense", "black", "-"),
-    "omp_after": ("OMP (After)", "#1bb6f0", "-"),
-    "random_after": ("Random (After)", "#1762b0", "-"),
-    "lth": ("LTH (After)", "#ff9a0a", "-"),
-    "lrr": ("LRR (After)", "#e0651b", "--"),
-    "omp_before": ("OMP (Before)", "#b4b62a", "-"),
-    "random_before": ("Random (Before)", "#a02a2a", "-"),
-    "snip": ("SNIP (Before)", "#248a2c", "-"),
-    "gmp": ("GMP (During)", "#d614c9", "-"),
-    "rigl": ("RigL (Dynamic)", "#a02a2a", "--"),
-    "set": ("SET (Dynamic)", "#7b4fc9", "--"),
-}
-EXTRA_COLORS = ("#17becf", "#8c564b", "#7f7f7f", "#bcbd22", "#e377c2", "#2ca02c", "#9467bd")
+PLOT_STYLE = {"font.size": 11, "axes.spines.top": False, "axes.spines.right": False}
 
 Stat = tuple[float, float, int]  # (mean, population std, number of seeds)
 
@@ -63,6 +53,8 @@ class ResultTable:
     chance_level: float | None
     selected_on: str = "validation"  # the split checkpoints were selected on (records' select_on)
     subset: str | None = None  # a named evaluation subset reported on its own (RACE: middle, high)
+    variants: dict[str, Variant] = field(default_factory=dict)  # row -> its variant (non-default axis values)
+    selection: str = ""  # what the reported checkpoints are (see `selection_note`); "" for the old wording
 
     @property
     def title(self) -> str:
@@ -79,16 +71,29 @@ class ResultTable:
 
 
 def method_order(methods: Iterable[str]) -> list[str]:
-    """Dense first, then the registry's order (rows `method [group]` by their method), then unknown names."""
+    """Dense first, then the registry's order (variant rows `rigl:init_method=snip` by their method, the plain
+    method first), then unknown names."""
     known = method_names()
     rank = {name: i for i, name in enumerate(known)}
-    return sorted(set(methods), key=lambda m: (m != "dense", rank.get(m.split(" [", 1)[0], len(known)), m))
+    return sorted(set(methods), key=lambda m: (m != "dense", rank.get(row_method(m), len(known)), m))
 
 
-def row_label(record: Mapping[str, Any], by_group: bool) -> str:
-    """A record's table row: its method, plus its module group (`omp_after [qk]`) when the table compares groups."""
-    group = record.get("module_group")
-    return f"{record['method']} [{group}]" if by_group and group and record["method"] != "dense" else record["method"]
+def shared_values(table: ResultTable) -> Variant:
+    """Variant values every sparse row of the table has: the table names them once, under it, not per row."""
+    rows = [table.variants.get(m, {}) for m in table.methods if m != "dense"]
+    if not rows:
+        return {}
+    return {k: v for k, v in rows[0].items() if all(k in r and r[k] == v for r in rows[1:])}
+
+
+def display_name(table: ResultTable, row: str) -> str:
+    """A row's name in the table: its method, plus its values that not every row shares (`omp_after [qk]`,
+    `rigl [init_method=snip]`); a table of one module group reads as before variants existed."""
+    shared = shared_values(table)
+    variant = table.variants.get(row, {})
+    parts = [format_value(v) if k == "prune_modules" else f"{k}={format_value(v)}"
+             for k, v in variant.items() if k not in shared]
+    return f"{row_method(row)} [{', '.join(parts)}]" if parts else row_method(row)
 
 
 def choose_metric_key(records: Sequence[Mapping[str, Any]], metric: str, split: str = "auto") -> tuple[str, str]:
@@ -115,19 +120,18 @@ def _recipe_metric(recipe: str, records: Sequence[Mapping[str, Any]]) -> str:
 
 def _by_seed(recipe: str, records: Sequence[Mapping[str, Any]], metric_key: str) -> dict[tuple[str, float], dict]:
     """(row, sparsity) -> {seed: value}; a seed recorded twice keeps its last record (ledger order). The row is the
-    method, or `method [module group]` when the records compare several module groups."""
+    method and its variant (`rigl:init_method=snip`, `omp_after:prune_modules=qk`; `record_row`)."""
     groups: dict[tuple[str, float], dict[int, float]] = {}
     skipped = []
-    by_group = len({r.get("module_group") for r in records if r["method"] != "dense"}) > 1  # Table 1: row per group
     for r in records:
         value = r["metrics"].get(metric_key)
         if not isinstance(value, (int, float)) or math.isnan(value):
             skipped.append(r["key"])
             continue
         sparsity = 0.0 if r["method"] == "dense" else round(float(r["target_sparsity"]), 6)
-        seeds = groups.setdefault((row_label(r, by_group), sparsity), {})
+        seeds = groups.setdefault((record_row(r), sparsity), {})
         if r["seed"] in seeds:
-            logger.warning(f"{recipe}: {r['method']} at sparsity {sparsity:g} has seed {r['seed']} twice; "
+            logger.warning(f"{recipe}: {record_row(r)} at sparsity {sparsity:g} has seed {r['seed']} twice; "
                            f"using the later record {r['key']}")
         seeds[r["seed"]] = float(value)
     if skipped:
@@ -155,7 +159,31 @@ def summarize_recipe(recipe: str, records: Sequence[Mapping[str, Any]], split: s
         chance_level=float(chance) if chance is not None else None,
         selected_on="/".join(sorted({str(r.get("select_on", "validation")) for r in records})),
         subset=subset,
+        variants={record_row(r): record_variant(r) for r in records},
+        selection=selection_note(records),
     )
+
+
+def selection_note(records: Sequence[Mapping[str, Any]]) -> str:
+    """What the reported numbers come from, in the records' own terms: the best checkpoint on a split (when the
+    run selected one: `load_best_model_at_end`), else the final model, saying when there was no validation split
+    and when cross-validation folds were pooled. "" when the records do not carry their training config."""
+    notes = []
+    for r in records:
+        training = (r.get("config") or {}).get("training")
+        if not isinstance(training, Mapping):
+            return ""
+        if training.get("load_best_model_at_end"):
+            note = f"best checkpoint on {r.get('select_on', 'validation')}"
+        else:
+            note = "final model, no checkpoint selection"
+            if not any(k.startswith("eval_") for k in r["metrics"]):
+                note += " (no validation split)"
+        folds = {k.split("/", 1)[0] for k in r["metrics"] if re.match(r"fold\d+/", k)}
+        if folds:
+            note += f"; {len(folds)} folds pooled"
+        notes.append(note)
+    return " / ".join(dict.fromkeys(notes))
 
 
 def record_subsets(records: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -186,10 +214,6 @@ def summarize(records: Sequence[Mapping[str, Any]], split: str = "auto") -> list
 # ---- markdown and CSV -----------------------------------------------------------------------------
 
 
-def _sparsity_label(s: float) -> str:
-    return f"{s:.3f}" if abs(round(s, 3) - s) < 1e-9 else f"{s:g}"
-
-
 def _cell(stat: Stat | None) -> str:
     if stat is None:
         return MISSING
@@ -200,10 +224,11 @@ def _cell(stat: Stat | None) -> str:
 def to_markdown(table: ResultTable) -> str:
     """A GitHub markdown table: a row per method, a column per sparsity; dense repeats its value in every column."""
     sparsities = table.sparsities or [0.0]
+    selection = table.selection or f"checkpoints selected on {table.selected_on}"
     lines = [
-        f"### {table.title}: {table.metric_key} ({table.split} split; checkpoints selected on {table.selected_on})",
+        f"### {table.title}: {table.metric_key} ({table.split} split; {selection})",
         "",
-        "| method | " + " | ".join(_sparsity_label(s) for s in sparsities) + " |",
+        "| method | " + " | ".join(sparsity_labels(sparsities)) + " |",
         "| --- | " + " | ".join("---:" for _ in sparsities) + " |",
     ]
     for method in table.methods:
@@ -211,11 +236,14 @@ def to_markdown(table: ResultTable) -> str:
             row = [_cell(table.dense)] * len(sparsities)
         else:
             row = [_cell(table.cells.get((method, s))) for s in sparsities]
-        lines.append(f"| {method} | " + " | ".join(row) + " |")
+        lines.append(f"| {display_name(table, method)} | " + " | ".join(row) + " |")
     seeds = sorted({n for _, _, n in table.cells.values()} | ({table.dense[2]} if table.dense else set()))
     note = f"mean over {'/'.join(map(str, seeds))} seed(s)" + (", ± population std" if seeds[-1] > 1 else "")
     if table.chance_level is not None:
         note += f"; chance level {table.chance_level:.4f}"
+    shared = shared_values(table)
+    if shared:
+        note += "; every sparse row: " + ", ".join(f"{k}={format_value(v)}" for k, v in shared.items())
     lines += ["", f"_{note}_"]
     return "\n".join(lines) + "\n"
 
@@ -229,6 +257,7 @@ def to_csv(records: Sequence[Mapping[str, Any]], path: str) -> str:
         writer.writeheader()
         for r in records:
             row = {c: r.get(c) for c in (*CSV_LEADING, *CSV_TRAILING)}
+            row.update(row=record_row(r), label=row_label(r["method"], record_variant(r)))
             row.update(r.get("metrics", {}))
             writer.writerow({k: "" if v is None else v for k, v in row.items()})
     return path
@@ -255,19 +284,22 @@ def collapse_notes(records: Sequence[Mapping[str, Any]]) -> str:
 # ---- plots ----------------------------------------------------------------------------------------
 
 
-def method_style(method: str, index: int = 0) -> tuple[str, str, str]:
-    """(label, colour, line style) of a method; unknown methods get a label from their phase and a spare colour."""
-    if method in METHOD_STYLES:
-        return METHOD_STYLES[method]
-    try:
-        label = f"{method} ({get_method_class(method).phase.title()})"
-    except ValueError:
-        label = method
-    return label, EXTRA_COLORS[index % len(EXTRA_COLORS)], "-"
+def table_styles(table: ResultTable) -> dict[str, RowStyle]:
+    """Each sparse row's legend label (the paper's words), colour, line style and marker."""
+    return row_styles(table.methods, table.variants)
 
 
 def plot(table: ResultTable, path: str) -> str:
     """Write the table as a PNG in the style of the paper's figures; returns `path`."""
+    import matplotlib
+
+    with matplotlib.rc_context(PLOT_STYLE):
+        figure(table).savefig(path, dpi=120, bbox_inches="tight")
+    return path
+
+
+def figure(table: ResultTable) -> Any:
+    """The table's matplotlib Figure (Agg canvas, no global pyplot state): one line per row, dense, chance."""
     import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -275,18 +307,17 @@ def plot(table: ResultTable, path: str) -> str:
     scale = 100.0 if table.metric_key.endswith("accuracy") else 1.0
     ylabel = "accuracy (%)" if scale == 100.0 else table.metric_key.split("_", 1)[-1]
     xs = list(range(len(table.sparsities) or 1))
-    style = {"font.size": 11, "axes.spines.top": False, "axes.spines.right": False}
-    with matplotlib.rc_context(style):
+    with matplotlib.rc_context(PLOT_STYLE):
         fig = Figure(figsize=(6.4, 5.0))
         FigureCanvasAgg(fig)
         ax = fig.add_subplot()
         if table.dense is not None:
             ax.plot(xs, [table.dense[0] * scale] * len(xs), color="black", marker="o", lw=2, ms=6, label="dense")
-        for i, method in enumerate(m for m in table.methods if m != "dense"):
-            _plot_method(ax, table, method, xs, scale, method_style(method, i))
+        for method, style in table_styles(table).items():
+            _plot_method(ax, table, method, xs, scale, style)
         if table.chance_level is not None:
             ax.axhline(table.chance_level * scale, color="grey", ls="--", lw=1.5, label="chance", zorder=1)
-        ax.set_xticks(xs, [f"{s:g}" for s in table.sparsities] or ["0"], rotation=45)
+        ax.set_xticks(xs, sparsity_labels(table.sparsities) or ["0"], rotation=45)
         ax.set_xlabel("Sparsity", fontsize=13)
         ax.set_ylabel(ylabel, fontsize=13)
         ax.set_title(table.title, fontsize=14)
@@ -294,8 +325,7 @@ def plot(table: ResultTable, path: str) -> str:
         ax.set_axisbelow(True)
         fig.tight_layout()
         _legend_below(fig, ax)
-        fig.savefig(path, dpi=120, bbox_inches="tight")
-    return path
+    return fig
 
 
 def _legend_below(fig: Any, ax: Any) -> None:
@@ -305,13 +335,12 @@ def _legend_below(fig: Any, ax: Any) -> None:
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, y - 0.02), ncol=3, frameon=False, fontsize=10)
 
 
-def _plot_method(ax: Any, table: ResultTable, method: str, xs: list[int], scale: float,
-                 style: tuple[str, str, str]) -> None:
-    """One method's line (NaN where a cell is missing) with a faint ±std band where there are several seeds."""
-    label, color, ls = style
+def _plot_method(ax: Any, table: ResultTable, method: str, xs: list[int], scale: float, style: RowStyle) -> None:
+    """One row's line (NaN where a cell is missing) with a faint ±std band where there are several seeds."""
+    color = style.color
     stats = [table.cells.get((method, s)) for s in table.sparsities]
     means = [st[0] * scale if st else math.nan for st in stats]
-    ax.plot(xs, means, color=color, ls=ls, marker="o", lw=2, ms=6, label=label, zorder=3)
+    ax.plot(xs, means, color=color, ls=style.linestyle, marker=style.marker, lw=2, ms=6, label=style.label, zorder=3)
     if any(st and st[2] > 1 for st in stats):
         low = [(st[0] - st[1]) * scale if st else math.nan for st in stats]
         high = [(st[0] + st[1]) * scale if st else math.nan for st in stats]
@@ -326,18 +355,47 @@ def _file_name(recipe: str) -> str:
 
 
 def write_report(ledger_path: str, out_dir: str, split: str = "auto") -> dict[str, list[str]]:
-    """results.md, results.csv and <recipe>.png (<recipe>-<subset>.png per subset) in `out_dir` from the ledger;
-    returns the paths by kind."""
+    """results.md, results.csv, <recipe>.png (<recipe>-<subset>.png per subset) and <recipe>-density.png (per-layer
+    density, for recipes whose records carry per-layer counts) in `out_dir` from the ledger; returns the paths by
+    kind ("markdown", "csv", "png", "density")."""
     records = Ledger(ledger_path).records()
     if not records:
         where = "is empty" if os.path.exists(ledger_path) else "does not exist"
         raise UsageError(f"ledger {ledger_path} has no records (the file {where}); run a sweep first")
     tables = summarize(records, split=split)
     os.makedirs(out_dir, exist_ok=True)
+    pngs = [plot(t, os.path.join(out_dir, f"{_file_name(t.stem)}.png")) for t in tables]
+    densities = write_density_plots(records, tables, out_dir)
     markdown = os.path.join(out_dir, "results.md")
     with open(markdown, "w", encoding="utf-8") as fh:
         fh.write(f"# Results\n\nFrom `{ledger_path}` ({len(records)} runs).\n\n")
         fh.write("\n".join(to_markdown(t) + collapse_notes([r for r in records if r["recipe"] == t.recipe])
-                           for t in tables))
-    pngs = [plot(t, os.path.join(out_dir, f"{_file_name(t.stem)}.png")) for t in tables]
-    return {"markdown": [markdown], "csv": [to_csv(records, os.path.join(out_dir, "results.csv"))], "png": pngs}
+                           + _plot_links(t, densities) for t in tables))
+    return {"markdown": [markdown], "csv": [to_csv(records, os.path.join(out_dir, "results.csv"))], "png": pngs,
+            "density": list(densities.values())}
+
+
+def write_density_plots(records: Sequence[Mapping[str, Any]], tables: Sequence[ResultTable], out_dir: str
+                        ) -> dict[str, str]:
+    """<recipe>-density.png per recipe with per-layer counts, rows styled as in the recipe's first table;
+    returns recipe -> path."""
+    paths = {}
+    for table in tables:
+        if table.recipe in paths:
+            continue
+        density = density_table(table.recipe, [r for r in records if r["recipe"] == table.recipe], table.methods)
+        if density is None:
+            logger.info(f"{table.recipe}: no record carries per-layer counts; no density plot")
+            continue
+        styles = row_styles([*table.methods, *density.rows], table.variants)
+        paths[table.recipe] = plot_density(density, styles,
+                                           os.path.join(out_dir, f"{_file_name(table.recipe)}-density.png"))
+    return paths
+
+
+def _plot_links(table: ResultTable, densities: Mapping[str, str]) -> str:
+    links = [f"plot: [{_file_name(table.stem)}.png]({_file_name(table.stem)}.png)"]
+    if table.recipe in densities:
+        name = os.path.basename(densities[table.recipe])
+        links.append(f"per-layer density (where each row kept its weights): [{name}]({name})")
+    return "\n" + "; ".join(links) + "\n"

@@ -28,6 +28,7 @@ from smc_trainer.runs.folds import over_folds
 from smc_trainer.runs.ledger import Ledger
 from smc_trainer.runs.pipeline import run, run_dense, run_iterative
 from smc_trainer.runs.run_config import RunConfig, RunOutcome
+from smc_trainer.runs.variants import MethodSpec, args_variant, parse_method_spec, parse_method_specs, row_id
 from smc_trainer.version import __version__
 
 logger = logging.get_logger(__name__)
@@ -41,7 +42,13 @@ class SweepArguments:
     """What to sweep. Every other flag (training, sparse, data) applies to all runs of the sweep."""
 
     recipes: str = field(default="quickstart", metadata={"help": "Comma-separated recipe names or YAML paths."})
-    methods: str = field(default=QUICKSTART_METHODS, metadata={"help": "Comma-separated sparse methods."})
+    methods: str = field(
+        default=QUICKSTART_METHODS,
+        metadata={"help": "Comma-separated sparse methods, each optionally a variant with its own flag values, "
+                  "METHOD:KEY=VALUE[:KEY=VALUE], e.g. rigl,rigl:init_method=snip,rigl:init_method=random_before "
+                  "(the paper's OMP/SNIP/Random + RigL rows). Keys: the variant axes (smc_trainer.runs.variants), "
+                  "e.g. init_method, prune_modules, distribution."},
+    )
     sparsities: str = field(
         default="0.2,0.36,0.488",
         metadata={"help": "Comma-separated sparsities, or 'paper' for 1 - 0.8^k, k = 1..10."},
@@ -71,6 +78,7 @@ class Job:
     method: str
     sparsities: tuple[float, ...]
     module_group: str | None = None  # --prune_modules of the job's runs (None: the recipe's / flags')
+    variant: tuple[tuple[str, Any], ...] = ()  # other variant axes' flag values (smc_trainer.runs.variants)
 
     @property
     def fine_tunes(self) -> int:
@@ -78,8 +86,14 @@ class Job:
 
     @property
     def label(self) -> str:
-        """The method, with the module group when there is one: `omp_after[qk]`."""
-        return self.method if self.module_group is None else f"{self.method}[{self.module_group}]"
+        """The method, with the module group when there is one and the variant: `omp_after[qk]`,
+        `rigl:init_method=snip`."""
+        method = self.method if self.module_group is None else f"{self.method}[{self.module_group}]"
+        return row_id(method, dict(self.variant))
+
+    def training_changes(self) -> dict[str, Any]:
+        """The training flags this job sets besides the method and sparsity."""
+        return {**({} if self.module_group is None else {"prune_modules": self.module_group}), **dict(self.variant)}
 
 
 @dataclass
@@ -138,30 +152,36 @@ def snap_to_grid(sparsity: float, rate: float) -> float:
 
 
 def make_plan(
-    recipes: Sequence[str], methods: Sequence[str], sparsities: Sequence[float], seeds: Sequence[int],
+    recipes: Sequence[str], methods: Sequence[str | MethodSpec], sparsities: Sequence[float], seeds: Sequence[int],
     imp_rate: float = 0.2, module_groups: Sequence[str | None] = (None,),
 ) -> Plan:
-    """The cheapest set of fine-tunes covering the grid. Unknown methods raise before anything runs.
+    """The cheapest set of fine-tunes covering the grid. Unknown methods or variants raise before anything runs.
 
-    Every sparse method runs once per module group; the dense fine-tune (which prunes nothing) is shared.
+    `methods` are names or variants (`rigl:init_method=snip`, see `smc_trainer.runs.variants`). Every sparse
+    method runs once per module group (a variant that names its own `prune_modules` runs with that group only);
+    the dense fine-tune (which prunes nothing) is shared.
     """
-    phases = {m: get_method_class(m).phase for m in methods}
+    specs = [m if isinstance(m, MethodSpec) else parse_method_spec(m) for m in methods]
+    phases = {spec: get_method_class(spec.method).phase for spec in specs}
     grid = sorted({snap_to_grid(s, imp_rate) for s in sparsities})
     jobs: list[Job] = []
     for recipe in recipes:
         for seed in seeds:
             if any(p in ("dense", "after", "iterative") for p in phases.values()):
                 jobs.append(Job("dense", recipe, seed, "dense", (0.0,)))
-            for method, phase in phases.items():
+            for spec, phase in phases.items():
                 if phase == "dense":
                     continue
-                for group in module_groups:
+                variant = tuple((k, v) for k, v in spec.variant if k != "prune_modules")
+                own_group = dict(spec.variant).get("prune_modules")
+                for group in module_groups if own_group is None else (own_group,):
                     if phase == "iterative":
                         rounds = max(imp_round_for(s, imp_rate) for s in grid)
-                        jobs.append(Job("chain", recipe, seed, method,
-                                        tuple(imp_sparsity(k, imp_rate) for k in range(1, rounds + 1)), group))
+                        jobs.append(Job("chain", recipe, seed, spec.method,
+                                        tuple(imp_sparsity(k, imp_rate) for k in range(1, rounds + 1)), group,
+                                        variant))
                     else:
-                        jobs.extend(Job("single", recipe, seed, method, (s,), group) for s in grid)
+                        jobs.extend(Job("single", recipe, seed, spec.method, (s,), group, variant) for s in grid)
     return Plan(jobs)
 
 
@@ -171,12 +191,15 @@ def make_plan(
 
 
 def run_key(config: RunConfig) -> str:
+    """`recipe/row/sparsity/seed/hash`; the row tells variants apart (`omp_after[qk]`, `rigl:init_method=snip`)
+    and is the bare method for a run with every variant axis at its default, as in older ledgers."""
     a = config.training_args
     digest = fingerprint_hash(config_fingerprint(config, include_sparse=True))
+    variant = args_variant(a)
     method = a.sparse_method
-    if a.prune_modules and method != "dense":  # module groups (Table 1) are told apart in the key
-        method = f"{method}[{a.prune_modules}]"
-    return f"{config.recipe.name}/{method}/{a.sparsity:.6f}/seed{a.seed}/{digest}"
+    if variant.get("prune_modules"):  # module groups (Table 1): the key's older `method[group]` form
+        method = f"{method}[{variant.pop('prune_modules')}]"
+    return f"{config.recipe.name}/{row_id(method, variant)}/{a.sparsity:.6f}/seed{a.seed}/{digest}"
 
 
 def _git_commit() -> str | None:
@@ -200,6 +223,8 @@ def make_record(config: RunConfig, outcome: RunOutcome, key: str) -> dict[str, A
         "method": a.sparse_method,
         "phase": get_method_class(a.sparse_method).phase,
         "module_group": a.prune_modules if a.sparse_method != "dense" else None,
+        "variant": args_variant(a),  # the report's row: the method and its non-default variant axes
+        "row": row_id(a.sparse_method, args_variant(a)),
         "target_sparsity": a.sparsity,
         "mask_sparsity": outcome.mask_sparsity,
         "measured_sparsity": outcome.measured_sparsity,
@@ -249,8 +274,8 @@ def execute(
     finished = 0
     for job in plan.jobs:
         base = config_for(job.recipe, job.seed)
-        group = {} if job.module_group is None else {"prune_modules": job.module_group}
-        configs = [base.with_training(sparse_method=job.method, sparsity=s, **group) for s in job.sparsities]
+        configs = [base.with_training(sparse_method=job.method, sparsity=s, **job.training_changes())
+                   for s in job.sparsities]
         keys = [run_key(c) for c in configs]
         if all(k in done for k in keys):
             finished += job.fine_tunes
@@ -277,11 +302,12 @@ def execute(
 
 def _run_dir(sweep_dir: str, config: RunConfig, job: Job) -> str:
     recipe = config.recipe.name  # not job.recipe, which may be a path to a recipe YAML
+    label = job.label.replace(os.sep, "_")  # a variant's value may be a path (a distillation teacher)
     if job.kind == "chain":
         digest = fingerprint_hash(config_fingerprint(config.with_training(sparsity=0.0), include_sparse=True))
-        return os.path.join(sweep_dir, "runs", recipe, job.label, f"chain-seed{job.seed}-{digest[:8]}")
+        return os.path.join(sweep_dir, "runs", recipe, label, f"chain-seed{job.seed}-{digest[:8]}")
     digest = run_key(config).rsplit("/", 1)[-1]
-    return os.path.join(sweep_dir, "runs", recipe, job.label, f"s{job.sparsities[0]:.4f}-seed{job.seed}-{digest[:8]}")
+    return os.path.join(sweep_dir, "runs", recipe, label, f"s{job.sparsities[0]:.4f}-seed{job.seed}-{digest[:8]}")
 
 
 def seeds_from(text: str) -> list[int]:
@@ -309,6 +335,22 @@ def module_groups_from(text: str | None) -> list[str | None]:
     return groups
 
 
+def check_variants(plan: Plan, bases: dict[str, RunConfig], module_groups: Sequence[str | None]) -> None:
+    """Build one configuration per (recipe, row) so a flag combination the run would refuse (a variant clashing
+    with the other flags) fails now, before anything trains; a variant naming its own module group while
+    --module_groups is given is refused too."""
+    for job in plan.jobs:
+        if job.kind != "dense" and module_groups != [None] and job.module_group not in module_groups:
+            raise UsageError(f"--methods {job.label}: a variant sets prune_modules={job.module_group} and "
+                             f"--module_groups is given too; use one of the two")
+    seen = set()
+    for job in plan.jobs:
+        if (job.recipe, job.label) not in seen:
+            seen.add((job.recipe, job.label))
+            bases[job.recipe].with_training(sparse_method=job.method, sparsity=job.sparsities[-1],
+                                            **job.training_changes())
+
+
 def run_sweep(sweep_args: SweepArguments, run_argv: list[str]) -> list[dict[str, Any]]:
     """Validate everything, print the plan, run what the ledger lacks, and write the report."""
     from smc_trainer.runs.config import parse_run_config
@@ -316,7 +358,7 @@ def run_sweep(sweep_args: SweepArguments, run_argv: list[str]) -> list[dict[str,
     if any(a == "--recipe" or a.startswith("--recipe=") for a in run_argv):
         raise UsageError("a sweep takes --recipes (comma-separated), not --recipe")
     recipes = unique(parse_list(sweep_args.recipes, "recipes"))
-    methods = unique(parse_list(sweep_args.methods, "methods"))
+    methods = parse_method_specs(sweep_args.methods)
     sparsities = parse_sparsities(sweep_args.sparsities)
     seeds = seeds_from(sweep_args.seeds)
     groups = module_groups_from(sweep_args.module_groups)
@@ -325,6 +367,7 @@ def run_sweep(sweep_args: SweepArguments, run_argv: list[str]) -> list[dict[str,
     bases = {r: parse_run_config([*run_argv, "--recipe", r]) for r in recipes}  # bad flags/recipes fail here
     plan = make_plan(recipes, methods, sparsities, seeds, imp_rate=next(iter(bases.values())).training_args.imp_rate,
                      module_groups=groups)
+    check_variants(plan, bases, groups)
     logger.info(plan.describe())
     ledger = Ledger(sweep_args.ledger_path())
     done = ledger.done_keys()  # a foreign or outdated ledger is refused before any training

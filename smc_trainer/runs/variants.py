@@ -1,0 +1,291 @@
+"""Method variants: the flags besides `--sparse_method` that make a different report row.
+
+SMC-Bench reports OMP+RigL, SNIP+RigL and Random+RigL as three rows of one method. A *variant axis* is a
+training flag that tells such rows apart; `VARIANT_AXES` declares each one once (the flag, the methods it
+applies to, how a value reads in the paper's words) and sweeps, ledger records, run keys and reports all
+go through it. Adding an axis is one entry here; an axis whose flag `SparseTrainingArguments` does not
+have (yet) is skipped everywhere. An axis's default is the flag's own dataclass default.
+
+A run's *variant* is the dict of its applicable axes whose value differs from the default, and its *row*
+is the stable id `method[:flag=value]...` (axes in declared order), which is also the `--methods` syntax
+of a sweep: `rigl:init_method=snip`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from smc_trainer.engine.module_groups import parse_module_group
+from smc_trainer.errors import UsageError
+from smc_trainer.methods import get_method_class, method_names
+from smc_trainer.training.arguments import DISTRIBUTIONS, SparseTrainingArguments
+
+Variant = dict[str, Any]
+_SPEC_PARTS = re.compile(r":(?=[^:=]*=)")  # a ':' that starts `key=`; values may hold ':' (an N:M pattern)
+
+# the paper's legend names (Figures 2-5); methods missing here use their class's `paper_name`, if any
+PAPER_NAMES: dict[str, str] = {
+    "dense": "dense",
+    "omp_after": "OMP (After)",
+    "random_after": "Random (After)",
+    "lth": "LTH (After)",
+    "lrr": "LRR (After)",
+    "omp_before": "OMP (Before)",
+    "random_before": "Random (Before)",
+    "snip": "SNIP (Before)",
+    "gmp": "GMP (During)",
+    "rigl": "RigL",
+    "set": "SET",
+}
+_ACRONYMS = {"erk": "ERK", "owl": "OWL", "lora": "LoRA", "obert": "oBERT", "snip": "SNIP", "wanda": "Wanda",
+             "sparsegpt": "SparseGPT"}
+
+
+def paper_name(method: str) -> str:
+    """The method's name in the paper's words ("OMP (After)"); `name (Phase)` for a method the paper lacks."""
+    if method in PAPER_NAMES:
+        return PAPER_NAMES[method]
+    try:
+        cls = get_method_class(method)
+    except ValueError:
+        return method
+    return getattr(cls, "paper_name", None) or f"{method} ({cls.phase.title()})"
+
+
+def short_name(method: str) -> str:
+    """The paper name without its phase: "SNIP (Before)" -> "SNIP"."""
+    return re.sub(r"\s*\([^)]*\)$", "", paper_name(method))
+
+
+def format_value(value: Any) -> str:
+    """A flag value as written on the command line (bools as true/false)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _word(value: Any) -> str:
+    text = format_value(value)
+    return _ACRONYMS.get(text.lower(), text)
+
+
+@dataclass(frozen=True)
+class VariantAxis:
+    """One flag that makes a different row: where it applies, its valid values, how a value is labelled."""
+
+    flag: str
+    label: Callable[[str, str, Any], str]
+    """(label so far, method, value) -> label: how the value reads in the paper's words."""
+    applies_to: tuple[str, ...] | None = None
+    """Methods the flag changes (None: every method but dense); elsewhere the flag is ignored."""
+    choices: Callable[[], Sequence[Any]] | None = None
+    """The valid values, named in errors; None: checked by `check`, or by the flag's own validation."""
+    check: Callable[[Any], Any] | None = None
+    """Raises UsageError for a bad value (used when `choices` is None)."""
+    label_default: bool = False
+    """Label the default value too (RigL's default initial mask is OMP: its row reads "OMP + RigL")."""
+
+    def applies(self, method: str) -> bool:
+        return method != "dense" if self.applies_to is None else method in self.applies_to
+
+    @property
+    def default(self) -> Any:
+        spec = _flag_fields()[self.flag]
+        if spec.default is not dataclasses.MISSING:
+            return spec.default
+        return None if spec.default_factory is dataclasses.MISSING else spec.default_factory()
+
+
+def _init_label(label: str, method: str, value: Any) -> str:
+    return f"{short_name(str(value))} + {label}"
+
+
+def _teacher_label(label: str, method: str, value: Any) -> str:
+    text = format_value(value)
+    return f"{label} + KD" if text == "dense" else f"{label} + KD ({os.path.basename(text.rstrip('/')) or text})"
+
+
+def _rigl_init_methods() -> Sequence[str]:
+    from smc_trainer.methods.rigl import INIT_METHODS
+
+    return INIT_METHODS
+
+
+VARIANT_AXES: tuple[VariantAxis, ...] = (
+    VariantAxis("init_method", _init_label, applies_to=("rigl", "set"), choices=_rigl_init_methods,
+                label_default=True),
+    VariantAxis("prune_modules", lambda label, m, v: f"{label} [{v}]", check=parse_module_group),
+    VariantAxis("criterion", lambda label, m, v: f"{label}, {_word(v)}"),
+    VariantAxis("distribution", lambda label, m, v: f"{label}, {_word(v)}", choices=lambda: DISTRIBUTIONS),
+    VariantAxis("sparsity_pattern", lambda label, m, v: f"{label}, {_word(v)}"),
+    VariantAxis("distill_teacher", _teacher_label),
+    VariantAxis("peft", lambda label, m, v: f"{label} + {_word(v)}"),
+    VariantAxis("lr_rewind", lambda label, m, v: f"{label} + LR rewind" if v is True else f"{label}, lr_rewind={v}"),
+)
+
+
+@cache
+def _flag_fields() -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(SparseTrainingArguments)}
+
+
+def axes() -> list[VariantAxis]:
+    """The declared axes whose flag exists, in declared order (that order names rows)."""
+    return [axis for axis in VARIANT_AXES if axis.flag in _flag_fields()]
+
+
+def axis_names() -> list[str]:
+    return [axis.flag for axis in axes()]
+
+
+# ---- a run's variant and row ------------------------------------------------------------------------
+
+
+def variant_of(method: str, values: Mapping[str, Any] | Any) -> Variant:
+    """The non-default values of the axes that apply to `method`, read from a mapping (a record's config) or
+    from an arguments object."""
+    get = values.get if isinstance(values, Mapping) else lambda flag, default: getattr(values, flag, default)
+    variant = {}
+    for axis in axes():
+        value = get(axis.flag, axis.default)
+        if axis.applies(method) and value is not None and value != axis.default:
+            variant[axis.flag] = value
+    return variant
+
+
+def args_variant(args: Any) -> Variant:
+    """The variant of a run from its `SparseTrainingArguments`."""
+    return variant_of(args.sparse_method, args)
+
+
+def record_variant(record: Mapping[str, Any]) -> Variant:
+    """A ledger record's variant: its `variant` field, or for records written before that field, the module group
+    and the axes found in the record's training config (records that ran with every default have none)."""
+    if isinstance(record.get("variant"), Mapping):
+        return dict(record["variant"])
+    training = dict((record.get("config") or {}).get("training") or {})
+    if record.get("module_group") is not None:
+        training["prune_modules"] = record["module_group"]
+    return variant_of(record["method"], training)
+
+
+def row_id(method: str, variant: Mapping[str, Any]) -> str:
+    """The stable row id: `method` plus `:flag=value` per non-default axis, in declared order (`--methods` syntax)."""
+    order = {name: i for i, name in enumerate(axis_names())}
+    parts = sorted(variant.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0]))
+    return method + "".join(f":{flag}={format_value(value)}" for flag, value in parts)
+
+
+def record_row(record: Mapping[str, Any]) -> str:
+    """A ledger record's row id (its `row` field, or derived from its variant for older records)."""
+    return record.get("row") or row_id(record["method"], record_variant(record))
+
+
+def row_method(row: str) -> str:
+    """The method of a row id ("rigl:init_method=snip" -> "rigl"; a legacy "omp_after [qk]" -> "omp_after")."""
+    return _SPEC_PARTS.split(row, maxsplit=1)[0].split(" [", 1)[0]
+
+
+def row_label(method: str, variant: Mapping[str, Any]) -> str:
+    """The row in the paper's words: "SNIP + RigL", "OMP + RigL" (RigL's default), "OMP (After) [qk]"."""
+    label = paper_name(method)
+    for axis in axes():
+        if not axis.applies(method):
+            continue
+        value = variant.get(axis.flag, axis.default)
+        if axis.flag in variant or (axis.label_default and value is not None):
+            label = axis.label(label, method, value)
+    return label
+
+
+# ---- sweep specs: "rigl:init_method=snip" ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One entry of a sweep's `--methods`: a method and its non-default axis values (flag, typed value)."""
+
+    method: str
+    variant: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def row(self) -> str:
+        return row_id(self.method, dict(self.variant))
+
+
+def parse_method_spec(text: str) -> MethodSpec:
+    """`method[:flag=value]...` -> MethodSpec, validated: the method, each flag (a known axis that applies to the
+    method) and each value (the axis's choices, or the flag's type). Values equal to the default are dropped."""
+    method, *parts = _SPEC_PARTS.split(text.strip())
+    method = method.strip()
+    if ":" in method:
+        raise UsageError(f"--methods {text!r}: write variants as method:key=value[:key=value]; valid keys: "
+                         f"{', '.join(axis_names())}")
+    if method not in method_names():
+        get_method_class(method)  # raises, naming the valid methods
+    known = {axis.flag: axis for axis in axes()}
+    variant: Variant = {}
+    for part in parts:
+        flag, _, raw = part.partition("=")
+        flag, raw = flag.strip(), raw.strip()
+        if flag not in known:
+            raise UsageError(f"--methods {text!r}: unknown variant key {flag!r}; valid keys: "
+                             f"{', '.join(known) or 'none'} (syntax: method:key=value[:key=value])")
+        axis = known[flag]
+        if not axis.applies(method):
+            where = ", ".join(axis.applies_to) if axis.applies_to else "every method but dense"
+            raise UsageError(f"--methods {text!r}: {flag} applies to {where}, not to {method}")
+        if flag in variant:
+            raise UsageError(f"--methods {text!r}: {flag} is given twice")
+        value = _parse_value(axis, raw, text)
+        if value != axis.default:
+            variant[flag] = value
+    order = {name: i for i, name in enumerate(known)}
+    return MethodSpec(method, tuple(sorted(variant.items(), key=lambda kv: order[kv[0]])))
+
+
+def _parse_value(axis: VariantAxis, raw: str, spec: str) -> Any:
+    if not raw:
+        raise UsageError(f"--methods {spec!r}: {axis.flag} has no value")
+    if axis.choices is not None:
+        choices = [format_value(c) for c in axis.choices()]
+        if raw not in choices:
+            raise UsageError(f"--methods {spec!r}: {axis.flag} must be one of {', '.join(choices)}; got {raw!r}")
+    value = _typed(axis.flag, raw, spec)
+    if axis.check is not None:
+        try:
+            axis.check(value)
+        except UsageError as err:
+            raise UsageError(f"--methods {spec!r}: {err}") from None
+    return value
+
+
+def _typed(flag: str, raw: str, spec: str) -> Any:
+    """`raw` converted to the flag's declared type (bool, int, float, or text)."""
+    declared = _flag_fields()[flag].type
+    kind = declared if isinstance(declared, str) else getattr(declared, "__name__", str(declared))
+    try:
+        if kind.startswith("bool"):
+            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(raw)
+            return raw.lower() in ("true", "1", "yes")
+        if kind.startswith("int"):
+            return int(raw)
+        if kind.startswith("float"):
+            return float(raw)
+    except ValueError:
+        what = {"bool": "true or false", "int": "an integer", "float": "a number"}[kind.split(" ")[0]]
+        raise UsageError(f"--methods {spec!r}: {flag} takes {what}; got {raw!r}") from None
+    return raw
+
+
+def parse_method_specs(text: str) -> list[MethodSpec]:
+    """The comma-separated `--methods` of a sweep, validated, duplicates (same row) dropped."""
+    specs = [parse_method_spec(item) for item in text.split(",") if item.strip()]
+    if not specs:
+        raise UsageError("--methods is empty")
+    return list({spec.row: spec for spec in specs}.values())
