@@ -170,7 +170,7 @@ def calibration_batches(trainer: Any) -> Iterable[dict[str, Any]]:
     args = trainer.args
     n = min(args.calibration_samples, len(dataset))
     if n < args.calibration_samples:
-        logger.warning(f"--calibration_samples {args.calibration_samples}: the training set has only {n} examples")
+        logger.warning_once(f"--calibration_samples {args.calibration_samples}: the training set has only {n} examples")
     generator = torch.Generator().manual_seed(args.seed)
     indices = sorted(torch.randperm(len(dataset), generator=generator)[:n].tolist())
     collator = trainer.data_collator
