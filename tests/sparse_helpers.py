@@ -11,6 +11,20 @@ from smc_trainer import SparseTrainer, SparseTrainingArguments, find_targets, ge
 from smc_trainer.engine.selection import global_keep_masks
 
 SEQ = 8
+# flags a method needs beyond the defaults: the calibrated one-shot methods prune linears only (no embeddings)
+# and compare within rows / prune layer by layer, so they need per-layer budgets
+ONESHOT_FLAGS = {"prune_embeddings": False, "distribution": "uniform"}
+METHOD_FLAGS = {name: ONESHOT_FLAGS for name in ("wanda_before", "wanda_after", "sparsegpt_before", "sparsegpt_after")}
+
+
+def method_flags(method: str) -> dict:
+    """The flags `method` needs besides --sparse_method and --sparsity (see METHOD_FLAGS)."""
+    return dict(METHOD_FLAGS.get(method, {}))
+
+
+def method_argv(method: str) -> list[str]:
+    """`method_flags` as command-line arguments."""
+    return [part for key, value in method_flags(method).items() for part in (f"--{key}", str(value).lower())]
 
 
 def tiny_classifier(arch: str, seed: int = 0) -> torch.nn.Module:
@@ -34,6 +48,7 @@ def sparse_args(output_dir, method: str, sparsity: float, **overrides) -> Sparse
         max_grad_norm=1.0, prune_frequency=2, gmp_start=0.0, gmp_end=0.5, update_interval=2, report_to="none",
         save_strategy="no", use_cpu=True, logging_steps=1000, disable_tqdm=True, seed=0, init_method="omp_before",
     )
+    kw.update(method_flags(method))
     kw.update(overrides)
     return SparseTrainingArguments(**kw)
 

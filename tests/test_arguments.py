@@ -6,6 +6,7 @@ import re
 
 import pytest
 import transformers
+from sparse_helpers import method_flags
 from transformers import HfArgumentParser
 
 import smc_trainer
@@ -150,7 +151,7 @@ def test_defaults_are_a_dense_run(tmp_path):
 def test_every_registered_method_has_a_valid_configuration(tmp_path):
     for name in smc_trainer.method_names():
         sparsity = 0.0 if name == "dense" else 0.36
-        args = make_args(tmp_path, sparse_method=name, sparsity=sparsity)
+        args = make_args(tmp_path, sparse_method=name, sparsity=sparsity, **method_flags(name))
         assert args.sparse_method == name
 
 

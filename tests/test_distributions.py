@@ -200,11 +200,11 @@ def test_global_distribution_has_no_layer_counts():
     assert layer_counts("global", BERTISH, 0.5, capacity={n: 1 for n in BERTISH}) is None
 
 
-@pytest.mark.parametrize("bad", ["erk2", "ERK", "owl", ""])
+@pytest.mark.parametrize("bad", ["erk2", "ERK", "OWL", ""])
 def test_unknown_distribution_raises_listing_choices(bad):
     with pytest.raises(ValueError) as err:
         layer_counts(bad, BERTISH, 0.5)
     msg = str(err.value)
-    for choice in ("global", "uniform", "erk"):
+    for choice in ("global", "uniform", "erk", "owl"):
         assert choice in msg
     assert repr(bad) in msg or bad in msg

@@ -4,6 +4,7 @@ before any model is loaded, with a message naming the flag and what to use inste
 from __future__ import annotations
 
 import pytest
+from sparse_helpers import method_argv
 
 from smc_trainer import SparseTrainingArguments
 from smc_trainer.methods import method_names
@@ -16,7 +17,8 @@ SPARSITY = {"lth": "0.2", "lrr": "0.2"}  # iterative methods need a sparsity on 
 
 def _argv(method: str, *extra: str) -> list[str]:
     sparsity = "0" if method == "dense" else SPARSITY.get(method, "0.5")
-    return ["--output_dir", "/tmp/unused", "--sparse_method", method, "--sparsity", sparsity, "--use_cpu", *extra]
+    return ["--output_dir", "/tmp/unused", "--sparse_method", method, "--sparsity", sparsity, "--use_cpu",
+            *method_argv(method), *extra]
 
 
 @pytest.mark.parametrize("method", SPARSE)

@@ -1,6 +1,6 @@
 """Per-layer density allocation: how a target sparsity is spread over the prunable tensors.
 
-`global` has no per-layer budget (one threshold decides); `uniform` and `erk` give each layer a
+`global` has no per-layer budget (one threshold decides); `uniform`, `erk` and `owl` give each layer a
 density, then `allocate_counts` turns densities into integer keep counts whose sum is exactly
 the global budget `round(density * N)` (each layer gets the floor or ceiling of its share).
 """
@@ -10,8 +10,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+from torch import Tensor
+
 from smc_trainer.engine.selection import keep_count
 from smc_trainer.errors import UsageError
+
+DISTRIBUTIONS = ("global", "uniform", "erk", "owl")
 
 
 def uniform_densities(shapes: Mapping[str, Sequence[int]], density: float) -> dict[str, float]:
@@ -40,6 +44,37 @@ def erk_densities(shapes: Mapping[str, Sequence[int]], density: float, power: fl
         top = max(raw[n] for n in over)
         dense.update(n for n in over if raw[n] == top)
     return {n: 1.0 if n in dense else max(0.0, eps * raw[n]) for n in shapes}
+
+
+def outlier_ratio(scores: Tensor, threshold: float) -> tuple[int, int]:
+    """OWL's outliers of one layer: (how many scores exceed `threshold` x their mean, how many scores)."""
+    flat = scores.detach().reshape(-1).float()
+    return int((flat > threshold * flat.mean()).sum()), flat.numel()
+
+
+def owl_densities(
+    ratios: Mapping[str, float], numels: Mapping[str, int], density: float, lam: float
+) -> dict[str, float]:
+    """Outlier-weighted layer-wise densities (OWL, Yin et al. 2023): layers with more activation outliers keep more.
+
+    Ratios are scaled linearly onto [0, 2 lam] (min -> 0, max -> 2 lam), then shifted by one constant so the
+    densities, clipped to [0, 1], average exactly `density` weighted by layer size (the paper's layers are all
+    one size, so its plain mean is this average). Without clipping every layer lies within `density` +- 2 lam.
+    """
+    if lam < 0:
+        raise UsageError(f"--owl_lambda must be >= 0; got {lam}")
+    lo, hi = min(ratios.values()), max(ratios.values())
+    spread = {n: 0.0 if hi == lo else (r - lo) / (hi - lo) * 2.0 * lam for n, r in ratios.items()}
+    total = sum(numels[n] for n in ratios)
+
+    def kept(shift: float) -> float:
+        return sum(min(1.0, max(0.0, spread[n] + shift)) * numels[n] for n in ratios) / total
+
+    low, high = -2.0 * lam - 1.0, 1.0  # kept(low) = 0 <= density <= 1 = kept(high); kept is monotone
+    for _ in range(200):
+        mid = 0.5 * (low + high)
+        low, high = (mid, high) if kept(mid) < density else (low, mid)
+    return {n: min(1.0, max(0.0, spread[n] + high)) for n in ratios}
 
 
 def allocate_counts(
@@ -80,8 +115,13 @@ def layer_counts(
     shapes: Mapping[str, Sequence[int]],
     density: float,
     capacity: Mapping[str, int] | None = None,
+    *,
+    outlier_ratios: Mapping[str, float] | None = None,
+    owl_lambda: float = 0.08,
 ) -> dict[str, int] | None:
-    """Keep counts per layer for `distribution`, or None for `global` (one threshold over all layers)."""
+    """Keep counts per layer for `distribution`, or None for `global` (one threshold over all layers).
+
+    `owl` needs each layer's `outlier_ratios` (from calibration: `outlier_ratio` of its Wanda scores)."""
     if distribution == "global":
         return None
     numels = {name: math.prod(shape) for name, shape in shapes.items()}
@@ -89,4 +129,9 @@ def layer_counts(
         return allocate_counts(uniform_densities(shapes, density), numels, density, capacity)
     if distribution == "erk":
         return allocate_counts(erk_densities(shapes, density), numels, density, capacity)
-    raise UsageError(f"--distribution must be one of global, uniform, erk; got {distribution!r}")
+    if distribution == "owl":
+        if outlier_ratios is None:
+            raise UsageError("--distribution owl needs activation outlier ratios from calibration data; use it with a "
+                             "calibrated method (wanda_before/after, sparsegpt_before/after)")
+        return allocate_counts(owl_densities(outlier_ratios, numels, density, owl_lambda), numels, density, capacity)
+    raise UsageError(f"--distribution must be one of {', '.join(DISTRIBUTIONS)}; got {distribution!r}")

@@ -41,6 +41,7 @@ class PruneTarget:
     name: str
     param: nn.Parameter
     group: str  # "embeddings", "head", "layer_<i>" or "other"
+    input_dim: int = 1  # the dimension a matmul reduces over: 0 for a transposed Conv1D (N:M groups run along it)
 
     @property
     def numel(self) -> int:
@@ -95,6 +96,7 @@ def find_targets(
     """
     base_prefixes, head_ids = _head_prefixes(model)
     keep_dense = getattr(model, "keep_dense_weights", None)
+    conv1d = prunable_module_types()[len(BASE_PRUNABLE_MODULES):]
     candidates: list[PruneTarget] = []
     seen: set[int] = set()
     for mod_name, module, attr, weight in _module_weights(model):
@@ -110,7 +112,8 @@ def find_targets(
         else:
             match = _LAYER_INDEX.search(name)
             group = f"layer_{int(match.group(1)):02d}" if match else "other"
-        candidates.append(PruneTarget(name, weight, group))
+        input_dim = 0 if conv1d and isinstance(module, conv1d) else 1
+        candidates.append(PruneTarget(name, weight, group, input_dim))
 
     targets = [
         t

@@ -7,14 +7,15 @@ them (zeroing weights and optimizer state) and the callback decides when each ho
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from torch import Tensor
 
 from smc_trainer.engine.distributions import layer_counts
 from smc_trainer.engine.masks import MaskSet
+from smc_trainer.engine.patterns import nm_keep_mask, parse_pattern
 from smc_trainer.engine.selection import LayerScores, keep_count, magnitude_scores, select_topk
 from smc_trainer.engine.targets import PruneTarget
 from smc_trainer.errors import UsageError
@@ -38,6 +39,16 @@ def register_method(name: str) -> Callable[[type[SparseMethod]], type[SparseMeth
     return wrap
 
 
+class Calibrator(Protocol):
+    """Calibration data run through the model with forward hooks (`smc_trainer.training.calibration`)."""
+
+    def input_norms(self, targets: Sequence[PruneTarget]) -> dict[str, Tensor]:
+        """||X_j||_2 per input feature of each target's linear, over the calibration tokens (dense model)."""
+
+    def sequential(self, targets: Sequence[PruneTarget], prune: Callable[[PruneTarget, Tensor], None]) -> None:
+        """Block by block in forward order: each target's Hessian X X^T, with the earlier blocks already pruned."""
+
+
 @dataclass
 class SparseContext:
     """What a method may look at: the prunable weights, their masks, the flags and the step budget."""
@@ -48,6 +59,8 @@ class SparseContext:
     total_steps: int
     accumulate_gradients: Callable[[int], None]
     """Run `n` training batches forward and backward; leaves the summed dense gradients in `.grad`."""
+    calibrator: Calibrator | None = None
+    """Calibration statistics for one-shot criteria (Wanda, SparseGPT); None where no data is at hand."""
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return {t.name: tuple(t.param.shape) for t in self.targets}
@@ -62,6 +75,9 @@ class SparseMethod:
     name: ClassVar[str] = ""
     phase: ClassVar[str] = "dense"  # dense | before | during | dynamic
     order: ClassVar[int] = 50  # position in `method_names()` (help texts, tables)
+    pattern_refusal: ClassVar[str | None] = "it has no N:M selection"
+    """Why the method cannot keep `--sparsity_pattern N:M`; None for methods that can (one-shot masks)."""
+    calibrated: ClassVar[bool] = False  # reads activations of calibration data (allows --distribution owl)
 
     def __init__(self, args: SparseTrainingArguments):
         self.args = args
@@ -101,15 +117,26 @@ class SparseMethod:
 
 
 def select_masks(
-    ctx: SparseContext, scores: Mapping[str, LayerScores], density: float, distribution: str | None = None
+    ctx: SparseContext,
+    scores: Mapping[str, LayerScores],
+    density: float,
+    distribution: str | None = None,
+    outlier_ratios: Mapping[str, float] | None = None,
 ) -> dict[str, Tensor]:
-    """Keep the highest scores at `density`, spread over layers by `--distribution`.
+    """Keep the highest scores at `density`, spread over layers by `--distribution`, or N of every M along each
+    weight's input dimension under `--sparsity_pattern N:M` (which fixes the density at N/M).
 
-    `density` is relative to the whole prunable set. Returns bool masks shaped like the weights.
+    `density` is relative to the whole prunable set; `outlier_ratios` feed `--distribution owl`. Returns bool
+    masks shaped like the weights.
     """
+    pattern = parse_pattern(getattr(ctx.args, "sparsity_pattern", None))
+    if pattern is not None:
+        return {t.name: nm_keep_mask(scores[t.name].values(0, t.numel).view(t.param.shape), pattern, t.input_dim)
+                for t in ctx.targets}
     distribution = distribution or ctx.args.distribution
     capacity = {name: src.within_count() for name, src in scores.items()}
-    counts = layer_counts(distribution, ctx.shapes(), density, capacity)
+    counts = layer_counts(distribution, ctx.shapes(), density, capacity, outlier_ratios=outlier_ratios,
+                          owl_lambda=getattr(ctx.args, "owl_lambda", 0.08))
     if counts is None:
         flat = select_topk(scores, keep_count(density, ctx.masks.total))
     else:

@@ -9,6 +9,7 @@ from smc_trainer.methods.base import SparseMethod, register_method, require
 class Dense(SparseMethod):
     phase = "dense"
     order = 0
+    pattern_refusal = "it prunes nothing"
 
     @classmethod
     def validate_args(cls, args) -> None:

@@ -24,6 +24,7 @@ from smc_trainer.methods.base import (
 class GMP(SparseMethod):
     phase = "during"
     order = 20
+    pattern_refusal = "its gradual schedule passes through sparsities no N:M pattern has"
 
     @classmethod
     def validate_args(cls, args) -> None:

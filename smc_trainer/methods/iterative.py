@@ -37,6 +37,7 @@ def imp_sparsity(round_index: int, rate: float) -> float:
 class IterativeMethod(SparseMethod):
     phase = "iterative"
     rewind: bool = False
+    pattern_refusal = "its rounds prune --imp_rate of the remaining weights, sparsities no N:M pattern has"
 
     @classmethod
     def validate_args(cls, args) -> None:

@@ -9,6 +9,7 @@ from smc_trainer.methods.base import SparseContext, SparseMethod, magnitude_sour
 class OMPBefore(SparseMethod):
     phase = "before"
     order = 10
+    pattern_refusal = None
 
     def initial_masks(self, ctx: SparseContext):
         return select_masks(ctx, magnitude_sources(ctx), 1.0 - self.args.sparsity)

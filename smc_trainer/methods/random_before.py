@@ -17,6 +17,7 @@ RANDOM_INIT_STREAM = 0x52414E44  # separates these draws from SET's regrowth dra
 class RandomBefore(SparseMethod):
     phase = "before"
     order = 11
+    pattern_refusal = None
 
     def initial_masks(self, ctx: SparseContext):
         scores = {

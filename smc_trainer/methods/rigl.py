@@ -32,6 +32,7 @@ SET_GROWTH_STREAM = 0x534554
 class RigL(SparseMethod):
     phase = "dynamic"
     order = 30
+    pattern_refusal = "drop-and-grow moves weights between groups of M"
 
     def __init__(self, args):
         super().__init__(args)

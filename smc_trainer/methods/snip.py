@@ -34,6 +34,7 @@ def snip_scores(ctx: SparseContext) -> dict[str, LayerScores]:
 class SNIP(SparseMethod):
     phase = "before"
     order = 12
+    pattern_refusal = None
 
     @classmethod
     def validate_args(cls, args) -> None:

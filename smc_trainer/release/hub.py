@@ -375,11 +375,26 @@ def load_sparse_pretrained(
     token: str | None = None,
     cache_dir: str | None = None,
     verify: bool = True,
+    sparse_inference: bool | float = False,
+    semi_structured: bool = False,
     **model_kwargs: Any,
 ) -> SparseCheckpoint:
     """Load a sparse release (Hub id or local folder): the model with `model_class` (default: the class in
     config.json), the bool masks, the sparsity report, the metrics and the run configuration. Reads
-    model.sparse.safetensors when the dense weights are absent. `verify` checks that the masks fit."""
+    model.sparse.safetensors when the dense weights are absent. `verify` checks that the masks fit.
+
+    `sparse_inference` (True, or a minimum sparsity) runs the linears sparse enough to gain as CSR matmuls on the
+    CPU (`smc_trainer.release.sparse_inference`); `semi_structured` moves the model to the GPU in float16 and runs
+    its 2:4 linears on sparse tensor cores (`smc_trainer.release.semi_structured`; refused where they cannot run).
+    """
+    if sparse_inference and semi_structured:
+        raise UsageError("pick one of sparse_inference (CPU CSR) and semi_structured (GPU 2:4)")
+    if semi_structured:
+        from smc_trainer.release.semi_structured import semi_structured_unavailable
+
+        reason = semi_structured_unavailable()
+        if reason is not None:
+            raise UsageError(f"semi_structured=True: {reason}")
     path = resolve_release(repo_id_or_path, revision=revision, token=token, cache_dir=cache_dir)
     cls = model_class or _model_class(path)
     if weight_files(path):
@@ -395,6 +410,14 @@ def load_sparse_pretrained(
     masks = load_file(masks_path) if os.path.isfile(masks_path) else {}
     if verify:
         check_masks(model, masks)
+    if sparse_inference:
+        from smc_trainer.release.sparse_inference import BREAK_EVEN_SPARSITY, to_sparse_inference
+
+        to_sparse_inference(model, BREAK_EVEN_SPARSITY if sparse_inference is True else float(sparse_inference))
+    if semi_structured:
+        from smc_trainer.release.semi_structured import to_semi_structured
+
+        to_semi_structured(model.to(device="cuda", dtype=torch.float16).eval())
     return SparseCheckpoint(model=model, masks=masks, report=_read_json(os.path.join(path, REPORT_NAME)) or {},
                             metrics=_read_json(os.path.join(path, METRICS_NAME)) or {},
                             run_config=_read_json(os.path.join(path, RUN_CONFIG_NAME)), path=path)

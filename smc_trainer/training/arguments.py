@@ -16,7 +16,7 @@ from smc_trainer.engine.collapse import check_policy as check_collapse_policy
 from smc_trainer.errors import UsageError
 from smc_trainer.training.parallel import check_parallel_support
 
-DISTRIBUTIONS = ("global", "uniform", "erk")
+DISTRIBUTIONS = ("global", "uniform", "erk", "owl")
 SELECT_ON = ("validation", "test")
 
 
@@ -202,7 +202,8 @@ class SparseTrainingArguments(Seq2SeqTrainingArguments):
         default="global",
         metadata={
             "help": "How sparsity is spread over layers: global (one threshold over all prunable weights, as the "
-            "paper), uniform (same sparsity per layer) or erk (Erdos-Renyi-Kernel)."
+            "paper), uniform (same sparsity per layer), erk (Erdos-Renyi-Kernel) or owl (outlier-weighted: layers "
+            "with more activation outliers keep more; calibrated methods only, see --owl_threshold/--owl_lambda)."
         },
     )
     prune_embeddings: bool = field(
@@ -226,6 +227,43 @@ class SparseTrainingArguments(Seq2SeqTrainingArguments):
         },
     )
     snip_batches: int = field(default=1, metadata={"help": "SNIP: training batches whose gradients are summed."})
+    # ---- one-shot calibrated pruning and N:M patterns (docs/oneshot.md) ------------------------------
+    sparsity_pattern: str = field(
+        default="unstructured",
+        metadata={"help": "unstructured, or N:M (e.g. 2:4, 4:8): every group of M consecutive weights along a "
+                  "weight's input dimension keeps exactly N (then --sparsity must be 1 - N/M). One-shot methods "
+                  "only (omp/random before/after, snip, wanda_*, sparsegpt_*); masks stay fixed while training."},
+    )
+    calibration_samples: int = field(
+        default=128,
+        metadata={"help": "wanda_*/sparsegpt_*: training examples (a seeded random subset, the same on every "
+                  "process) run through the model to collect activation statistics."},
+    )
+    wanda_compare: str = field(
+        default="row",
+        metadata={"help": "Wanda: compare scores within each output row (row, the paper's) at each layer's "
+                  "--distribution budget, or across the whole layer / all layers with --distribution global (layer)."},
+    )
+    sparsegpt_blocksize: int = field(
+        default=128, metadata={"help": "SparseGPT: columns per lazy-update block (paper: 128)."}
+    )
+    sparsegpt_dampening: float = field(
+        default=0.01, metadata={"help": "SparseGPT: Hessian dampening, a fraction of its mean diagonal (paper: 0.01)."}
+    )
+    owl_threshold: float = field(
+        default=5.0,
+        metadata={"help": "OWL's M: a Wanda score above M x its layer's mean is an outlier (paper: 5)."},
+    )
+    owl_lambda: float = field(
+        default=0.08,
+        metadata={"help": "OWL's lambda: layer densities span target +- lambda around the mean (paper: 0.08)."},
+    )
+    export_semi_structured: bool = field(
+        default=False,
+        metadata={"help": "With --sparsity_pattern 2:4: record the release as 2:4 so load_sparse_pretrained("
+                  "semi_structured=True) runs its linears through torch.sparse.to_sparse_semi_structured (a CUDA "
+                  "GPU of compute capability >= 8.0; refused elsewhere)."},
+    )
     gmp_start: float = field(
         default=0.1, metadata={"help": "GMP: fraction of training steps at which pruning starts (paper: 0.1)."}
     )
@@ -321,5 +359,41 @@ class SparseTrainingArguments(Seq2SeqTrainingArguments):
                     re.compile(pattern)
                 except re.error as err:
                     raise UsageError(f"--{flag} is not a valid regular expression: {pattern!r} ({err})") from None
+        self._check_pattern_and_calibration(get_method_class(self.sparse_method))
         get_method_class(self.sparse_method).validate_args(self)
         check_parallel_support(self)  # FSDP / DeepSpeed with a sparse method: refused before any model loads
+
+    def _check_pattern_and_calibration(self, method) -> None:
+        """--sparsity_pattern, --distribution owl, the OWL flags and --export_semi_structured (docs/oneshot.md)."""
+        from smc_trainer.engine.patterns import parse_pattern
+        from smc_trainer.methods import get_method_class, method_names
+        from smc_trainer.release.semi_structured import semi_structured_unavailable
+
+        pattern = parse_pattern(self.sparsity_pattern)
+        if pattern is not None:
+            if method.pattern_refusal is not None:
+                able = [n for n in method_names() if get_method_class(n).pattern_refusal is None]
+                raise UsageError(f"--sparse_method {self.sparse_method} cannot keep --sparsity_pattern {pattern}: "
+                                 f"{method.pattern_refusal}; methods that keep it: {', '.join(able)}")
+            if abs(self.sparsity - pattern.sparsity) > 1e-9:
+                raise UsageError(f"--sparsity_pattern {pattern} keeps {pattern.n} of every {pattern.m} weights, "
+                                 f"sparsity {pattern.sparsity:g}; got --sparsity {self.sparsity}")
+            if self.distribution not in ("global", "uniform"):
+                raise UsageError(f"--sparsity_pattern {pattern} puts every layer at {pattern.sparsity:g}; "
+                                 f"--distribution {self.distribution} cannot apply (use global or uniform)")
+        if self.distribution == "owl" and not method.calibrated:
+            calibrated = [n for n in method_names() if get_method_class(n).calibrated]
+            raise UsageError(f"--distribution owl reads activation outliers from calibration data, which "
+                             f"--sparse_method {self.sparse_method} does not collect; use one of "
+                             f"{', '.join(calibrated)}")
+        if self.owl_threshold <= 0 or self.owl_lambda < 0:
+            raise UsageError(f"--owl_threshold must be > 0 and --owl_lambda >= 0; got {self.owl_threshold}, "
+                             f"{self.owl_lambda}")
+        if self.export_semi_structured:
+            if pattern is None or (pattern.n, pattern.m) != (2, 4):
+                raise UsageError("--export_semi_structured needs --sparsity_pattern 2:4 (the only pattern sparse "
+                                 f"tensor cores run); got --sparsity_pattern {self.sparsity_pattern}")
+            reason = semi_structured_unavailable()
+            if reason is not None:
+                raise UsageError(f"--export_semi_structured: {reason}")
+

@@ -28,7 +28,7 @@ from transformers.utils import logging
 from smc_trainer.engine.collapse import CollapsedLayer, LayerCollapseError, collapse_message, collapsed_layers
 from smc_trainer.engine.masks import MaskSet
 from smc_trainer.errors import UsageError
-from smc_trainer.methods.base import SparseContext, SparseMethod
+from smc_trainer.methods.base import Calibrator, SparseContext, SparseMethod
 
 logger = logging.get_logger(__name__)
 
@@ -44,8 +44,10 @@ class SparsityCallback(TrainerCallback):
         masks: MaskSet,
         accumulate_gradients: Callable[[int], None],
         step_was_skipped: Callable[[], bool],
+        calibrator: Calibrator | None = None,
     ):
         self.method = method
+        self.calibrator = calibrator
         self.masks = masks
         self.accumulate_gradients = accumulate_gradients
         self.step_was_skipped = step_was_skipped
@@ -64,6 +66,7 @@ class SparsityCallback(TrainerCallback):
                 args=self.method.args,
                 total_steps=total_steps,
                 accumulate_gradients=self.accumulate_gradients,
+                calibrator=self.calibrator,
             )
         return self.ctx
 

@@ -20,11 +20,13 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from transformers.utils import logging
 
 from smc_trainer.engine.masks import MaskSet
+from smc_trainer.engine.patterns import check_pattern_shapes, parse_pattern
 from smc_trainer.engine.targets import targets_for_args
 from smc_trainer.errors import UsageError
 from smc_trainer.methods import get_method_class
 from smc_trainer.release.hub import check_push_args, check_release_dir, push_sparse_folder, write_release_files
 from smc_trainer.training.arguments import SparseTrainingArguments
+from smc_trainer.training.calibration import HookCalibrator, calibration_batches
 from smc_trainer.training.callbacks import SparsityCallback
 from smc_trainer.training.checkpoints import clear_manifest, resolve_resume_checkpoint, write_manifest
 from smc_trainer.training.parallel import refuse_sharded_backend
@@ -52,6 +54,9 @@ class SparseTrainer(Seq2SeqTrainer):
             raise UsageError("SparseTrainer needs a model instance (model_init is not supported)")
         check_push_args(args)  # before Trainer.__init__ reaches for the Hub
         targets = targets_for_args(model, args)
+        pattern = parse_pattern(args.sparsity_pattern)
+        if pattern is not None:
+            check_pattern_shapes(targets, pattern)
         self.lr_scheduler_factory = lr_scheduler_factory
         super().__init__(model, args, *pos, **kwargs)
         if optimizer_cls_and_kwargs is not None:
@@ -69,6 +74,7 @@ class SparseTrainer(Seq2SeqTrainer):
             self.masks,
             accumulate_gradients=self._accumulate_gradients,
             step_was_skipped=self._optimizer_step_was_skipped,
+            calibrator=HookCalibrator(self.model, lambda: calibration_batches(self)),
         )
         if initial_masks is not None:
             self.sparsity_callback.preset_masks = dict(initial_masks)
@@ -156,6 +162,8 @@ class SparseTrainer(Seq2SeqTrainer):
             "prune_include": a.prune_include,
             "prune_exclude": a.prune_exclude,
             "prune_modules": a.prune_modules,
+            "sparsity_pattern": a.sparsity_pattern,
+            "semi_structured": a.export_semi_structured,
             "optimizer_steps": self.sparsity_callback.step,
         }
 

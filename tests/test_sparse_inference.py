@@ -1,0 +1,68 @@
+"""CPU CSR inference equals the dense model with zeros; 2:4 semi-structured conversion is refused clearly where
+its kernels cannot run, and everything up to that boundary (which linears are 2:4) is checked."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny_models import make_tiny
+
+from smc_trainer.engine.patterns import NMPattern, nm_keep_mask
+from smc_trainer.engine.targets import find_targets
+from smc_trainer.release.semi_structured import semi_structured_unavailable, to_semi_structured, two_four_linears
+from smc_trainer.release.sparse_inference import CSRLinear, to_sparse_inference
+
+
+def _prune_linears(model, sparsities):
+    """Magnitude-prune each nn.Linear to the next sparsity of `sparsities` (cycled)."""
+    linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
+    with torch.no_grad():
+        for i, m in enumerate(linears):
+            s = sparsities[i % len(sparsities)]
+            k = int(s * m.weight.numel())
+            if k:
+                threshold = m.weight.abs().flatten().kthvalue(k).values
+                m.weight.mul_(m.weight.abs() > threshold)
+    return linears
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta"])
+def test_csr_model_equals_the_dense_model_with_zeros(arch):
+    model = make_tiny(arch).eval()
+    _prune_linears(model, [0.5, 0.9, 0.95])
+    ids = torch.randint(3, 60, (2, 4, 9) if arch == "roberta" else (3, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        dense = model(input_ids=ids).logits
+    converted = to_sparse_inference(model, min_sparsity=0.85)
+    assert converted and all(s >= 0.85 for s in converted.values())
+    n_csr = sum(isinstance(m, CSRLinear) for m in model.modules())
+    n_dense = sum(type(m) is torch.nn.Linear for m in model.modules())
+    assert n_csr == len(converted) and n_dense > 0  # the 50% linears stay dense
+    with torch.no_grad():
+        sparse = model(input_ids=ids).logits
+    assert torch.allclose(sparse, dense, atol=1e-4, rtol=0)
+
+
+def test_csr_linear_without_bias_and_threshold_checks():
+    linear = torch.nn.Linear(8, 4, bias=False)
+    with torch.no_grad():
+        linear.weight.mul_(torch.rand(4, 8) > 0.9)
+    x = torch.randn(3, 5, 8)
+    assert torch.allclose(CSRLinear.from_linear(linear)(x), linear(x), atol=1e-6)
+    with pytest.raises(ValueError, match="min_sparsity"):
+        to_sparse_inference(torch.nn.Sequential(linear), 1.5)
+
+
+def test_two_four_linears_are_found_and_the_conversion_is_refused_without_a_capable_gpu():
+    model = make_tiny("bert")
+    for t in find_targets(model, prune_embeddings=False):
+        with torch.no_grad():
+            t.param.mul_(nm_keep_mask(t.param.abs(), NMPattern(2, 4), t.input_dim))
+    names = two_four_linears(model)
+    assert "bert.encoder.layer.0.attention.self.query" in names and "classifier" in names
+    reason = semi_structured_unavailable("cpu")
+    assert reason is not None and "CUDA" in reason
+    if not torch.cuda.is_available():
+        assert "compute capability >= 8.0" in semi_structured_unavailable()
+        with pytest.raises(ValueError, match="cannot run 2:4 linears: .*compute capability >= 8.0"):
+            to_semi_structured(model)
