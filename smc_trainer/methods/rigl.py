@@ -32,6 +32,8 @@ SET_GROWTH_STREAM = 0x534554
 class RigL(SparseMethod):
     phase = "dynamic"
     order = 30
+    default_criterion = "magnitude"  # the drop step; the initial mask's score is --init_method's
+    accepts_criterion = False
 
     def __init__(self, args):
         super().__init__(args)
