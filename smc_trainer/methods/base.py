@@ -109,6 +109,11 @@ class SparseMethod:
                              f"or a method that trains between pruning events (gmp)")
         criterion.validate_args(args)
 
+    @classmethod
+    def prunes_in_trainer(cls, args: Any) -> bool:
+        """Iterative methods: whether a round's mask is chosen inside the trainer, within the previous round's."""
+        return False
+
     def prune(self, ctx: SparseContext, density: float, step: int, within_current: bool) -> dict[str, Tensor]:
         """Masks at `density` by this method's criterion (then the criterion's after-selection update, e.g. OBS)."""
         if self.criterion is None:

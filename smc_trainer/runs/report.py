@@ -18,9 +18,10 @@ from typing import Any
 
 from transformers.utils import logging
 
-from smc_trainer.runs.ledger import Ledger
-from smc_trainer.methods import get_method_class, method_names
 from smc_trainer.errors import UsageError
+from smc_trainer.methods import get_method_class, method_names
+from smc_trainer.runs.ledger import Ledger
+from smc_trainer.runs.presets import method_label
 
 logger = logging.get_logger(__name__)
 
@@ -241,6 +242,9 @@ def method_style(method: str, index: int = 0) -> tuple[str, str, str]:
     """(label, colour, line style) of a method; unknown methods get a label from their phase and a spare colour."""
     if method in METHOD_STYLES:
         return METHOD_STYLES[method]
+    preset = method_label(method.split(" [", 1)[0])  # a method preset (recipes/methods/): its own label
+    if preset is not None:
+        return preset, EXTRA_COLORS[index % len(EXTRA_COLORS)], "-."
     try:
         label = f"{method} ({get_method_class(method).phase.title()})"
     except ValueError:

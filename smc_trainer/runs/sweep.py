@@ -18,16 +18,17 @@ from typing import Any
 
 from transformers.utils import logging
 
+from smc_trainer.engine.module_groups import TABLE1_GROUPS, TABLE1_PRESET, parse_module_group
+from smc_trainer.errors import UsageError
+from smc_trainer.methods import get_method_class
+from smc_trainer.methods.iterative import imp_round_for, imp_sparsity
 from smc_trainer.runs.dense_cache import config_fingerprint, fingerprint_hash
 from smc_trainer.runs.folds import over_folds
 from smc_trainer.runs.ledger import Ledger
-from smc_trainer.methods import get_method_class
-from smc_trainer.methods.iterative import imp_round_for, imp_sparsity
-from smc_trainer.engine.module_groups import TABLE1_GROUPS, TABLE1_PRESET, parse_module_group
 from smc_trainer.runs.pipeline import run, run_dense, run_iterative
+from smc_trainer.runs.presets import base_method, method_changes
 from smc_trainer.runs.run_config import RunConfig, RunOutcome
 from smc_trainer.version import __version__
-from smc_trainer.errors import UsageError
 
 logger = logging.get_logger(__name__)
 
@@ -144,7 +145,7 @@ def make_plan(
 
     Every sparse method runs once per module group; the dense fine-tune (which prunes nothing) is shared.
     """
-    phases = {m: get_method_class(m).phase for m in methods}
+    phases = {m: get_method_class(base_method(m)).phase for m in methods}
     grid = sorted({snap_to_grid(s, imp_rate) for s in sparsities})
     jobs: list[Job] = []
     for recipe in recipes:
@@ -172,7 +173,7 @@ def make_plan(
 def run_key(config: RunConfig) -> str:
     a = config.training_args
     digest = fingerprint_hash(config_fingerprint(config, include_sparse=True))
-    method = a.sparse_method
+    method = a.method_preset or a.sparse_method
     if a.prune_modules and method != "dense":  # module groups (Table 1) are told apart in the key
         method = f"{method}[{a.prune_modules}]"
     return f"{config.recipe.name}/{method}/{a.sparsity:.6f}/seed{a.seed}/{digest}"
@@ -196,7 +197,7 @@ def make_record(config: RunConfig, outcome: RunOutcome, key: str) -> dict[str, A
         "task": config.recipe.task,
         "dataset": config.data_args.dataset_name,
         "model": outcome.model or config.model_args.model_name_or_path,
-        "method": a.sparse_method,
+        "method": a.method_preset or a.sparse_method,
         "phase": get_method_class(a.sparse_method).phase,
         "module_group": a.prune_modules if a.sparse_method != "dense" else None,
         "target_sparsity": a.sparsity,
@@ -248,7 +249,7 @@ def execute(
     for job in plan.jobs:
         base = config_for(job.recipe, job.seed)
         group = {} if job.module_group is None else {"prune_modules": job.module_group}
-        configs = [base.with_training(sparse_method=job.method, sparsity=s, **group) for s in job.sparsities]
+        configs = [base.with_training(**method_changes(base, job.method), sparsity=s, **group) for s in job.sparsities]
         keys = [run_key(c) for c in configs]
         if all(k in done for k in keys):
             finished += job.fine_tunes
@@ -323,6 +324,9 @@ def run_sweep(sweep_args: SweepArguments, run_argv: list[str]) -> list[dict[str,
     bases = {r: parse_run_config([*run_argv, "--recipe", r]) for r in recipes}  # bad flags/recipes fail here
     plan = make_plan(recipes, methods, sparsities, seeds, imp_rate=next(iter(bases.values())).training_args.imp_rate,
                      module_groups=groups)
+    for base in bases.values():  # every (method or preset) x flags pair is valid before anything trains
+        for method in methods:
+            base.with_training(**method_changes(base, method))
     logger.info(plan.describe())
     ledger = Ledger(sweep_args.ledger_path())
     done = ledger.done_keys()  # a foreign or outdated ledger is refused before any training

@@ -382,9 +382,9 @@ class SparseTrainingArguments(Seq2SeqTrainingArguments):
         if self.distill_teacher not in DISTILL_SOURCES and not os.path.isdir(self.distill_teacher):
             raise MissingFileError(f"--distill_teacher must be one of {', '.join(DISTILL_SOURCES)} or a model folder; "
                                    f"got {self.distill_teacher!r} (no such folder)")
-        if self.distill_teacher == "dense" and method.phase == "dense":
-            raise UsageError("--distill_teacher dense distills the dense fine-tune into a sparse model; "
-                             "--sparse_method dense is that fine-tune (use a sparse method, or --distill_teacher PATH)")
+        if self.distill_teacher != "none" and method.phase == "dense":
+            raise UsageError(f"--distill_teacher {self.distill_teacher} distills into a sparse model; --sparse_method "
+                             "dense is the cached dense fine-tune itself (pick a sparse method)")
         if not 0.0 <= self.distill_hardness <= 1.0:
             raise UsageError(f"--distill_hardness must be in [0, 1]; got {self.distill_hardness}")
         if not self.distill_temperature > 0.0:

@@ -78,8 +78,7 @@ class SparseTrainer(Seq2SeqTrainer):
         )
         if initial_masks is not None:
             self.sparsity_callback.preset_masks = dict(initial_masks)
-        prunes_in_trainer = getattr(self.sparse_method, "prunes_in_trainer", None)
-        self.sparsity_callback.prune_within_preset = bool(prunes_in_trainer and prunes_in_trainer(args))
+        self.sparsity_callback.prune_within_preset = self.sparse_method.prunes_in_trainer(args)
         self.distiller = self._make_distiller(args, teacher, model)
         self.add_callback(self.sparsity_callback)
         n_prunable = self.masks.total
