@@ -54,7 +54,8 @@ def _dense_reference(w: torch.Tensor, gs: list[torch.Tensor], block: int, damp: 
 def test_obert_saliency_and_obs_update_equal_a_dense_reference():
     targets = _targets((3, 4), (2, 5))  # 12 values = 3 full blocks; 10 values = 2 blocks + a padded one
     gen = torch.Generator().manual_seed(1)
-    grads = [{t.name: torch.randn(t.param.shape, generator=gen, dtype=torch.float64) for t in targets} for _ in range(5)]
+    grads = [{t.name: torch.randn(t.param.shape, generator=gen, dtype=torch.float64) for t in targets}
+             for _ in range(5)]
     crit = get_criterion_class("obert")(_obert_args())
     view = _feeding(targets, grads)
     scores = crit.scores(view)
@@ -161,15 +162,32 @@ def test_kd_on_token_logits_leaves_out_ignored_labels():
     assert items == 3 and torch.allclose(total, ref)
 
 
-def test_distillation_pulls_the_student_towards_the_teacher(tmp_path):
-    """Hardness 1: the loss is the KD term alone; training lowers it (the student learns the teacher's outputs)."""
-    trainer = make_trainer("bert", sparse_args(tmp_path, "gmp", 0.5, distill_teacher="dense", max_steps=12,
-                                               distill_hardness=1.0, distill_temperature=2.0))
-    assert not trainer.distiller.teacher.training
-    assert all(not p.requires_grad for p in trainer.distiller.teacher.parameters())
+def test_distillation_trains_the_student_against_a_frozen_teacher(tmp_path):
+    """The teacher stays in eval mode, gets no gradient and never changes; the training loss is the KD loss."""
+    trainer = make_trainer("bert", sparse_args(tmp_path, "gmp", 0.5, distill_teacher="dense", max_steps=4,
+                                               distill_hardness=1.0, distill_temperature=2.0, logging_steps=1))
+    teacher = trainer.distiller.teacher
+    before = {n: p.detach().clone() for n, p in teacher.named_parameters()}
+    seen = []
+    original = trainer.compute_loss
+
+    def spy(model, inputs, return_outputs=False, num_items_in_batch=None):
+        rng = torch.get_rng_state()
+        loss = original(model, inputs, return_outputs, num_items_in_batch)
+        torch.set_rng_state(rng)  # the same dropout masks again
+        with torch.no_grad():
+            student = model(**inputs).logits
+            t_logits = teacher(**inputs).logits
+            total, items = kd_sum(student, t_logits, 2.0)
+            normalizer = trainer._kd_normalizer(num_items_in_batch)  # the Trainer's own rule for the task loss
+            seen.append((float(loss), 4.0 * float(total) / float(items if normalizer is None else normalizer)))
+        return loss
+
+    trainer.compute_loss = spy
     trainer.train()
-    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e] or [trainer.state.log_history[-1]["train_loss"]]
-    assert all(math.isfinite(v) for v in losses)
+    assert not teacher.training and all(not p.requires_grad for p in teacher.parameters())
+    assert all(torch.equal(p, before[n]) for n, p in teacher.named_parameters())
+    assert len(seen) == 8 and all(math.isclose(a, b, rel_tol=1e-4) for a, b in seen)
 
 
 class LrRecorder(TrainerCallback):

@@ -324,9 +324,11 @@ def run_sweep(sweep_args: SweepArguments, run_argv: list[str]) -> list[dict[str,
     bases = {r: parse_run_config([*run_argv, "--recipe", r]) for r in recipes}  # bad flags/recipes fail here
     plan = make_plan(recipes, methods, sparsities, seeds, imp_rate=next(iter(bases.values())).training_args.imp_rate,
                      module_groups=groups)
-    for base in bases.values():  # every (method or preset) x flags pair is valid before anything trains
-        for method in methods:
-            base.with_training(**method_changes(base, method))
+    checked = set()
+    for job in plan.jobs:  # every (method or preset) x flags pair is valid before anything trains
+        if (job.recipe, job.method) not in checked:
+            checked.add((job.recipe, job.method))
+            bases[job.recipe].with_training(**method_changes(bases[job.recipe], job.method), sparsity=job.sparsities[0])
     logger.info(plan.describe())
     ledger = Ledger(sweep_args.ledger_path())
     done = ledger.done_keys()  # a foreign or outdated ledger is refused before any training
