@@ -55,3 +55,19 @@ def test_a_plugin_criterion_in_a_sweep_plan_and_cli_parse(tmp_path):
     config = parse_run_config(["--plugins", str(EXAMPLE), "--sparse_method", "gmp", "--criterion", "taylor",
                                "--sparsity", "0.5", "--output_dir", str(tmp_path / "run")])
     assert config.training_args.criterion == "taylor"
+
+
+def test_the_extending_method_example_trains(tmp_path):
+    """The method example of docs/extending.md, as a plugin file: prunes half-way and at the end, exact counts."""
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "extending.md").read_text()
+    code = re.findall(r"```python\n(.*?)```", text, re.S)[1]
+    path = tmp_path / "gmp_twice.py"
+    path.write_text(code)
+    args = sparse_args(tmp_path / "run", "gmp_twice", 0.6, plugins=str(path), lr_rewind=True)
+    trainer = make_trainer("bert", args)
+    rec = train_with_recorder(trainer)
+    n = trainer.masks.total
+    assert sum(rec.counts[3].values()) == keep_count(0.7, n)  # after step 4 of 8: half the target
+    assert sum(rec.counts[-1].values()) == keep_count(0.4, n)
