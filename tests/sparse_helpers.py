@@ -54,13 +54,43 @@ def sparse_args(output_dir, method: str, sparsity: float, **overrides) -> Sparse
 
 
 def make_trainer(arch: str, args: SparseTrainingArguments) -> SparseTrainer:
-    """A SparseTrainer on a tiny model; iterative methods get their round mask (global |w|) as the pipeline does."""
+    """A SparseTrainer on a tiny model; iterative methods get their round mask (global |w|) as the pipeline does
+    (unless their criterion prunes inside the trainer), and --distill_teacher gets a tiny teacher (another seed)."""
     model = tiny_classifier(arch)
     initial_masks = None
-    if get_method_class(args.sparse_method).phase == "iterative":
+    method = get_method_class(args.sparse_method)
+    if method.phase == "iterative" and not method.prunes_in_trainer(args):
         weights = {t.name: t.param.detach().abs() for t in find_targets(model)}
         initial_masks = global_keep_masks(weights, 1.0 - args.sparsity)
-    return SparseTrainer(model=model, args=args, train_dataset=toy_dataset(), initial_masks=initial_masks)
+    teacher = None if args.distill_teacher == "none" else tiny_classifier(arch, seed=1)
+    return SparseTrainer(model=model, args=args, train_dataset=toy_dataset(), initial_masks=initial_masks,
+                         teacher=teacher)
+
+
+def preset_overrides(name: str) -> dict:
+    """A method preset's flags (recipes/methods/<name>.yaml) as SparseTrainingArguments overrides."""
+    from smc_trainer.runs.presets import load_preset
+
+    return load_preset(name).overrides()
+
+
+def criterion_cases() -> list[tuple[str, dict]]:
+    """(method, overrides) pairs that put every registered criterion, and every preset, under the invariant tests:
+    each criterion with gmp, with omp_after and with lrr where the pair is valid."""
+    from smc_trainer.engine.criteria import criterion_names, get_criterion_class
+    from smc_trainer.runs.presets import preset_names
+
+    cases = []
+    for name in criterion_names():
+        for method in ("gmp", "omp_after", "lrr"):
+            if get_criterion_class(name).needs in get_method_class(method).criterion_needs:
+                cases.append((method, {"criterion": name, "obert_num_grads": 4, "obert_block_size": 4}))
+    for name in preset_names():
+        overrides = preset_overrides(name)
+        if overrides.get("obert_num_grads", 0) > 4:  # the toy data has 8 batches
+            overrides["obert_num_grads"] = 4
+        cases.append((overrides.pop("sparse_method"), overrides))
+    return cases
 
 
 def pruned_leaks(trainer: SparseTrainer) -> list[str]:

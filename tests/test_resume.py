@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 from safetensors.torch import load_file
-from sparse_helpers import make_trainer, sparse_args
+from sparse_helpers import make_trainer, preset_overrides, sparse_args
 
 from smc_trainer.engine.masks import MASKS_NAME, REPORT_NAME
 from smc_trainer.training.callbacks import STATE_NAME
@@ -23,9 +23,25 @@ def _final_state(trainer):
     return weights, masks
 
 
-@pytest.mark.parametrize("method", ["gmp", "rigl", "set", "snip", "random_before"])
+# criteria with state across steps (movement) or gradient batches at every event (oBERT), and the presets
+VARIANTS = {
+    "gmp+movement": ("gmp", {"criterion": "movement"}),
+    "gmp+obert": ("gmp", {"criterion": "obert", "obert_block_size": 4, "obert_num_grads": 2}),
+    "gmp+kd+lr_rewind": ("gmp", {"distill_teacher": "dense", "lr_rewind": True, "lr_rewind_final_ratio": 0.1}),
+    "gmp_star": ("gmp", {**preset_overrides("gmp_star"), "gmp_start": 0.0, "gmp_end": 1.0}),
+    "obert_gradual": ("gmp", {**preset_overrides("obert_gradual"), "obert_num_grads": 2, "gmp_end": 1.0}),
+}
+
+
+def _args(output_dir, method):
+    base, extra = VARIANTS.get(method, (method, {}))
+    extra = {k: v for k, v in extra.items() if k != "sparse_method"}
+    return sparse_args(output_dir, base, 0.59, **{**STEPS, **extra})
+
+
+@pytest.mark.parametrize("method", ["gmp", "rigl", "set", "snip", "random_before", *VARIANTS])
 def test_resume_from_step_3_equals_uninterrupted_run(tmp_path, method):
-    full = make_trainer("bert", sparse_args(tmp_path / "full", method, 0.59, **STEPS))
+    full = make_trainer("bert", _args(tmp_path / "full", method))
     full.train()
     full_weights, full_masks = _final_state(full)
 
@@ -37,7 +53,7 @@ def test_resume_from_step_3_equals_uninterrupted_run(tmp_path, method):
     assert json.loads((ckpt / STATE_NAME).read_text())["step"] == 3
 
     # a fresh process: new model object with a different init, resumed from step 3
-    resumed = make_trainer("bert", sparse_args(tmp_path / "full", method, 0.59, **STEPS))
+    resumed = make_trainer("bert", _args(tmp_path / "full", method))
     with torch.no_grad():
         for p in resumed.model.parameters():
             p.add_(1.0)

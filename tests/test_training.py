@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from sparse_helpers import make_trainer, pruned_leaks, sparse_args, train_with_recorder
+from sparse_helpers import criterion_cases, make_trainer, pruned_leaks, sparse_args, train_with_recorder
 
 from smc_trainer import method_names
 from smc_trainer.engine.selection import keep_count
@@ -19,7 +19,23 @@ SPARSITIES = [0.2, 0.59, 0.893]
 @pytest.mark.parametrize("sparsity", SPARSITIES)
 @pytest.mark.parametrize("method", SPARSE_METHODS)
 def test_exact_counts_and_pruned_weights_stay_zero(tmp_path, arch, method, sparsity):
-    trainer = make_trainer(arch, sparse_args(tmp_path, method, sparsity))
+    check_invariants(make_trainer(arch, sparse_args(tmp_path, method, sparsity)), method, sparsity)
+
+
+CASES = criterion_cases()
+
+
+@pytest.mark.parametrize("sparsity", SPARSITIES)
+@pytest.mark.parametrize("method,overrides", CASES, ids=[f"{m}-{o.get('method_preset') or o['criterion']}"
+                                                        for m, o in CASES])
+def test_criteria_and_presets_keep_the_invariants(tmp_path, method, overrides, sparsity):
+    """Every registered criterion (with each method it pairs with) and every preset, on the same invariants."""
+    if method == "lrr" and sparsity not in (0.2, 0.893):  # LRR reaches only 1 - 0.8^k
+        sparsity = 0.5904
+    check_invariants(make_trainer("bert", sparse_args(tmp_path, method, sparsity, **overrides)), method, sparsity)
+
+
+def check_invariants(trainer, method: str, sparsity: float) -> None:
     rec = train_with_recorder(trainer)
     total = trainer.masks.total
     expected = keep_count(1.0 - sparsity, total)

@@ -10,12 +10,13 @@ ANCHORS = ("start", "absolute")
 
 @dataclass(frozen=True)
 class CubicSchedule:
-    """Zhu & Gupta (2017): s_t = s_f * (1 - (1 - (t - t0) / (tf - t0))^3) for t0 <= t <= tf.
+    """Zhu & Gupta (2017): s_t = s_f + (s_i - s_f) * (1 - (t - t0) / (tf - t0))^3 for t0 <= t <= tf.
 
     Pruning events fall every `frequency` steps from `start` (`anchor="start"`) or at the multiples of
     `frequency` in [start, end) (`anchor="absolute"`, the official SMC-Bench code's `t % f == 0`), and
     always at `end`, so the final event reaches exactly the target (the original code's `t < tf`
-    condition undershoots it).
+    condition undershoots it). The initial sparsity s_i is 0 for GMP; GMP* (Kurtic & Alistarh 2022)
+    prunes a large one-shot step s_i > 0 at the first event and follows the cubic from there.
     """
 
     final_sparsity: float
@@ -23,16 +24,18 @@ class CubicSchedule:
     end: int
     frequency: int
     anchor: str = "start"
+    initial_sparsity: float = 0.0
 
     @classmethod
     def from_fractions(
-        cls, final_sparsity: float, total_steps: int, start: float, end: float, frequency: int, anchor: str = "start"
+        cls, final_sparsity: float, total_steps: int, start: float, end: float, frequency: int, anchor: str = "start",
+        initial_sparsity: float = 0.0,
     ) -> CubicSchedule:
         if anchor not in ANCHORS:
             raise ValueError(f"--gmp_anchor must be one of {', '.join(ANCHORS)}; got {anchor!r}")
         t0 = round(start * total_steps)
         tf = max(t0, round(end * total_steps))
-        return cls(final_sparsity, t0, tf, frequency, anchor)
+        return cls(final_sparsity, t0, tf, frequency, anchor, initial_sparsity)
 
     def _origin(self) -> int:
         return self.start if self.anchor == "start" else 0
@@ -44,7 +47,9 @@ class CubicSchedule:
         if step >= self.end:
             return self.final_sparsity
         progress = (step - self.start) / (self.end - self.start)
-        return self.final_sparsity * (1.0 - (1.0 - progress) ** 3)
+        if self.initial_sparsity == 0.0:  # the same float operations as before GMP* existed: masks unchanged
+            return self.final_sparsity * (1.0 - (1.0 - progress) ** 3)
+        return self.final_sparsity + (self.initial_sparsity - self.final_sparsity) * (1.0 - progress) ** 3
 
     def is_event(self, step: int) -> bool:
         return step == self.end or (self.start <= step < self.end and (step - self._origin()) % self.frequency == 0)
@@ -57,6 +62,15 @@ class CubicSchedule:
             return self.final_sparsity
         last = self._origin() + (step - self._origin()) // self.frequency * self.frequency
         return self.sparsity_at(last) if last >= self.start else 0.0
+
+    def events(self) -> list[int]:
+        """The optimizer steps after which the masks change (the schedule's sparsity rises), in order."""
+        steps, previous = [], 0.0
+        for step in range(self.start, self.end + 1):
+            if self.is_event(step) and self.sparsity_at(step) > previous:
+                steps.append(step)
+                previous = self.sparsity_at(step)
+        return steps
 
 
 @dataclass(frozen=True)

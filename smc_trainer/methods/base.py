@@ -7,12 +7,14 @@ them (zeroing weights and optimizer state) and the callback decides when each ho
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from torch import Tensor
 
+from smc_trainer.engine.criteria import Criterion, ScoringView, criterion_names, get_criterion_class
+from smc_trainer.engine.criteria.base import no_gradient_batches
 from smc_trainer.engine.distributions import layer_counts
 from smc_trainer.engine.masks import MaskSet
 from smc_trainer.engine.patterns import nm_keep_mask, parse_pattern
@@ -61,6 +63,17 @@ class SparseContext:
     """Run `n` training batches forward and backward; leaves the summed dense gradients in `.grad`."""
     calibrator: Calibrator | None = None
     """Calibration statistics for one-shot criteria (Wanda, SparseGPT); None where no data is at hand."""
+    gradient_batches: Callable[[int | None], Iterator[None]] = no_gradient_batches
+    """Run `n` training batches (None: one pass) one at a time, yielding with each batch's gradients in `.grad`."""
+    count_batches_per_pass: Callable[[], int] | None = None
+    """How many batches one pass over the training data has; asked only by criteria that need it (building the
+    training dataloader early would run its column checks before the method's own checks)."""
+
+    def scoring_view(self, step: int, within_current: bool) -> ScoringView:
+        """What a criterion sees at a pruning event after optimizer step `step` (0: before training)."""
+        within = dict(self.masks.masks) if within_current and self.masks.active else {}
+        return ScoringView(self.targets, within, step, self.gradient_batches, self.accumulate_gradients,
+                           self.count_batches_per_pass)
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return {t.name: tuple(t.param.shape) for t in self.targets}
@@ -73,18 +86,60 @@ class SparseMethod:
     """Base class. Override the hooks a method needs; the defaults do nothing (dense)."""
 
     name: ClassVar[str] = ""
-    phase: ClassVar[str] = "dense"  # dense | before | during | dynamic
+    phase: ClassVar[str] = "dense"  # dense | before | during | after | iterative | dynamic
     order: ClassVar[int] = 50  # position in `method_names()` (help texts, tables)
     pattern_refusal: ClassVar[str | None] = "it has no N:M selection"
     """Why the method cannot keep `--sparsity_pattern N:M`; None for methods that can (one-shot masks)."""
     calibrated: ClassVar[bool] = False  # reads activations of calibration data (allows --distribution owl)
+    default_criterion: ClassVar[str | None] = None  # the score used without --criterion (None: no scoring)
+    criterion_needs: ClassVar[tuple[str, ...]] = ("weights", "gradients")  # what this method can feed a criterion
+    accepts_criterion: ClassVar[bool] = True  # False: --criterion is refused (the method's score is fixed)
 
     def __init__(self, args: SparseTrainingArguments):
         self.args = args
+        name = self.criterion_name(args)
+        self.criterion: Criterion | None = None if name is None else get_criterion_class(name)(args)
 
     @classmethod
     def validate_args(cls, args: SparseTrainingArguments) -> None:
         """Raise ValueError for flags this method cannot run with (called before any work starts)."""
+
+    @classmethod
+    def criterion_name(cls, args: Any) -> str | None:
+        """The score this method uses: --criterion, else the method's own (omp_* magnitude, snip snip, ...)."""
+        return getattr(args, "criterion", None) or cls.default_criterion
+
+    @classmethod
+    def validate_criterion(cls, args: Any) -> None:
+        """Refuse a --criterion this method cannot feed (e.g. movement needs training steps between events)."""
+        given = getattr(args, "criterion", None)
+        if given is not None and (cls.default_criterion is None or not cls.accepts_criterion):
+            raise UsageError(f"--criterion {given} has no effect with --sparse_method {cls.name}, whose score is "
+                             "fixed; leave --criterion unset")
+        name = cls.criterion_name(args)
+        if name is None:
+            return
+        criterion = get_criterion_class(name)
+        if criterion.needs not in cls.criterion_needs:
+            fits = [c for c in criterion_names() if get_criterion_class(c).needs in cls.criterion_needs]
+            raise UsageError(f"--criterion {name} needs {_NEEDS_TEXT[criterion.needs]}, which --sparse_method "
+                             f"{cls.name} ({cls.phase}) never has; with {cls.name} use one of {', '.join(fits)}, "
+                             f"or a method that trains between pruning events (gmp)")
+        criterion.validate_args(args)
+
+    @classmethod
+    def prunes_in_trainer(cls, args: Any) -> bool:
+        """Iterative methods: whether a round's mask is chosen inside the trainer, within the previous round's."""
+        return False
+
+    def prune(self, ctx: SparseContext, density: float, step: int, within_current: bool) -> dict[str, Tensor]:
+        """Masks at `density` by this method's criterion (then the criterion's after-selection update, e.g. OBS)."""
+        if self.criterion is None:
+            raise RuntimeError(f"--sparse_method {self.name} has no criterion to prune with")
+        view = ctx.scoring_view(step, within_current)
+        masks = select_masks(ctx, self.criterion.scores(view), density)
+        self.criterion.after_selection(view, masks)
+        return masks
 
     def initial_masks(self, ctx: SparseContext) -> Mapping[str, Tensor] | None:
         """Masks to install when training begins (not on resume); None keeps the model dense."""
@@ -104,6 +159,11 @@ class SparseMethod:
         """New masks after optimizer step `step` (1-based, skipped fp16 steps not counted), or None."""
         return None
 
+    def pruning_steps(self, total_steps: int) -> list[int]:
+        """Optimizer steps after which this method changes the masks during training (`--lr_rewind` restarts
+        the LR schedule there); empty for methods that prune only before training."""
+        return []
+
     def reached_target(self, ctx: SparseContext, step: int) -> bool:
         """Whether the model is at its final sparsity after step `step`; earlier checkpoints are never 'best'."""
         return True
@@ -114,6 +174,21 @@ class SparseMethod:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore what `state_dict` returned."""
+
+    def tensor_state(self) -> dict[str, Tensor]:
+        """Tensor state saved in every checkpoint beside `state_dict` (the criterion's, e.g. movement scores)."""
+        return self.criterion.tensor_state() if self.criterion is not None else {}
+
+    def load_tensor_state(self, state: Mapping[str, Tensor]) -> None:
+        if self.criterion is not None:
+            self.criterion.load_tensor_state(state)
+
+
+_NEEDS_TEXT = {
+    "weights": "only the weights",
+    "gradients": "gradients of training batches at the pruning step",
+    "training": "statistics gathered over the optimizer steps before each pruning event",
+}
 
 
 def select_masks(

@@ -1,23 +1,18 @@
-"""`gmp`: gradual magnitude pruning during fine-tuning (Zhu & Gupta's cubic schedule).
+"""`gmp`: gradual pruning during fine-tuning (Zhu & Gupta's cubic schedule), by magnitude or any criterion.
 
 Every `--prune_frequency` optimizer steps between `--gmp_start` and `--gmp_end` (fractions of
-training) the smallest-magnitude kept weights are removed so the sparsity follows the cubic
-schedule (`--gmp_anchor absolute`: at the multiples of the frequency, as the official code); the last
-event is at `gmp_end` exactly and reaches the exact target. Pruned weights
-never come back (only currently kept weights compete).
+training) the lowest-scoring kept weights are removed so the sparsity follows the cubic schedule
+(`--gmp_anchor absolute`: at the multiples of the frequency, as the official code); the last event is at
+`gmp_end` exactly and reaches the exact target. Pruned weights never come back (only currently kept
+weights compete). `--gmp_initial_fraction` makes the first event a large one-shot step (GMP*). With
+`--criterion movement` the scores accumulate over every optimizer step (hard movement pruning); with
+`obert` each event builds a Fisher from fresh batch gradients.
 """
 
 from __future__ import annotations
 
 from smc_trainer.engine.schedules import ANCHORS, CubicSchedule
-from smc_trainer.methods.base import (
-    SparseContext,
-    SparseMethod,
-    magnitude_sources,
-    register_method,
-    require,
-    select_masks,
-)
+from smc_trainer.methods.base import SparseContext, SparseMethod, register_method, require
 
 
 @register_method("gmp")
@@ -25,6 +20,8 @@ class GMP(SparseMethod):
     phase = "during"
     order = 20
     pattern_refusal = "its gradual schedule passes through sparsities no N:M pattern has"
+    default_criterion = "magnitude"
+    criterion_needs = ("weights", "gradients", "training")
 
     @classmethod
     def validate_args(cls, args) -> None:
@@ -33,14 +30,26 @@ class GMP(SparseMethod):
         require(args.prune_frequency >= 1, f"--prune_frequency must be >= 1; got {args.prune_frequency}")
         require(args.gmp_anchor in ANCHORS,
                 f"--gmp_anchor must be one of {', '.join(ANCHORS)}; got {args.gmp_anchor!r}")
+        fraction = getattr(args, "gmp_initial_fraction", 0.0)
+        require(0.0 <= fraction <= 1.0, f"--gmp_initial_fraction must be in [0, 1]; got {fraction}")
 
     def schedule(self, total_steps: int) -> CubicSchedule:
         a = self.args
+        initial = a.sparsity * getattr(a, "gmp_initial_fraction", 0.0)
         return CubicSchedule.from_fractions(a.sparsity, total_steps, a.gmp_start, a.gmp_end, a.prune_frequency,
-                                            a.gmp_anchor)
+                                            a.gmp_anchor, initial_sparsity=initial)
+
+    def pruning_steps(self, total_steps: int) -> list[int]:
+        return self.schedule(total_steps).events()
 
     def reached_target(self, ctx: SparseContext, step: int) -> bool:
         return step >= self.schedule(ctx.total_steps).end
+
+    def wants_dense_gradients(self, ctx: SparseContext, step: int) -> bool:
+        return self.criterion.needs == "training"
+
+    def observe_dense_gradients(self, ctx: SparseContext, step: int) -> None:
+        self.criterion.observe_step(ctx.targets, step)
 
     def update_masks(self, ctx: SparseContext, step: int):
         schedule = self.schedule(ctx.total_steps)
@@ -49,4 +58,4 @@ class GMP(SparseMethod):
         target = schedule.sparsity_at(step)
         if target <= 0.0 or (ctx.masks.active and target <= ctx.masks.sparsity()):
             return None
-        return select_masks(ctx, magnitude_sources(ctx, within_current=True), 1.0 - target)
+        return self.prune(ctx, 1.0 - target, step, within_current=True)

@@ -3,8 +3,11 @@ weights per round, so round k has sparsity exactly 1 - (1 - rate)^k.
 
 `lth` ("LTH (After)") rewinds the kept weights to the pretrained values and the task head to its
 initial values after each prune, as the paper does; `lrr` (learning-rate rewinding) keeps the
-pruned fine-tuned weights and only restarts the LR schedule. Rounds are run by the pipeline,
-which hands each round's mask to the trainer; during a round the mask is static.
+pruned fine-tuned weights and only restarts the LR schedule. Rounds are run by the pipeline;
+during a round the mask is static. With the magnitude criterion the pipeline computes each round's
+mask from the previous round's weights; with another criterion (`lrr --criterion obert`: the
+paper's oBERT row) the trainer installs the previous round's mask and the criterion prunes within it
+when the round starts, with gradients of the round's own training batches.
 """
 
 from __future__ import annotations
@@ -38,21 +41,31 @@ class IterativeMethod(SparseMethod):
     phase = "iterative"
     rewind: bool = False
     pattern_refusal = "its rounds prune --imp_rate of the remaining weights, sparsities no N:M pattern has"
+    default_criterion = "magnitude"
 
     @classmethod
     def validate_args(cls, args) -> None:
         require(0.0 < args.imp_rate < 1.0, f"--imp_rate must be in (0, 1); got {args.imp_rate}")
         imp_round_for(args.sparsity, args.imp_rate)
 
+    @classmethod
+    def prunes_in_trainer(cls, args) -> bool:
+        """Whether a round's mask is chosen inside the trainer (criteria other than magnitude need its batches)."""
+        return cls.criterion_name(args) != "magnitude"
+
     def initial_masks(self, ctx: SparseContext):
-        raise UsageError(f"--sparse_method {self.name} runs round by round through smc_trainer.runs.pipeline "
-                         "(run_smc.py does this); SparseTrainer alone needs the round's mask as initial_masks=")
+        if not self.prunes_in_trainer(self.args):
+            raise UsageError(f"--sparse_method {self.name} runs round by round through smc_trainer.runs.pipeline "
+                             "(run_smc.py does this); SparseTrainer alone needs the round's mask as initial_masks=")
+        # the previous round's mask, if any, is installed already: prune within it to this round's sparsity
+        return self.prune(ctx, 1.0 - self.args.sparsity, step=0, within_current=ctx.masks.active)
 
 
 @register_method("lth")
 class LTH(IterativeMethod):
     rewind = True
     order = 3
+    accepts_criterion = False  # the mask is scored on the trained weights before they are rewound: magnitude
 
 
 @register_method("lrr")

@@ -1,8 +1,11 @@
-"""`omp_before`: one-shot magnitude pruning of the pretrained weights, then one fine-tune ("OMP (Before)")."""
+"""`omp_before`: one-shot magnitude pruning of the pretrained weights, then one fine-tune ("OMP (Before)").
+
+With `--criterion`, any score that weights or batch gradients give (snip, obert, ...) prunes instead.
+"""
 
 from __future__ import annotations
 
-from smc_trainer.methods.base import SparseContext, SparseMethod, magnitude_sources, register_method, select_masks
+from smc_trainer.methods.base import SparseContext, SparseMethod, register_method
 
 
 @register_method("omp_before")
@@ -10,6 +13,7 @@ class OMPBefore(SparseMethod):
     phase = "before"
     order = 10
     pattern_refusal = None
+    default_criterion = "magnitude"
 
     def initial_masks(self, ctx: SparseContext):
-        return select_masks(ctx, magnitude_sources(ctx), 1.0 - self.args.sparsity)
+        return self.prune(ctx, 1.0 - self.args.sparsity, step=0, within_current=False)

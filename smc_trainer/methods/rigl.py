@@ -33,6 +33,8 @@ class RigL(SparseMethod):
     phase = "dynamic"
     order = 30
     pattern_refusal = "drop-and-grow moves weights between groups of M"
+    default_criterion = "magnitude"  # the drop step; the initial mask's score is --init_method's
+    accepts_criterion = False
 
     def __init__(self, args):
         super().__init__(args)

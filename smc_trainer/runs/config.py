@@ -15,7 +15,9 @@ import yaml
 from transformers import HfArgumentParser
 
 from smc_trainer.errors import MissingFileError, UsageError
+from smc_trainer.plugins import load_plugins
 from smc_trainer.release.provenance import override_flags
+from smc_trainer.runs.presets import given_flags, is_preset, load_preset
 from smc_trainer.runs.recipes import Recipe, load_recipe
 from smc_trainer.runs.run_config import RunConfig
 from smc_trainer.training.arguments import DataArguments, ModelArguments, SparseTrainingArguments
@@ -47,6 +49,9 @@ def is_config_file(argv: list[str]) -> bool:
 
 def parse_run_config(argv: list[str], description: str | None = None) -> RunConfig:
     """Flags (or one config file) over recipe defaults over dataclass defaults, plus the recipe itself."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--plugins", default=None)
+    load_plugins(pre.parse_known_args(argv)[0].plugins)  # a plugin's method or criterion is a valid name below
     parser = make_parser(description)
     file_values: dict[str, Any] = {}
     if is_config_file(argv):
@@ -56,19 +61,29 @@ def parse_run_config(argv: list[str], description: str | None = None) -> RunConf
         if unknown:
             raise UsageError(f"config file {argv[0]}: unknown flag(s) {', '.join(unknown)}; see run_smc.py --help")
         argv = []
+        load_plugins(file_values.get("plugins"))
         recipe_name = str(file_values.get("recipe", DEFAULT_RECIPE))
+        method_name = file_values.get("sparse_method")
         flags = override_flags(file_values)
+        given = set(file_values)
     else:
-        pre = argparse.ArgumentParser(add_help=False)
         pre.add_argument("--recipe", default=DEFAULT_RECIPE)
-        recipe_name = pre.parse_known_args(argv)[0].recipe
+        pre.add_argument("--sparse_method", default=None)
+        known = pre.parse_known_args(argv)[0]
+        recipe_name, method_name = known.recipe, known.sparse_method
         flags = tuple(argv)
+        given = given_flags(flags)
     recipe = load_recipe(recipe_name)
+    method_name = method_name or recipe.args.get("sparse_method")
+    # a method preset (recipes/methods/<name>.yaml): its flags sit between the recipe's and the user's
+    preset = load_preset(method_name).overrides(given) if is_preset(method_name) else {}
     # defaults pass through argparse's type conversion, so "1e-5" from YAML still becomes a float
-    parser.set_defaults(**{**recipe.args, **file_values})
+    parser.set_defaults(**{**recipe.args, **preset, **file_values})
     namespace = parser.parse_args(argv)
     if namespace.output_dir is None:
-        namespace.output_dir = default_output_dir(recipe, namespace.sparse_method, namespace.sparsity)
+        namespace.output_dir = default_output_dir(recipe, method_name or namespace.sparse_method, namespace.sparsity)
+    if preset:
+        namespace.sparse_method, namespace.method_preset = preset["sparse_method"], method_name
     try:
         model_args, data_args, training_args = parser.parse_dict(vars(namespace))
     except UsageError:

@@ -41,7 +41,15 @@ _VOLATILE = {
     "hub_always_push", "hub_revision", "resume_from_checkpoint", "dataloader_num_workers", "log_level",
     "log_level_replica", "print_config", "trackio_space_id", "project",
     "dense_cache_dir", "ledger", "overwrite_output_dir", "save_compressed",  # ours: where/how results are written
+    "plugins",  # where a plugin's file lies; the criterion or method it registers is keyed by its name
 }
+# flags added after ledgers existed: left out of a fingerprint at their default, so every key written before them
+# (and every run that does not use them) stays the same
+_OMITTED_AT_DEFAULT = (
+    "criterion", "obert_block_size", "obert_dampening", "obert_num_grads", "obert_update", "obert_dtype",
+    "distill_teacher", "distill_hardness", "distill_temperature", "lr_rewind", "lr_rewind_final_ratio",
+    "gmp_initial_fraction", "method_preset",
+)
 
 
 def _sparse_fields() -> set[str]:
@@ -51,11 +59,19 @@ def _sparse_fields() -> set[str]:
     return {f.name for f in dataclasses.fields(SparseTrainingArguments)} - base - {"select_on"}
 
 
+def _field_defaults() -> dict[str, Any]:
+    from smc_trainer.training.arguments import SparseTrainingArguments
+
+    return {f.name: f.default for f in dataclasses.fields(SparseTrainingArguments) if f.name in _OMITTED_AT_DEFAULT}
+
+
 def config_fingerprint(config: RunConfig, *, include_sparse: bool = False) -> dict[str, Any]:
     """The JSON-able description of a run that cache keys and ledger keys are hashed from."""
     training = config.training_args.to_dict()
     skip = _VOLATILE | (set() if include_sparse else _sparse_fields())
     training = {k: v for k, v in training.items() if k not in skip and not k.startswith("_")}
+    defaults = _field_defaults()
+    training = {k: v for k, v in training.items() if k not in _OMITTED_AT_DEFAULT or v != defaults[k]}
     return {
         "recipe": config.recipe.name,
         "recipe_args": config.recipe.args,

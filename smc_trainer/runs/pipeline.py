@@ -13,6 +13,7 @@ recipe enables it) uses the split named by `--select_on` (validation by default)
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import shutil
@@ -40,6 +41,10 @@ from smc_trainer.training.parallel import wait_for_all
 from smc_trainer.training.trainer import SparseTrainer
 
 logger = logging.get_logger(__name__)
+
+# what the dense stage never uses: the sparse axes of the run it serves (none of them is in the dense cache key)
+DENSE_RESETS = {"criterion": None, "distill_teacher": "none", "lr_rewind": False, "method_preset": None}
+
 
 def build_task(config: RunConfig):
     """Build the task bundle (model, data, metric) for `config`, seeded so the head init is reproducible."""
@@ -87,12 +92,17 @@ def fine_tune(
     if not args.overwrite_output_dir and not args.resume_from_checkpoint:
         with args.main_process_first(local=False, desc="set_aside_incomplete"):  # one process renames
             set_aside_incomplete(output_dir)
+    teacher_dir = teacher_source(config)  # the dense stage first (cached), before this run's model is built
     bundle = build_task(config)
     model = bundle.model
+    teacher = None if teacher_dir is None else load_teacher(model, teacher_dir)
     initial_masks = None
     if prune_from is not None:
         load_weights(model, prune_from)
-        initial_masks = _iterative_masks(model, args, prune_from, round_index or 1)
+        if get_method_class(args.sparse_method).prunes_in_trainer(args):  # the criterion prunes within this mask
+            initial_masks = _saved_masks(model, args, prune_from)
+        else:
+            initial_masks = _iterative_masks(model, args, prune_from, round_index or 1)
     if start_from is not None:
         load_weights(model, start_from)
     if before_train is not None:
@@ -107,6 +117,7 @@ def fine_tune(
         data_collator=bundle.data_collator,
         compute_metrics=bundle.compute_metrics,
         initial_masks=initial_masks,
+        teacher=teacher,
         **bundle.trainer_kwargs,
     )
     started = time.time()
@@ -187,6 +198,27 @@ def _resume_point(args: SparseTrainingArguments, output_dir: str) -> str | None:
     return last
 
 
+def teacher_source(config: RunConfig) -> str | None:
+    """The folder of `--distill_teacher`: the cached dense fine-tune (trained now if missing), a path, or None."""
+    source = config.training_args.distill_teacher
+    if source == "none":
+        return None
+    return run_dense(config)[0] if source == "dense" else source
+
+
+def load_teacher(model: torch.nn.Module, directory: str) -> torch.nn.Module:
+    """A copy of the freshly built model with the teacher's weights (same architecture and head, strictly)."""
+    teacher = copy.deepcopy(model)
+    load_weights(teacher, directory)
+    return teacher
+
+
+def _saved_masks(model: torch.nn.Module, args: SparseTrainingArguments, previous: str) -> dict | None:
+    """The masks a finished run saved (None for a dense run): the previous round's, pruned within this round."""
+    masks = MaskSet(targets_for_args(model, args))
+    return dict(masks.masks) if masks.load(previous) else None
+
+
 def _iterative_masks(model: torch.nn.Module, args: SparseTrainingArguments, previous: str, k: int) -> dict:
     """Global magnitude masks at density (1 - rate)^k among the weights the previous round kept."""
     targets = targets_for_args(model, args)
@@ -206,7 +238,8 @@ def run_dense(config: RunConfig) -> tuple[str, RunOutcome]:
     """The cached dense fine-tune of this configuration: (its directory, its outcome)."""
     cache = DenseCache(config.training_args.dense_cache_dir)
     # a --resume_from_checkpoint names the user's run, never the dense entry (which resumes its own .partial)
-    dense_config = config.with_training(sparse_method="dense", sparsity=0.0, resume_from_checkpoint=None)
+    dense_config = config.with_training(sparse_method="dense", sparsity=0.0, resume_from_checkpoint=None,
+                                        **DENSE_RESETS)
     key = cache.key(dense_config)
 
     def train(directory: str) -> None:

@@ -27,6 +27,7 @@ from smc_trainer.runs.dense_cache import config_fingerprint, fingerprint_hash
 from smc_trainer.runs.folds import over_folds
 from smc_trainer.runs.ledger import Ledger
 from smc_trainer.runs.pipeline import run, run_dense, run_iterative
+from smc_trainer.runs.presets import base_method, method_changes
 from smc_trainer.runs.run_config import RunConfig, RunOutcome
 from smc_trainer.runs.variants import MethodSpec, args_variant, parse_method_spec, parse_method_specs, row_id
 from smc_trainer.version import __version__
@@ -162,7 +163,7 @@ def make_plan(
     the dense fine-tune (which prunes nothing) is shared.
     """
     specs = [m if isinstance(m, MethodSpec) else parse_method_spec(m) for m in methods]
-    phases = {spec: get_method_class(spec.method).phase for spec in specs}
+    phases = {spec: get_method_class(base_method(spec.method)).phase for spec in specs}
     grid = sorted({snap_to_grid(s, imp_rate) for s in sparsities})
     jobs: list[Job] = []
     for recipe in recipes:
@@ -196,7 +197,7 @@ def run_key(config: RunConfig) -> str:
     a = config.training_args
     digest = fingerprint_hash(config_fingerprint(config, include_sparse=True))
     variant = args_variant(a)
-    method = a.sparse_method
+    method = a.method_preset or a.sparse_method
     if variant.get("prune_modules"):  # module groups (Table 1): the key's older `method[group]` form
         method = f"{method}[{variant.pop('prune_modules')}]"
     return f"{config.recipe.name}/{row_id(method, variant)}/{a.sparsity:.6f}/seed{a.seed}/{digest}"
@@ -220,11 +221,11 @@ def make_record(config: RunConfig, outcome: RunOutcome, key: str) -> dict[str, A
         "task": config.recipe.task,
         "dataset": config.data_args.dataset_name,
         "model": outcome.model or config.model_args.model_name_or_path,
-        "method": a.sparse_method,
+        "method": a.method_preset or a.sparse_method,
         "phase": get_method_class(a.sparse_method).phase,
         "module_group": a.prune_modules if a.sparse_method != "dense" else None,
         "variant": args_variant(a),  # the report's row: the method and its non-default variant axes
-        "row": row_id(a.sparse_method, args_variant(a)),
+        "row": row_id(a.method_preset or a.sparse_method, args_variant(a)),
         "target_sparsity": a.sparsity,
         "mask_sparsity": outcome.mask_sparsity,
         "measured_sparsity": outcome.measured_sparsity,
@@ -274,7 +275,7 @@ def execute(
     finished = 0
     for job in plan.jobs:
         base = config_for(job.recipe, job.seed)
-        configs = [base.with_training(sparse_method=job.method, sparsity=s, **job.training_changes())
+        configs = [base.with_training(**method_changes(base, job.method), sparsity=s, **job.training_changes())
                    for s in job.sparsities]
         keys = [run_key(c) for c in configs]
         if all(k in done for k in keys):
@@ -347,8 +348,9 @@ def check_variants(plan: Plan, bases: dict[str, RunConfig], module_groups: Seque
     for job in plan.jobs:
         if (job.recipe, job.label) not in seen:
             seen.add((job.recipe, job.label))
-            bases[job.recipe].with_training(sparse_method=job.method, sparsity=job.sparsities[-1],
-                                            **job.training_changes())
+            base = bases[job.recipe]
+            base.with_training(**method_changes(base, job.method), sparsity=job.sparsities[-1],
+                               **job.training_changes())
 
 
 def run_sweep(sweep_args: SweepArguments, run_argv: list[str]) -> list[dict[str, Any]]:

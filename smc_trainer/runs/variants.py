@@ -24,6 +24,7 @@ from typing import Any
 from smc_trainer.engine.module_groups import parse_module_group
 from smc_trainer.errors import UsageError
 from smc_trainer.methods import get_method_class, method_names
+from smc_trainer.runs.presets import base_method, is_preset, load_preset, preset_names
 from smc_trainer.training.arguments import DISTRIBUTIONS, SparseTrainingArguments
 
 Variant = dict[str, Any]
@@ -42,6 +43,11 @@ PAPER_NAMES: dict[str, str] = {
     "gmp": "GMP (During)",
     "rigl": "RigL",
     "set": "SET",
+    # one-shot activation-aware pruning (not in the SMC-Bench paper; their own papers' names)
+    "wanda_before": "Wanda (Before)",
+    "wanda_after": "Wanda (After)",
+    "sparsegpt_before": "SparseGPT (Before)",
+    "sparsegpt_after": "SparseGPT (After)",
 }
 _ACRONYMS = {"erk": "ERK", "owl": "OWL", "lora": "LoRA", "obert": "oBERT", "snip": "SNIP", "wanda": "Wanda",
              "sparsegpt": "SparseGPT"}
@@ -51,6 +57,8 @@ def paper_name(method: str) -> str:
     """The method's name in the paper's words ("OMP (After)"); `name (Phase)` for a method the paper lacks."""
     if method in PAPER_NAMES:
         return PAPER_NAMES[method]
+    if is_preset(method):  # a method preset (recipes/methods/) has its own label
+        return load_preset(method).label
     try:
         cls = get_method_class(method)
     except ValueError:
@@ -90,6 +98,7 @@ class VariantAxis:
     """Label the default value too (RigL's default initial mask is OMP: its row reads "OMP + RigL")."""
 
     def applies(self, method: str) -> bool:
+        method = base_method(method)  # a preset varies like the method it runs
         return method != "dense" if self.applies_to is None else method in self.applies_to
 
     @property
@@ -125,6 +134,8 @@ VARIANT_AXES: tuple[VariantAxis, ...] = (
     VariantAxis("distill_teacher", _teacher_label),
     VariantAxis("peft", lambda label, m, v: f"{label} + {_word(v)}"),
     VariantAxis("lr_rewind", lambda label, m, v: f"{label} + LR rewind" if v is True else f"{label}, lr_rewind={v}"),
+    VariantAxis("gmp_initial_fraction", lambda label, m, v: f"{label}, initial step {format_value(v)}",
+                applies_to=("gmp",)),
 )
 
 
@@ -147,19 +158,21 @@ def axis_names() -> list[str]:
 
 def variant_of(method: str, values: Mapping[str, Any] | Any) -> Variant:
     """The non-default values of the axes that apply to `method`, read from a mapping (a record's config) or
-    from an arguments object."""
+    from an arguments object. For a method preset, "default" is the preset's own value of the flag."""
     get = values.get if isinstance(values, Mapping) else lambda flag, default: getattr(values, flag, default)
+    preset_args = load_preset(method).args if is_preset(method) else {}
     variant = {}
     for axis in axes():
         value = get(axis.flag, axis.default)
-        if axis.applies(method) and value is not None and value != axis.default:
+        default = preset_args.get(axis.flag, axis.default)
+        if axis.applies(method) and value is not None and value != default:
             variant[axis.flag] = value
     return variant
 
 
 def args_variant(args: Any) -> Variant:
-    """The variant of a run from its `SparseTrainingArguments`."""
-    return variant_of(args.sparse_method, args)
+    """The variant of a run from its `SparseTrainingArguments` (a preset's run: relative to the preset)."""
+    return variant_of(getattr(args, "method_preset", None) or args.sparse_method, args)
 
 
 def record_variant(record: Mapping[str, Any]) -> Variant:
@@ -225,8 +238,9 @@ def parse_method_spec(text: str) -> MethodSpec:
     if ":" in method:
         raise UsageError(f"--methods {text!r}: write variants as method:key=value[:key=value]; valid keys: "
                          f"{', '.join(axis_names())}")
-    if method not in method_names():
-        get_method_class(method)  # raises, naming the valid methods
+    if method not in method_names() and not is_preset(method):
+        raise UsageError(f"--sparse_method must be one of {', '.join(method_names())}, or a method preset "
+                         f"({', '.join(preset_names()) or 'none'}); got {method!r} in --methods {text!r}")
     known = {axis.flag: axis for axis in axes()}
     variant: Variant = {}
     for part in parts:

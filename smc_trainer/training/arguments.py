@@ -7,16 +7,18 @@ flags happens in `__post_init__`, before any model download or training starts.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 
 from transformers import Seq2SeqTrainingArguments
 
 from smc_trainer.engine.collapse import check_policy as check_collapse_policy
-from smc_trainer.errors import UsageError
+from smc_trainer.errors import MissingFileError, UsageError
 from smc_trainer.training.parallel import check_parallel_support
 
 DISTRIBUTIONS = ("global", "uniform", "erk", "owl")
+DISTILL_SOURCES = ("none", "dense")  # or a path to a model folder
 SELECT_ON = ("validation", "test")
 
 
@@ -332,6 +334,75 @@ class SparseTrainingArguments(Seq2SeqTrainingArguments):
         },
     )
 
+    # ---- criterion axis, oBERT, distillation, LR rewinding, GMP*, presets, plugins (issue 13) -------------
+    criterion: str | None = field(
+        default=None,
+        metadata={"help": "The score that decides which weights go: magnitude, random, snip, movement, obert (or a "
+                  "plugin's). Default: the method's own (omp_*/gmp/lth/lrr magnitude, random_* random, snip snip). "
+                  "E.g. --sparse_method gmp --criterion movement, --sparse_method omp_after --criterion obert."},
+    )
+    obert_block_size: int = field(
+        default=50,
+        metadata={"help": "oBERT: consecutive weights per Fisher block B (oBERT paper: 50; SMC-Bench's official "
+                  "run: 1, a diagonal Fisher). The inverse Fisher takes N x B values for N prunable weights."},
+    )
+    obert_dampening: float = field(
+        default=1e-7, metadata={"help": "oBERT: dampening lambda of F = lambda I + mean g g^T (paper: 1e-7)."}
+    )
+    obert_num_grads: int = field(
+        default=64,
+        metadata={"help": "oBERT: training-batch gradients per Fisher (oBERT paper: 1024); 0 = one full pass over "
+                  "the training data (SMC-Bench's official run)."},
+    )
+    obert_update: bool = field(
+        default=True,
+        metadata={"help": "oBERT: after each pruning step, update the kept weights of every block by the OBS formula "
+                  "(the oBERT paper; SMC-Bench's official run did not). No effect with block size 1."},
+    )
+    obert_dtype: str = field(
+        default="float32",
+        metadata={"help": "oBERT: dtype the inverse Fisher is stored in: float32, "
+                  "bfloat16 or float16 (half the memory), float64 (tests)."},
+    )
+    distill_teacher: str = field(
+        default="none",
+        metadata={"help": "Distillation from a teacher: none, dense (the cached dense fine-tune of this configuration, "
+                  "trained first if missing) or a path to a fine-tuned model folder of the same architecture."},
+    )
+    distill_hardness: float = field(
+        default=1.0,
+        metadata={"help": "Distillation: weight h of the teacher term, loss = (1-h) task + h T^2 KL (oBERT: 1.0)."},
+    )
+    distill_temperature: float = field(
+        default=2.0, metadata={"help": "Distillation: softmax temperature T of teacher and student (GMP*: 5.5)."}
+    )
+    lr_rewind: bool = field(
+        default=False,
+        metadata={"help": "Restart the LR schedule after every pruning event of a gradual method (gmp with any "
+                  "criterion): each cycle runs --lr_scheduler_type (linear, cosine, constant) from the peak LR."},
+    )
+    lr_rewind_final_ratio: float = field(
+        default=0.0,
+        metadata={"help": "With --lr_rewind: LR at the end of each cycle as a fraction of the peak (oBERT's "
+                  "8e-5 -> 8e-6: 0.1)."},
+    )
+    gmp_initial_fraction: float = field(
+        default=0.0,
+        metadata={"help": "GMP: the first pruning event jumps to this fraction of --sparsity in one shot, then the "
+                  "cubic schedule continues from there (GMP*: a large first step; 0 = Zhu & Gupta)."},
+    )
+    plugins: str | None = field(
+        default=None,
+        metadata={"help": "Comma-separated Python files (or module names) registering your own criteria or methods "
+                  "(@register_criterion / @register_method), imported before the flags are checked. See "
+                  "docs/extending.md."},
+    )
+    method_preset: str | None = field(
+        default=None,
+        metadata={"help": "Set by run_smc.py when --sparse_method names a preset (recipes/methods/*.yaml, e.g. obert, "
+                  "gmp_star): the preset's name, used to label results. Not meant to be passed by hand."},
+    )
+
     def __post_init__(self) -> None:
         self.validate_sparse_flags()
         super().__post_init__()
@@ -340,6 +411,9 @@ class SparseTrainingArguments(Seq2SeqTrainingArguments):
         """Reject bad sparse flags with the flag, the value and the valid choices, before anything runs."""
         from smc_trainer.engine.module_groups import parse_module_group
         from smc_trainer.methods import get_method_class, method_names
+        from smc_trainer.plugins import load_plugins
+
+        load_plugins(self.plugins)  # before the registries are read: a plugin may add the method or criterion
 
         if not 0.0 <= self.sparsity < 1.0:
             raise UsageError(f"--sparsity must be in [0, 1); got {self.sparsity!r}")
@@ -359,9 +433,38 @@ class SparseTrainingArguments(Seq2SeqTrainingArguments):
                     re.compile(pattern)
                 except re.error as err:
                     raise UsageError(f"--{flag} is not a valid regular expression: {pattern!r} ({err})") from None
-        self._check_pattern_and_calibration(get_method_class(self.sparse_method))
-        get_method_class(self.sparse_method).validate_args(self)
+        method = get_method_class(self.sparse_method)
+        self._check_pattern_and_calibration(method)
+        method.validate_args(self)
+        method.validate_criterion(self)
+        self.validate_training_variants(method)
         check_parallel_support(self)  # FSDP / DeepSpeed with a sparse method: refused before any model loads
+
+    def validate_training_variants(self, method) -> None:
+        """Distillation and LR rewinding: values, and the methods they make sense with."""
+        if self.distill_teacher not in DISTILL_SOURCES and not os.path.isdir(self.distill_teacher):
+            raise MissingFileError(f"--distill_teacher must be one of {', '.join(DISTILL_SOURCES)} or a model folder; "
+                                   f"got {self.distill_teacher!r} (no such folder)")
+        if self.distill_teacher != "none" and method.phase == "dense":
+            raise UsageError(f"--distill_teacher {self.distill_teacher} distills into a sparse model; --sparse_method "
+                             "dense is the cached dense fine-tune itself (pick a sparse method)")
+        if not 0.0 <= self.distill_hardness <= 1.0:
+            raise UsageError(f"--distill_hardness must be in [0, 1]; got {self.distill_hardness}")
+        if not self.distill_temperature > 0.0:
+            raise UsageError(f"--distill_temperature must be > 0; got {self.distill_temperature}")
+        if self.lr_rewind and method.phase != "during":
+            hint = " (lth/lrr restart the LR every round already)" if method.phase == "iterative" else ""
+            raise UsageError(f"--lr_rewind restarts the LR at pruning events during training, which --sparse_method "
+                             f"{self.sparse_method} ({method.phase}) does not have{hint}; use it with gmp")
+        if not 0.0 <= self.lr_rewind_final_ratio <= 1.0:
+            raise UsageError(f"--lr_rewind_final_ratio must be in [0, 1]; got {self.lr_rewind_final_ratio}")
+        if self.lr_rewind:
+            from smc_trainer.training.lr_rewind import SHAPES
+
+            shape = getattr(self.lr_scheduler_type, "value", self.lr_scheduler_type)
+            if shape not in SHAPES:
+                raise _choices_error("lr_scheduler_type (with --lr_rewind)", shape, SHAPES)
+
 
     def _check_pattern_and_calibration(self, method) -> None:
         """--sparsity_pattern, --distribution owl, the OWL flags and --export_semi_structured (docs/oneshot.md)."""

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
+from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback
 from transformers.utils import logging
 
@@ -33,6 +34,7 @@ from smc_trainer.methods.base import Calibrator, SparseContext, SparseMethod
 logger = logging.get_logger(__name__)
 
 STATE_NAME = "sparse_state.json"
+TENSOR_STATE_NAME = "sparse_state.safetensors"  # the method's tensor state (movement scores); absent when empty
 
 
 class SparsityCallback(TrainerCallback):
@@ -45,18 +47,23 @@ class SparsityCallback(TrainerCallback):
         accumulate_gradients: Callable[[int], None],
         step_was_skipped: Callable[[], bool],
         calibrator: Calibrator | None = None,
+        gradient_batches: Callable[[int | None], Iterator[None]] | None = None,
+        batches_per_pass: Callable[[], int] | None = None,
     ):
         self.method = method
         self.calibrator = calibrator
         self.masks = masks
         self.accumulate_gradients = accumulate_gradients
         self.step_was_skipped = step_was_skipped
+        self.gradient_batches = gradient_batches
+        self.batches_per_pass = batches_per_pass
         self.step = 0
         self.initialized = False
         self.events: list[dict[str, Any]] = []
         self.ctx: SparseContext | None = None
         self.preset_masks: dict | None = None  # a mask decided outside the run (LTH/LRR rounds)
         self.collapsed: list[CollapsedLayer] = []  # layers the current masks leave (almost) empty
+        self.prune_within_preset = False  # True: preset_masks is the previous round's; the method prunes within it
 
     def context(self, total_steps: int) -> SparseContext:
         if self.ctx is None or self.ctx.total_steps != total_steps:
@@ -67,7 +74,10 @@ class SparsityCallback(TrainerCallback):
                 total_steps=total_steps,
                 accumulate_gradients=self.accumulate_gradients,
                 calibrator=self.calibrator,
+                count_batches_per_pass=self.batches_per_pass,
             )
+            if self.gradient_batches is not None:
+                self.ctx.gradient_batches = self.gradient_batches
         return self.ctx
 
     # ---- Trainer events ---------------------------------------------------------------------
@@ -79,8 +89,12 @@ class SparsityCallback(TrainerCallback):
                 self.masks.set_masks(self.masks.masks, optimizer)
                 self._check_collapse(f"in the masks resumed at step {self.step}")
             return
-        masks = self.preset_masks if self.preset_masks is not None else self.method.initial_masks(ctx)
-        self.preset_masks = None
+        preset, self.preset_masks = self.preset_masks, None
+        if self.prune_within_preset:  # LRR with a criterion that needs this trainer's batches (oBERT)
+            if preset is not None:
+                self.masks.set_masks(preset, optimizer)
+            preset = None
+        masks = preset if preset is not None else self.method.initial_masks(ctx)
         if model is not None:
             model.zero_grad(set_to_none=True)
         if masks is not None:
@@ -159,6 +173,10 @@ class SparsityCallback(TrainerCallback):
     def save(self, directory: str) -> None:
         with open(os.path.join(directory, STATE_NAME), "w", encoding="utf-8") as fh:
             json.dump(self.state_dict(), fh, indent=2)
+        tensors = self.method.tensor_state()
+        if tensors:
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+                      os.path.join(directory, TENSOR_STATE_NAME), metadata={"method": self.method.name})
 
     def load(self, directory: str) -> bool:
         """Restore masks and method state from a checkpoint folder; False if it holds none."""
@@ -167,5 +185,9 @@ class SparsityCallback(TrainerCallback):
             return False
         with open(path, encoding="utf-8") as fh:
             self.load_state_dict(json.load(fh))
+        tensor_path = os.path.join(directory, TENSOR_STATE_NAME)
+        if os.path.isfile(tensor_path):
+            device = self.masks.targets[0].param.device if self.masks.targets else "cpu"
+            self.method.load_tensor_state(load_file(tensor_path, device=str(device)))
         self.masks.load(directory)
         return True

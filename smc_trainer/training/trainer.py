@@ -11,7 +11,7 @@ loss, and writing/reading masks and method state with every model save and check
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -29,6 +29,8 @@ from smc_trainer.training.arguments import SparseTrainingArguments
 from smc_trainer.training.calibration import HookCalibrator, calibration_batches
 from smc_trainer.training.callbacks import SparsityCallback
 from smc_trainer.training.checkpoints import clear_manifest, resolve_resume_checkpoint, write_manifest
+from smc_trainer.training.distillation import Distiller
+from smc_trainer.training.lr_rewind import rewinding_scheduler
 from smc_trainer.training.parallel import refuse_sharded_backend
 
 logger = logging.get_logger(__name__)
@@ -42,12 +44,14 @@ class SparseTrainer(Seq2SeqTrainer):
     `lr_scheduler_factory(optimizer, num_training_steps)` builds the LR scheduler instead of
     `--lr_scheduler_type` (a task's own schedule, e.g. OneCycle over per-module learning rates), and
     `optimizer_cls_and_kwargs` reaches `Trainer` (which `Seq2SeqTrainer.__init__` does not forward).
+    `teacher`: the model `--distill_teacher` names, already loaded (the pipeline loads the dense fine-tune).
     """
 
     def __init__(self, model: torch.nn.Module | None = None, args: SparseTrainingArguments | None = None,
                  *pos: Any, initial_masks: Mapping[str, torch.Tensor] | None = None,
                  lr_scheduler_factory: Callable[[torch.optim.Optimizer, int], Any] | None = None,
-                 optimizer_cls_and_kwargs: tuple[Any, dict[str, Any]] | None = None, **kwargs: Any):
+                 optimizer_cls_and_kwargs: tuple[Any, dict[str, Any]] | None = None,
+                 teacher: torch.nn.Module | None = None, **kwargs: Any):
         if not isinstance(args, SparseTrainingArguments):
             raise TypeError(f"SparseTrainer needs SparseTrainingArguments; got {type(args).__name__}")
         if model is None:
@@ -75,9 +79,13 @@ class SparseTrainer(Seq2SeqTrainer):
             accumulate_gradients=self._accumulate_gradients,
             step_was_skipped=self._optimizer_step_was_skipped,
             calibrator=HookCalibrator(self.model, lambda: calibration_batches(self)),
+            gradient_batches=self._gradient_batches,
+            batches_per_pass=lambda: len(self.callback_handler.train_dataloader or self.get_train_dataloader()),
         )
         if initial_masks is not None:
             self.sparsity_callback.preset_masks = dict(initial_masks)
+        self.sparsity_callback.prune_within_preset = self.sparse_method.prunes_in_trainer(args)
+        self.distiller = self._make_distiller(args, teacher, model)
         self.add_callback(self.sparsity_callback)
         n_prunable = self.masks.total
         logger.info(f"smc-trainer: {args.sparse_method} at sparsity {args.sparsity} over {len(targets)} "
@@ -121,14 +129,90 @@ class SparseTrainer(Seq2SeqTrainer):
                 raise UsageError(f"--snip_batches {n_batches} exceeds the {i} training batches available") from None
             inputs = self._prepare_inputs(batch)
             with self.compute_loss_context_manager():
-                loss = self.compute_loss(model, inputs)
+                loss = self.task_loss(model, inputs)
             self.accelerator.backward(loss)
         torch.set_rng_state(cpu_rng)
         if cuda_rng is not None:
             torch.cuda.set_rng_state_all(cuda_rng)
 
+    def _gradient_batches(self, n_batches: int | None) -> Iterator[None]:
+        """Yield after each of the first `n_batches` training batches (None: all) with that batch's dense gradients
+        in `.grad` (oBERT's gradient samples), leaving the data order and RNG intact."""
+        model = self.model_wrapped
+        dataloader = self.callback_handler.train_dataloader or self.get_train_dataloader()
+        cpu_rng = torch.get_rng_state()
+        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        model.train()
+        try:
+            for i, batch in enumerate(dataloader):
+                if n_batches is not None and i >= n_batches:
+                    break
+                model.zero_grad(set_to_none=True)
+                inputs = self._prepare_inputs(batch)
+                with self.compute_loss_context_manager():
+                    loss = self.task_loss(model, inputs)
+                self.accelerator.backward(loss)
+                yield
+        finally:
+            model.zero_grad(set_to_none=True)
+            torch.set_rng_state(cpu_rng)
+            if cuda_rng is not None:
+                torch.cuda.set_rng_state_all(cuda_rng)
+
+    # ---- distillation (smc_trainer/training/distillation.py) ----------------------------------------------
+
+    @staticmethod
+    def _make_distiller(args: SparseTrainingArguments, teacher: torch.nn.Module | None,
+                        model: torch.nn.Module) -> Distiller | None:
+        if args.distill_teacher == "none":
+            if teacher is not None:
+                raise UsageError("a teacher model was passed but --distill_teacher is none")
+            return None
+        if teacher is None:
+            raise UsageError(f"--distill_teacher {args.distill_teacher} needs the teacher model: run through "
+                             "run_smc.py (which loads it), or pass teacher= to SparseTrainer")
+        distiller = Distiller(teacher, args.distill_hardness, args.distill_temperature)
+        distiller.prepare(args.device, next(model.parameters()).dtype)
+        return distiller
+
+    def task_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
+        """The Trainer's own loss of the task (no distillation): what criteria take gradients of."""
+        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+
+    def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
+        """The task loss, mixed with the distillation term while training when --distill_teacher is set."""
+        if self.distiller is None or not model.training:
+            return self.task_loss(model, inputs, return_outputs, num_items_in_batch)
+        labels = inputs.get("labels")  # before the Trainer's loss may pop it (label smoothing)
+        teacher_logits = self.distiller.teacher_logits(inputs)
+        loss, outputs = self.task_loss(model, inputs, True, num_items_in_batch)
+        loss = self.distiller.loss(loss, outputs, teacher_logits, labels, self._kd_normalizer(num_items_in_batch))
+        return (loss, outputs) if return_outputs else loss
+
+    def _kd_normalizer(self, num_items_in_batch) -> float | torch.Tensor | None:
+        """What the Trainer divides the task loss by: `num_items_in_batch` when it normalizes over the whole
+        accumulated batch (then per device), else None (a per-micro-batch mean)."""
+        scaled = self.loss_is_scaled_for_ga
+        if scaled is None:
+            scaled = (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or \
+                self.compute_loss_func is not None
+        if not scaled or num_items_in_batch is None:
+            return None
+        if self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs:
+            return num_items_in_batch / self.accelerator.num_processes
+        return num_items_in_batch
+
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
-        """The task's `lr_scheduler_factory` schedule when it has one, else the Trainer's."""
+        """--lr_rewind's cyclic schedule, else the task's `lr_scheduler_factory` schedule, else the Trainer's."""
+        if self.lr_scheduler is None and self.args.lr_rewind:
+            if self.lr_scheduler_factory is not None:
+                raise UsageError("--lr_rewind replaces the LR schedule, and this task brings its own (e.g. protein's "
+                                 "one_cycle, arithmetic's StepLR); drop --lr_rewind or use the task's trainer schedule")
+            shape = getattr(self.args.lr_scheduler_type, "value", self.args.lr_scheduler_type)
+            self.lr_scheduler = rewinding_scheduler(
+                optimizer or self.optimizer, shape, self.sparse_method.pruning_steps(num_training_steps),
+                num_training_steps, self.args.lr_rewind_final_ratio, self.args.get_warmup_steps(num_training_steps))
+            self._created_lr_scheduler = True
         if self.lr_scheduler is None and self.lr_scheduler_factory is not None:
             self.lr_scheduler = self.lr_scheduler_factory(optimizer or self.optimizer, num_training_steps)
             self._created_lr_scheduler = True
@@ -165,6 +249,10 @@ class SparseTrainer(Seq2SeqTrainer):
             "sparsity_pattern": a.sparsity_pattern,
             "semi_structured": a.export_semi_structured,
             "optimizer_steps": self.sparsity_callback.step,
+            **({"criterion": self.sparse_method.criterion.name} if self.sparse_method.criterion is not None else {}),
+            **({"preset": a.method_preset} if a.method_preset else {}),
+            **({"distill_teacher": a.distill_teacher} if a.distill_teacher != "none" else {}),
+            **({"lr_rewind": True} if a.lr_rewind else {}),
         }
 
     def _determine_best_metric(self, metrics, trial) -> bool:

@@ -1,0 +1,29 @@
+"""A plugin for smc-trainer: the first-order Taylor criterion (Molchanov et al. 2019), |w * g|^2 summed over batches.
+
+Use it without editing the package:
+
+    python run_smc.py --plugins examples/plugins/taylor_criterion.py --sparse_method omp_after --criterion taylor
+    python run_smc.py sweep --plugins examples/plugins/taylor_criterion.py --methods gmp --criterion taylor ...
+
+docs/extending.md walks through this file; tests/test_plugins.py runs it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from smc_trainer.engine.criteria import Criterion, ScoringView, register_criterion
+from smc_trainer.engine.selection import tensor_scores
+
+
+@register_criterion("taylor")
+class Taylor(Criterion):
+    needs = "gradients"  # reads gradients of training batches when it scores: one-shot, iterative and gmp methods
+
+    def scores(self, view: ScoringView):
+        totals = {t.name: torch.zeros_like(t.param, dtype=torch.float32) for t in view.targets}
+        for _ in view.gradient_batches(self.args.snip_batches):  # one batch at a time, gradients in .grad
+            for t in view.targets:
+                if t.param.grad is not None:
+                    totals[t.name] += (t.param.detach().float() * t.param.grad.float()) ** 2
+        return {name: tensor_scores(total, within=view.mask_of(name)) for name, total in totals.items()}

@@ -1,0 +1,103 @@
+"""The criterion interface: scores from a `ScoringView`, plus optional per-step and after-pruning hooks.
+
+What a criterion may read is in `ScoringView` (the prunable weights, which of them compete, the
+event's step and two ways to get gradients from training batches). `needs` says what it reads, so
+a method that cannot provide it refuses the pair at parse time:
+
+- "weights":   the weights alone (magnitude, random)
+- "gradients": gradients of training batches at the moment of scoring (snip, obert)
+- "training":  statistics gathered over optimizer steps (movement): only methods that train between
+               pruning events (`gmp`) can use it
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from torch import Tensor
+
+from smc_trainer.engine.selection import LayerScores
+from smc_trainer.engine.targets import PruneTarget
+from smc_trainer.errors import UsageError
+
+CRITERION_REGISTRY: dict[str, type[Criterion]] = {}
+NEEDS = ("weights", "gradients", "training")
+
+
+def register_criterion(name: str) -> Callable[[type[Criterion]], type[Criterion]]:
+    """Class decorator: make a criterion available as `--criterion name`."""
+
+    def wrap(cls: type[Criterion]) -> type[Criterion]:
+        if name in CRITERION_REGISTRY and CRITERION_REGISTRY[name] is not cls:
+            raise UsageError(f"criterion {name!r} is registered twice")
+        if cls.needs not in NEEDS:
+            raise UsageError(f"criterion {name!r}: needs must be one of {', '.join(NEEDS)}; got {cls.needs!r}")
+        cls.name = name
+        CRITERION_REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def no_gradient_batches(n: int | None) -> Iterator[None]:
+    raise UsageError("this criterion needs gradients of training batches, which this pruning step cannot provide")
+
+
+@dataclass
+class ScoringView:
+    """What a criterion sees at one pruning event.
+
+    `within[name]`: only True positions compete (the currently kept weights for gradual methods), None: all.
+    `gradient_batches(n)`: runs `n` training batches one at a time (None: one full pass); after each
+    backward it yields with that batch's dense gradients in every weight's `.grad`.
+    `accumulate_gradients(n)`: leaves the sum of `n` batches' gradients in `.grad` (SNIP).
+    `batches_per_pass`: how many batches one full pass over the training data has (counted on first use).
+    """
+
+    targets: list[PruneTarget]
+    within: Mapping[str, Tensor | None] = field(default_factory=dict)
+    step: int = 0
+    gradient_batches: Callable[[int | None], Iterator[None]] = no_gradient_batches
+    accumulate_gradients: Callable[[int], None] = lambda n: no_gradient_batches(n)  # noqa: E731
+    count_batches_per_pass: Callable[[], int] | None = None
+
+    @property
+    def batches_per_pass(self) -> int:
+        return self.count_batches_per_pass() if self.count_batches_per_pass is not None else 0
+
+    def mask_of(self, name: str) -> Tensor | None:
+        return self.within.get(name)
+
+
+class Criterion:
+    """Base class. `scores` is the one required override."""
+
+    name: ClassVar[str] = ""
+    needs: ClassVar[str] = "weights"
+    order: ClassVar[int] = 50  # position in `criterion_names()`
+
+    def __init__(self, args: Any):
+        self.args = args
+
+    @classmethod
+    def validate_args(cls, args: Any) -> None:
+        """Raise UsageError for flags this criterion cannot run with (called at parse time)."""
+
+    def scores(self, view: ScoringView) -> dict[str, LayerScores]:
+        """Importance of every prunable weight (higher: kept first), as lazy `LayerScores` by name."""
+        raise NotImplementedError
+
+    def observe_step(self, targets: list[PruneTarget], step: int) -> None:
+        """The dense gradients of optimizer step `step` are in `.grad` (only for needs == "training")."""
+
+    def after_selection(self, view: ScoringView, masks: Mapping[str, Tensor]) -> None:
+        """Called once the new masks are chosen, before they are installed (oBERT's weight update)."""
+
+    def tensor_state(self) -> dict[str, Tensor]:
+        """Tensors to keep in every checkpoint (e.g. accumulated scores); names are free-form."""
+        return {}
+
+    def load_tensor_state(self, state: Mapping[str, Tensor]) -> None:
+        """Restore what `tensor_state` returned."""
