@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from smc_trainer.runs.executors.slurm import JOBS_FILE
+from smc_trainer.runs.executors.slurm import JOBS_FILE, read_jobs
 from smc_trainer.runs.ledger import Ledger
 from smc_trainer.runs.run_config import RESULT_NAME
 
@@ -80,8 +80,9 @@ def reference(tmp_path_factory) -> dict[str, dict]:
     return {r["key"]: r for r in found}
 
 
-def kill_after_first_record(sweep_dir: Path, *executor: str) -> tuple[list[dict], dict[str, int]]:
-    """Start the sweep, SIGKILL its driver once a run is recorded; the records then and their files' mtimes."""
+def kill_after_first_record(sweep_dir: Path, *executor: str, also=lambda: True) -> tuple[list[dict], dict[str, int]]:
+    """Start the sweep, SIGKILL its driver once a run is recorded (and `also()` holds); the records then and
+    their files' mtimes."""
     sweep_dir.mkdir(parents=True)
     log = open(sweep_dir.parent / "killed-driver.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(sweep_cmd(sweep_dir, *executor), env=env(), cwd=sweep_dir.parent, stdout=log,
@@ -90,7 +91,7 @@ def kill_after_first_record(sweep_dir: Path, *executor: str) -> tuple[list[dict]
     deadline = time.time() + 600
     try:
         while time.time() < deadline and proc.poll() is None:
-            if ledger.exists() and len(ledger.read_text().splitlines()) >= 2:  # the header and one record
+            if ledger.exists() and len(ledger.read_text().splitlines()) >= 2 and also():  # header + a record
                 break
             time.sleep(0.05)
         assert proc.poll() is None, f"the driver ended before it could be killed:\n{_tail(log.name)}"
@@ -137,9 +138,14 @@ def test_ray_sweep_survives_a_killed_driver(reference, tmp_path):
 def test_slurm_sweep_through_submitit_reattaches_after_a_killed_driver(reference, tmp_path):
     pytest.importorskip("submitit")
     slurm_flags = ("--executor", "slurm", "--slurm_cluster", "local")
-    partial, mtimes = kill_after_first_record(tmp_path / "sweep", *slurm_flags)
+    jobs_file = tmp_path / "sweep" / "slurm" / JOBS_FILE
+    # killed while jobs run: the dense run is recorded and the runs released after it are submitted
+    partial, mtimes = kill_after_first_record(tmp_path / "sweep", *slurm_flags,
+                                              also=lambda: jobs_file.exists() and len(read_jobs(str(jobs_file))) > 1)
+    left_running = len(read_jobs(str(jobs_file))) - len(partial)
     output = run_sweep(tmp_path / "sweep", *slurm_flags)
     assert_rerun_trained_only_the_rest(tmp_path / "sweep", partial, mtimes, output, reference)
-    jobs = [json.loads(line) for line in (tmp_path / "sweep" / "slurm" / JOBS_FILE).read_text().splitlines()]
+    assert output.count("re-attached to job") >= left_running >= 1
+    jobs = [json.loads(line) for line in jobs_file.read_text().splitlines()]
     assert sorted(j["key"] for j in jobs) == sorted(reference), \
         "each run was submitted exactly once: the rerun re-attached to the jobs the killed driver left running"

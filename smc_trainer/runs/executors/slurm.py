@@ -17,11 +17,14 @@ import time
 from collections.abc import Callable, Hashable, Sequence
 
 import submitit
+from transformers.utils import logging
 
 from smc_trainer.runs.executors.driver import Result
 from smc_trainer.runs.executors.node import package_parent
 from smc_trainer.runs.run_config import RunOutcome
 from smc_trainer.runs.sweep_graph import RunSpec
+
+logger = logging.get_logger(__name__)
 
 Runner = Callable[[RunSpec], RunOutcome]
 JOBS_FILE = "sweep_jobs.jsonl"
@@ -91,8 +94,12 @@ class SlurmBackend:
             return None
         job = self._job(job_id)
         if not self._finished(job) and (self.cluster == "local" or job.state in ACTIVE_STATES):
+            logger.info(f"re-attached to job {job_id} of {key}, still queued or running")
             return job
-        return job if isinstance(_result(job), RunOutcome) else None
+        if isinstance(_result(job), RunOutcome):
+            logger.info(f"re-attached to job {job_id} of {key}, finished meanwhile")
+            return job
+        return None
 
 
 def _result(job: submitit.Job) -> Result:
