@@ -156,7 +156,7 @@ def test_a_failed_dense_run_never_starts_its_dependents():
 def test_executor_flags_are_checked_with_the_valid_choices():
     with pytest.raises(UsageError, match="--executor must be one of local, ray, slurm; got 'dask'"):
         ExecutorArguments(executor="dask")
-    with pytest.raises(UsageError, match="--ray_address only apply to --executor ray; got --executor local"):
+    with pytest.raises(UsageError, match="--ray_address only applies to --executor ray; got --executor local"):
         ExecutorArguments(ray_address="auto")
     with pytest.raises(UsageError, match="--max_parallel, --gpus only apply to --executor local"):
         ExecutorArguments(executor="ray", max_parallel=2, gpus="0")

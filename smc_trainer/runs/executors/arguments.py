@@ -57,7 +57,8 @@ class ExecutorArguments:
         for executor, names in OWN_FLAGS.items():
             given = [f"--{n}" for n in names if executor != self.executor and getattr(self, n) != defaults[n]]
             if given:
-                raise UsageError(f"{', '.join(given)} only apply to --executor {executor}; got --executor "
+                verb = "applies" if len(given) == 1 else "apply"
+                raise UsageError(f"{', '.join(given)} only {verb} to --executor {executor}; got --executor "
                                  f"{self.executor}")
         if self.max_parallel is not None and self.max_parallel < 1:
             raise UsageError(f"--max_parallel must be a positive integer; got {self.max_parallel}")
