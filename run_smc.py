@@ -141,21 +141,23 @@ def summarize(config: RunConfig, outcome: RunOutcome) -> None:
 def sweep_command(argv: list[str]) -> dict[str, float]:
     """`run_smc.py sweep`: the sweep's own flags, then any run flag applied to every run."""
     from smc_trainer.runs.config import make_parser
+    from smc_trainer.runs.executors import ExecutorArguments
     from smc_trainer.runs.sweep import SweepArguments, run_sweep
 
     if "-h" in argv or "--help" in argv:
-        HfArgumentParser(SweepArguments, description="Sweep flags (any run flag may follow):").print_help()
+        HfArgumentParser((SweepArguments, ExecutorArguments),
+                         description="Sweep flags (any run flag may follow):").print_help()
         make_parser().print_help()
         return {}
-    sweep_args, run_argv = HfArgumentParser(SweepArguments).parse_args_into_dataclasses(
-        argv, return_remaining_strings=True)
+    parser = HfArgumentParser((SweepArguments, ExecutorArguments))
+    sweep_args, executor_args, run_argv = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
     if make_parser().parse_known_args(run_argv)[0].push_to_hub:
         raise UsageError("--push_to_hub uploads one run and a sweep holds many; push the run you want after the "
                          "sweep with `python run_smc.py push SWEEP_DIR/runs/... --hub_model_id ...`")
     if not any(a.startswith("--disable_tqdm") for a in run_argv):
         run_argv += ["--disable_tqdm", "false"]
     setup_logging(logging.INFO, library_level=logging.WARNING)
-    appended = run_sweep(sweep_args, run_argv)
+    appended = run_sweep(sweep_args, run_argv, executor_args)
     if sweep_args.dry_run:
         return {}
     paths = report_to(sweep_args.ledger_path(), os.path.join(sweep_args.sweep_dir, "report"))

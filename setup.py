@@ -19,6 +19,9 @@ extras = {
     "hub": ["huggingface_hub>=0.25"],
     "protein": [],  # nothing extra: ESM (EsmModel, EsmTokenizer) ships with transformers; data are local files
     "translation": ["sacrebleu>=2.3", "sentencepiece>=0.1.99"],
+    # sweep executors (smc_trainer/runs/executors): `--executor ray` (tasks on a Ray cluster), `--executor slurm`
+    "ray": ["ray>=2.9"],
+    "slurm": ["submitit>=1.5"],
 }
 extras["all"] = sorted({dep for deps in extras.values() for dep in deps})
 

@@ -24,11 +24,13 @@ from smc_trainer.errors import UsageError
 from smc_trainer.methods import get_method_class
 from smc_trainer.methods.iterative import imp_round_for, imp_sparsity
 from smc_trainer.runs.dense_cache import config_fingerprint, fingerprint_hash
-from smc_trainer.runs.folds import over_folds
+from smc_trainer.runs.executors import ExecutorArguments, check_available, make_backend
+from smc_trainer.runs.executors.driver import drive
+from smc_trainer.runs.executors.node import NodeRunner
 from smc_trainer.runs.ledger import Ledger
-from smc_trainer.runs.pipeline import run, run_dense, run_iterative
 from smc_trainer.runs.presets import base_method, method_changes
 from smc_trainer.runs.run_config import RunConfig, RunOutcome
+from smc_trainer.runs.sweep_graph import RunSpec, SweepConfigs, SweepGraph
 from smc_trainer.runs.variants import MethodSpec, args_variant, parse_method_spec, parse_method_specs, row_id
 from smc_trainer.version import __version__
 
@@ -249,55 +251,60 @@ def make_record(config: RunConfig, outcome: RunOutcome, key: str) -> dict[str, A
     }
 
 
+def job_overrides(base: RunConfig, job: Job, sparsity: float) -> tuple[tuple[str, Any], ...]:
+    """The training arguments one fine-tune of `job` changes: its method (a preset's flags, except those the user
+    gave), the sparsity, and the job's module group and variant values."""
+    return (*method_changes(base, job.method).items(), ("sparsity", sparsity), *job.training_changes().items())
+
+
+def build_graph(plan: Plan, config_for: Callable[[str, int], RunConfig], sweep_dir: str) -> SweepGraph:
+    """The plan as a graph of single fine-tunes (one per ledger key) with their dependencies: the dense
+    fine-tune of a (recipe, seed) before its after-methods and iterative chains, LTH/LRR round k after k - 1."""
+    specs: dict[str, RunSpec] = {}
+    dense: dict[tuple[str, int], str] = {}
+    for job in plan.jobs:
+        base = config_for(job.recipe, job.seed)
+        overrides = [job_overrides(base, job, s) for s in job.sparsities]
+        configs = [base.with_training(**dict(o)) for o in overrides]
+        run_dir = _run_dir(sweep_dir, configs[0], job)
+        phase = get_method_class(base_method(job.method)).phase
+        after = (dense[(job.recipe, job.seed)],) if phase in ("after", "iterative") else ()
+        for k, (config, override) in enumerate(zip(configs, overrides, strict=True), start=1):
+            key = run_key(config)
+            kind, round_index = ("round", k) if job.kind == "chain" else (job.kind, None)
+            specs.setdefault(key, RunSpec(key, kind, job.recipe, job.seed, job.label, override, run_dir,
+                                          round_index, after))
+            if job.kind == "dense":
+                dense[(job.recipe, job.seed)] = key
+            if job.kind == "chain":
+                after = (key,)
+    return SweepGraph(list(specs.values()))
+
+
 def execute(
     plan: Plan,
     config_for: Callable[[str, int], RunConfig],
     sweep_dir: str,
     ledger: Ledger,
     progress: Callable[[str], None] = logger.info,
+    executor: ExecutorArguments | None = None,
 ) -> list[dict[str, Any]]:
-    """Run every job of `plan` not yet in `ledger`; returns the records appended by this call."""
-    done = ledger.done_keys()
+    """Run every fine-tune of `plan` not yet in `ledger` on `executor` (default: one at a time in this process);
+    returns the records appended by this call. This process alone appends to the ledger, whatever the executor;
+    other processes need a picklable `config_for` (`SweepConfigs`)."""
+    graph = build_graph(plan, config_for, sweep_dir)
     appended: list[dict[str, Any]] = []
 
-    def record(config: RunConfig, outcome: RunOutcome) -> None:
-        key = run_key(config)
-        if key in done:
-            return
-        rec = make_record(config, outcome, key)
+    def record(spec: RunSpec, outcome: RunOutcome) -> str:
+        config = spec.config(config_for)
+        rec = make_record(config, outcome, spec.key)
         ledger.append(rec)
-        done.add(key)
         appended.append(rec)
-        metric = {k: v for k, v in outcome.metrics.items() if k.endswith(config.recipe.metric)}
-        progress(f"recorded {key}: {metric}")
+        metric = config.recipe.metric
+        return ", ".join(f"{k} {v:.4f}" for k, v in outcome.metrics.items() if k.endswith(metric))
 
-    total = plan.fine_tunes
-    finished = 0
-    for job in plan.jobs:
-        base = config_for(job.recipe, job.seed)
-        configs = [base.with_training(**method_changes(base, job.method), sparsity=s, **job.training_changes())
-                   for s in job.sparsities]
-        keys = [run_key(c) for c in configs]
-        if all(k in done for k in keys):
-            finished += job.fine_tunes
-            progress(f"[{finished}/{total}] skip {job.label} {job.recipe} seed {job.seed}: already in the ledger")
-            continue
-        progress(f"[{finished + 1}/{total}] {job.kind} {job.label} on {job.recipe} (seed {job.seed})")
-        run_dir = _run_dir(sweep_dir, configs[0], job)
-        # over_folds: a cross-validated recipe runs every fold, then records the pooled outcome(s)
-        if job.kind == "dense":
-            outcome = over_folds(configs[0], run_dir, lambda c, _dir, _cb: [run_dense(c)[1]])[0]
-            record(configs[0], outcome)
-        elif job.kind == "chain":
-            over_folds(configs[-1], run_dir,
-                       lambda c, d, cb, n=len(configs): run_iterative(c, d, rounds=n, on_round=cb),
-                       on_outcome=lambda o, cs=configs: record(cs[o.round - 1], o))
-        else:
-            outcome = RunOutcome.load(run_dir)  # finished but killed before the ledger append
-            if outcome is None:  # pipeline.run adds the dense stage for after-methods
-                outcome = run(configs[0], run_dir)[0]
-            record(configs[0], outcome)
-        finished += job.fine_tunes
+    backend = make_backend(executor or ExecutorArguments(), NodeRunner(config_for, os.getcwd()), sweep_dir)
+    drive(graph, ledger.done_keys(), backend, record, progress)
     return appended
 
 
@@ -349,14 +356,14 @@ def check_variants(plan: Plan, bases: dict[str, RunConfig], module_groups: Seque
         if (job.recipe, job.label) not in seen:
             seen.add((job.recipe, job.label))
             base = bases[job.recipe]
-            base.with_training(**method_changes(base, job.method), sparsity=job.sparsities[-1],
-                               **job.training_changes())
+            base.with_training(**dict(job_overrides(base, job, job.sparsities[-1])))
 
 
-def run_sweep(sweep_args: SweepArguments, run_argv: list[str]) -> list[dict[str, Any]]:
-    """Validate everything, print the plan, run what the ledger lacks, and write the report."""
-    from smc_trainer.runs.config import parse_run_config
-
+def run_sweep(sweep_args: SweepArguments, run_argv: list[str], executor: ExecutorArguments | None = None
+              ) -> list[dict[str, Any]]:
+    """Validate everything, print the plan, run what the ledger lacks (on `executor`), and write the report."""
+    executor = executor or ExecutorArguments()
+    check_available(executor)
     if any(a == "--recipe" or a.startswith("--recipe=") for a in run_argv):
         raise UsageError("a sweep takes --recipes (comma-separated), not --recipe")
     recipes = unique(parse_list(sweep_args.recipes, "recipes"))
@@ -366,7 +373,8 @@ def run_sweep(sweep_args: SweepArguments, run_argv: list[str]) -> list[dict[str,
     groups = module_groups_from(sweep_args.module_groups)
     if not any(a.startswith("--dense_cache_dir") for a in run_argv):
         run_argv = [*run_argv, "--dense_cache_dir", os.path.join(sweep_args.sweep_dir, "dense_cache")]
-    bases = {r: parse_run_config([*run_argv, "--recipe", r]) for r in recipes}  # bad flags/recipes fail here
+    configs = SweepConfigs(run_argv)  # picklable: workers of every executor rebuild the same configurations
+    bases = {r: configs(r, seeds[0]) for r in recipes}  # bad flags/recipes fail here
     plan = make_plan(recipes, methods, sparsities, seeds, imp_rate=next(iter(bases.values())).training_args.imp_rate,
                      module_groups=groups)
     check_variants(plan, bases, groups)
@@ -377,8 +385,4 @@ def run_sweep(sweep_args: SweepArguments, run_argv: list[str]) -> list[dict[str,
     if sweep_args.dry_run:
         return []
 
-    def config_for(recipe: str, seed: int) -> RunConfig:
-        return bases[recipe].with_training(seed=seed)
-
-    appended = execute(plan, config_for, sweep_args.sweep_dir, ledger, progress=logger.info)
-    return appended
+    return execute(plan, configs, sweep_args.sweep_dir, ledger, progress=logger.info, executor=executor)
