@@ -14,11 +14,11 @@ from typing import Any
 import yaml
 from transformers import HfArgumentParser
 
-from smc_trainer.training.arguments import DataArguments, ModelArguments, SparseTrainingArguments
-from smc_trainer.runs.run_config import RunConfig
+from smc_trainer.errors import MissingFileError, UsageError
 from smc_trainer.release.provenance import override_flags
 from smc_trainer.runs.recipes import Recipe, load_recipe
-from smc_trainer.errors import MissingFileError, UsageError
+from smc_trainer.runs.run_config import RunConfig
+from smc_trainer.training.arguments import DataArguments, ModelArguments, SparseTrainingArguments
 
 CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
 DEFAULT_RECIPE = DataArguments.recipe

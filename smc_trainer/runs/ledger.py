@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from transformers.utils import logging
+
 from smc_trainer.errors import UsageError
 
 logger = logging.get_logger(__name__)

@@ -14,33 +14,30 @@ recipe enables it) uses the split named by `--select_on` (validation by default)
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from safetensors.torch import load_model, save_model
 from transformers import set_seed
 from transformers.utils import logging
 
-from smc_trainer.training.arguments import DataArguments, ModelArguments, SparseTrainingArguments
-from smc_trainer.training.checkpoints import last_complete_checkpoint
-from smc_trainer.runs.dense_cache import INIT_WEIGHTS, DenseCache
-from smc_trainer.runs.folds import is_inside, over_folds
-from smc_trainer.release.hub import write_release_files
 from smc_trainer.engine.masks import MASKS_NAME, MaskSet
+from smc_trainer.engine.targets import targets_for_args
+from smc_trainer.errors import UsageError
 from smc_trainer.methods import get_method_class
 from smc_trainer.methods.base import SparseContext, magnitude_sources, select_masks
 from smc_trainer.methods.iterative import imp_round_for, imp_sparsity
-from smc_trainer.training.parallel import wait_for_all
-from smc_trainer.engine.targets import targets_for_args
-from smc_trainer.training.trainer import SparseTrainer
+from smc_trainer.release.hub import write_release_files
+from smc_trainer.runs.dense_cache import INIT_WEIGHTS, DenseCache
+from smc_trainer.runs.folds import is_inside, over_folds
 from smc_trainer.runs.run_config import RESULT_NAME, RunConfig, RunOutcome
-from smc_trainer.errors import UsageError
+from smc_trainer.training.arguments import SparseTrainingArguments
+from smc_trainer.training.checkpoints import last_complete_checkpoint
+from smc_trainer.training.parallel import wait_for_all
+from smc_trainer.training.trainer import SparseTrainer
 
 logger = logging.get_logger(__name__)
 

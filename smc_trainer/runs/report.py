@@ -18,9 +18,9 @@ from typing import Any
 
 from transformers.utils import logging
 
-from smc_trainer.runs.ledger import Ledger
-from smc_trainer.methods import get_method_class, method_names
 from smc_trainer.errors import UsageError
+from smc_trainer.methods import get_method_class, method_names
+from smc_trainer.runs.ledger import Ledger
 
 logger = logging.get_logger(__name__)
 

@@ -18,16 +18,16 @@ from typing import Any
 
 from transformers.utils import logging
 
+from smc_trainer.engine.module_groups import TABLE1_GROUPS, TABLE1_PRESET, parse_module_group
+from smc_trainer.errors import UsageError
+from smc_trainer.methods import get_method_class
+from smc_trainer.methods.iterative import imp_round_for, imp_sparsity
 from smc_trainer.runs.dense_cache import config_fingerprint, fingerprint_hash
 from smc_trainer.runs.folds import over_folds
 from smc_trainer.runs.ledger import Ledger
-from smc_trainer.methods import get_method_class
-from smc_trainer.methods.iterative import imp_round_for, imp_sparsity
-from smc_trainer.engine.module_groups import TABLE1_GROUPS, TABLE1_PRESET, parse_module_group
 from smc_trainer.runs.pipeline import run, run_dense, run_iterative
 from smc_trainer.runs.run_config import RunConfig, RunOutcome
 from smc_trainer.version import __version__
-from smc_trainer.errors import UsageError
 
 logger = logging.get_logger(__name__)
 
