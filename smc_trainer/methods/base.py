@@ -62,6 +62,9 @@ class SparseMethod:
     name: ClassVar[str] = ""
     phase: ClassVar[str] = "dense"  # dense | before | during | dynamic
     order: ClassVar[int] = 50  # position in `method_names()` (help texts, tables)
+    frozen_base_conflict: ClassVar[str | None] = None
+    """Why the method needs to train the weights it prunes, so it is refused with `--peft lora` (None: it works
+    on a frozen base, the adapters and head doing the training)."""
 
     def __init__(self, args: SparseTrainingArguments):
         self.args = args

@@ -52,9 +52,14 @@ class IterativeMethod(SparseMethod):
 class LTH(IterativeMethod):
     rewind = True
     order = 3
+    frozen_base_conflict = ("LTH rewinds the kept weights to their pretrained values and retrains them each round; "
+                            "a frozen base is never trained, so there is nothing to rewind (use omp_after)")
 
 
 @register_method("lrr")
 class LRR(IterativeMethod):
     rewind = False
     order = 4
+    frozen_base_conflict = ("LRR prunes each round by the magnitudes the previous round's training produced; a "
+                            "frozen base never changes them, so every round would repeat one magnitude prune "
+                            "(use omp_after)")

@@ -32,6 +32,8 @@ SET_GROWTH_STREAM = 0x534554
 class RigL(SparseMethod):
     phase = "dynamic"
     order = 30
+    frozen_base_conflict = ("RigL/SET grow pruned weights back from zero and train them; in a frozen base a grown "
+                            "weight gets no gradient (RigL's growth score) and stays zero (use gmp)")
 
     def __init__(self, args):
         super().__init__(args)
