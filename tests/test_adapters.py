@@ -327,3 +327,12 @@ def test_merged_release_loads_with_from_pretrained(tmp_path):
     sparsity = json.loads(Path(out, "config.json").read_text(encoding="utf-8"))["sparsity"]
     assert sparsity["adapter"]["peft"] == "lora" and sparsity["adapter"]["sparse_adapter"] is True
     assert sparsity["achieved_sparsity"] >= 0.59 - 1e-3
+
+
+def test_bf16_mixed_precision_keeps_exact_zeros(tmp_path):
+    """Mixed precision as for full fine-tuning: the masked update runs in the input's dtype under autocast."""
+    trainer = lora_trainer("bert", lora_args(tmp_path, "gmp", 0.59, bf16=True, gmp_start=0.0, gmp_end=0.5,
+                                             prune_frequency=2))
+    trainer.train()
+    assert pruned_leaks(trainer) == []
+    assert pruned_nonzero(merged_copy(trainer.model), trainer.masks.masks) == 0

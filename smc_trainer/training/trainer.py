@@ -148,6 +148,8 @@ class SparseTrainer(Seq2SeqTrainer):
             self.accelerator.backward(loss)
         for param in frozen:
             param.requires_grad_(False)
+            if param.grad is not None and self.accelerator.num_processes > 1:  # outside DDP's reducer: average here
+                param.grad = self.accelerator.reduce(param.grad, reduction="mean")
         torch.set_rng_state(cpu_rng)
         if cuda_rng is not None:
             torch.cuda.set_rng_state_all(cuda_rng)
