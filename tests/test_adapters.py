@@ -336,3 +336,41 @@ def test_bf16_mixed_precision_keeps_exact_zeros(tmp_path):
     trainer.train()
     assert pruned_leaks(trainer) == []
     assert pruned_nonzero(merged_copy(trainer.model), trainer.masks.masks) == 0
+
+
+# ---- pipelines -------------------------------------------------------------------------------------------
+
+
+def _pipeline_config(tmp_path, out: str, *extra: str):
+    from smc_trainer.runs.config import parse_run_config
+
+    return parse_run_config([
+        "--model_name_or_path", "tiny", "--max_steps", "3", "--num_synthetic_examples", "48",
+        "--max_eval_samples", "16", "--per_device_train_batch_size", "8", "--learning_rate", "1e-2",
+        "--dense_cache_dir", str(tmp_path / "cache"), "--output_dir", str(tmp_path / out),
+        "--sparse_method", "omp_after", "--sparsity", "0.59", "--report_to", "none", "--disable_tqdm", "true",
+        "--log_level", "warning", "--use_cpu", *extra,
+    ])
+
+
+def test_after_method_recovers_the_shared_full_dense_fine_tune_with_lora(tmp_path):
+    from smc_trainer.release.hub import load_sparse_pretrained
+    from smc_trainer.runs import pipeline
+
+    full = pipeline.run(_pipeline_config(tmp_path, "full"))[0]
+    lora = pipeline.run(_pipeline_config(tmp_path, "lora", "--peft", "lora", "--lora_r", "4"))[0]
+    entries = [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]
+    assert len(entries) == 1, "the LoRA run must reuse the full dense fine-tune, not train its own"
+    assert full.mask_sparsity == lora.mask_sparsity == pytest.approx(0.59, abs=1e-3)
+    assert lora.measured_sparsity >= lora.mask_sparsity
+    masks = load_file(os.path.join(lora.output_dir, MASKS_NAME))
+    assert masks.keys() == load_file(os.path.join(full.output_dir, MASKS_NAME)).keys()
+    model = load_sparse_pretrained(lora.output_dir).model  # the merged release, with its config's class
+    assert pruned_nonzero(model, masks) == 0
+    sparsity = json.loads(Path(lora.output_dir, "config.json").read_text(encoding="utf-8"))["sparsity"]
+    assert sparsity["adapter"]["base"] == str(entries[0])
+
+
+def test_cli_refuses_lth_with_lora_before_loading_anything(tmp_path):
+    with pytest.raises(UsageError, match="--sparse_method lth cannot run with --peft lora: LTH rewinds"):
+        _pipeline_config(tmp_path, "x", "--peft", "lora", "--sparse_method", "lth")
