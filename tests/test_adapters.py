@@ -358,7 +358,8 @@ def test_after_method_recovers_the_shared_full_dense_fine_tune_with_lora(tmp_pat
     from smc_trainer.runs import pipeline
 
     full = pipeline.run(_pipeline_config(tmp_path, "full"))[0]
-    lora = pipeline.run(_pipeline_config(tmp_path, "lora", "--peft", "lora", "--lora_r", "4"))[0]
+    lora = pipeline.run(_pipeline_config(tmp_path, "lora", "--peft", "lora", "--lora_r", "4",
+                                         "--lora_learning_rate", "3e-2"))[0]
     entries = [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]
     assert len(entries) == 1, "the LoRA run must reuse the full dense fine-tune, not train its own"
     assert full.mask_sparsity == lora.mask_sparsity == pytest.approx(0.59, abs=1e-3)
@@ -369,6 +370,9 @@ def test_after_method_recovers_the_shared_full_dense_fine_tune_with_lora(tmp_pat
     assert pruned_nonzero(model, masks) == 0
     sparsity = json.loads(Path(lora.output_dir, "config.json").read_text(encoding="utf-8"))["sparsity"]
     assert sparsity["adapter"]["base"] == str(entries[0])
+    state = json.loads(Path(lora.output_dir, "trainer_state.json").read_text(encoding="utf-8"))
+    rates = [e["learning_rate"] for e in state["log_history"] if "learning_rate" in e]
+    assert not rates or max(rates) > 1e-2, "the adapters trained at --lora_learning_rate"
 
 
 def test_cli_refuses_lth_with_lora_before_loading_anything(tmp_path):

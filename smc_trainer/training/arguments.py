@@ -19,7 +19,8 @@ DISTRIBUTIONS = ("global", "uniform", "erk")
 SELECT_ON = ("validation", "test")
 PEFT_CHOICES = ("none", "lora")
 LORA_RELEASES = ("merged", "adapter")
-LORA_FLAGS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "sparse_adapter", "lora_release")
+LORA_FLAGS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "sparse_adapter", "lora_release",
+              "lora_learning_rate")
 
 
 def _choices_error(flag: str, value: object, choices: tuple[str, ...] | list[str]) -> ValueError:
@@ -285,6 +286,12 @@ class SparseTrainingArguments(Seq2SeqTrainingArguments):
         metadata={"help": "LoRA: comma-separated module names (e.g. query,value, or full names) that get adapters. "
                   "Default: every prunable Linear/Conv1D of the model outside the task head."},
     )
+    lora_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "LoRA: learning rate of the adapters and head (LoRA usually wants ~10x a full fine-tune's). "
+                  "Default: --learning_rate. Kept apart so that after-methods recover the dense fine-tune cached "
+                  "at --learning_rate, the one full retraining starts from."},
+    )
     sparse_adapter: bool = field(
         default=True,
         metadata={"help": "LoRA: mask each adapter's update by its base weight's mask, in training and in the merge, "
@@ -355,6 +362,8 @@ def check_peft_flags(args: SparseTrainingArguments) -> None:
         raise UsageError(f"--lora_r must be >= 1; got {args.lora_r}")
     if args.lora_alpha <= 0:
         raise UsageError(f"--lora_alpha must be > 0; got {args.lora_alpha}")
+    if args.lora_learning_rate is not None and not args.lora_learning_rate > 0:
+        raise UsageError(f"--lora_learning_rate must be > 0; got {args.lora_learning_rate}")
     if not 0.0 <= args.lora_dropout < 1.0:
         raise UsageError(f"--lora_dropout must be in [0, 1); got {args.lora_dropout}")
     if args.lora_release not in LORA_RELEASES:

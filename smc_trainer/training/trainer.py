@@ -10,6 +10,7 @@ loss, and writing/reading masks and method state with every model save and check
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -71,6 +72,8 @@ class SparseTrainer(Seq2SeqTrainer):
         check_push_args(args)  # before Trainer.__init__ reaches for the Hub
         if args.peft == "lora" or _is_adapter_model(model):
             model = _prepare_adapters(model, args)
+        if args.peft == "lora" and args.lora_learning_rate is not None:  # the adapters' own rate; --learning_rate
+            args = dataclasses.replace(args, learning_rate=args.lora_learning_rate)  # stays the dense cache's
         targets = targets_for_args(model, args)  # adapters seen through: the plain model's weights and names
         self.lr_scheduler_factory = lr_scheduler_factory
         super().__init__(model, args, *pos, **kwargs)
