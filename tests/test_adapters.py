@@ -299,6 +299,9 @@ def test_adapter_release_round_trip_through_peft_from_pretrained(tmp_path):
     assert "config.json" not in files and "model.safetensors" not in files
     card = Path(out, "README.md").read_text(encoding="utf-8")
     assert "load_sparse_adapter" in card and "the adapter alone" in card
+    from smc_trainer.release.hub import is_sparse_release
+
+    assert is_sparse_release(out), "an adapter release must push like every release"
     expected = logits(trainer.model, "bert")
     loaded = load_sparse_adapter(make_tiny("bert"), out)  # the pretrained base, pruned by the release's masks
     assert isinstance(loaded, PeftModel)
