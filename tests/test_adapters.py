@@ -329,6 +329,7 @@ def test_merged_release_loads_with_from_pretrained(tmp_path):
     assert ckpt.report["adapter"]["release"] == "merged"
     sparsity = json.loads(Path(out, "config.json").read_text(encoding="utf-8"))["sparsity"]
     assert sparsity["adapter"]["peft"] == "lora" and sparsity["adapter"]["sparse_adapter"] is True
+    assert sparsity["adapter"]["adapted_modules"] == 2 * 6 + 1  # q, k, v, o, ffn in, ffn out per layer; pooler
     assert sparsity["achieved_sparsity"] >= 0.59 - 1e-3
 
 

@@ -156,7 +156,8 @@ def _adapter_section(facts: CardFacts) -> list[str]:
             "| | |", "| --- | --- |",
             f"| base | `{_fmt(a.get('base'))}` |", f"| rank / alpha / dropout | {a['r']} / {a['lora_alpha']} / "
             f"{a['lora_dropout']} |", f"| adapter update | {how} |",
-            f"| adapters on | {len(a['target_modules'])} modules |",
+            f"| adapters on | {a.get('adapted_modules', '-')} modules (names matching "
+            f"{_cell(', '.join(a['target_modules']))}) |",
             f"| trained fully | {_cell(', '.join(a.get('modules_to_save') or []) or '-')} |", ""]
 
 

@@ -209,10 +209,13 @@ class SparseTrainer(Seq2SeqTrainer):
         """What a LoRA run trained and released (None for full fine-tuning)."""
         if not _is_adapter_model(self.model):
             return None
+        from smc_trainer.training.adapters.wrap import lora_layers
+
         config = next(iter(self.model.peft_config.values()))
         a = self.args
         return {"peft": "lora", "r": config.r, "lora_alpha": config.lora_alpha, "lora_dropout": config.lora_dropout,
-                "target_modules": sorted(config.target_modules or []), "modules_to_save": config.modules_to_save,
+                "target_modules": sorted(config.target_modules or []),  # peft may shorten them to name suffixes
+                "adapted_modules": len(lora_layers(self.model)), "modules_to_save": config.modules_to_save,
                 "sparse_adapter": a.sparse_adapter, "release": a.lora_release,
                 "base": self.adapter_base or getattr(self.model.get_base_model().config, "_name_or_path", None)}
 
