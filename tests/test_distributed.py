@@ -49,7 +49,9 @@ def launch(out: Path) -> tuple[int, str]:
            "--main_process_port", str(free_port()), str(WORKER), "--out", str(out), "--cases", ",".join(CASES),
            "--timeout", str(WORKER_TIMEOUT_S)]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+           "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           # the package of this checkout, not whichever one is installed (a git worktree beside the install)
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:
@@ -133,6 +135,17 @@ def test_schedules_count_optimizer_steps_and_methods_read_all_reduced_gradients(
     assert bool(r0["grad_digests"]) == reads_gradients
     if method["sparse_method"] in ("rigl", "set"):
         assert r0["mask_events"] == 3  # the initial mask + updates at steps 2 and 4
+
+
+def test_lora_runs_train_adapters_on_a_frozen_base_identically(ddp_out):
+    """--peft lora under DDP: the masked adapters (identical on both processes) really trained, the frozen base
+    kept its pruned zeros, and SNIP scored the frozen base with all-reduced gradients (same masks)."""
+    for case in ("lora_gmp", "lora_snip"):
+        (t0, r0), (t1, _) = ranks(ddp_out, case, case)
+        lora_b = [k for k in t0 if k.startswith("weight/") and "lora_B" in k]
+        assert lora_b and any(bool(t0[k].abs().sum() > 0) for k in lora_b), f"{case}: adapters never trained"
+        assert differing(t0, t1, "weight/") == [] and differing(t0, t1, "mask/") == []
+        assert r0["kept"] == r0["expected_kept"]
 
 
 def test_pipeline_stages_share_one_dense_cache_entry(ddp_out):

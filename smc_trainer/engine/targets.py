@@ -5,6 +5,12 @@ outside `model.base_model` (or the output embeddings when the model is its own b
 norm weights are 1-D and never pruned. Tied weights appear once (by their first name). A model may
 name weights it keeps dense with a `keep_dense_weights` attribute (a regex on parameter names): GTS
 keeps its unused pooler, merge network and constant embeddings dense, as the official code.
+
+Adapters are seen through (DESIGN: "targets see through adapters"): in a peft `PeftModel` the prunable
+weights are the base layers' weights and the active copies of fully trained modules, named as in the plain
+model (`bert.encoder.layer.0.attention.self.query.weight`, `classifier.weight`), so masks move between a
+LoRA run and the plain model. Wrappers are recognised by duck typing (`plain_named_modules`); the engine
+never imports peft.
 """
 
 from __future__ import annotations
@@ -48,6 +54,48 @@ class PruneTarget:
         return self.param.numel()
 
 
+def unwrap_adapters(model: nn.Module) -> nn.Module:
+    """The model inside an adapter container (peft's `PeftModel.get_base_model()`), else `model` itself."""
+    get_base_model = getattr(model, "get_base_model", None)
+    return get_base_model() if callable(get_base_model) else model
+
+
+def _seen_through(module: nn.Module) -> nn.Module | None:
+    """The module an adapter wrapper stands for, or None when `module` is no wrapper.
+
+    A LoRA-style layer (`get_base_layer()` and a `base_layer` child) stands for its base layer; a fully trained
+    copy wrapper (`original_module` + `modules_to_save`) for the copy of its active adapter."""
+    get_base_layer = getattr(module, "get_base_layer", None)
+    if callable(get_base_layer) and isinstance(getattr(module, "base_layer", None), nn.Module):
+        return get_base_layer()
+    copies, original = getattr(module, "modules_to_save", None), getattr(module, "original_module", None)
+    if isinstance(copies, nn.ModuleDict) and isinstance(original, nn.Module):
+        active = [a for a in getattr(module, "active_adapters", []) if a in copies]
+        return copies[active[0]] if active and not getattr(module, "disable_adapters", False) else original
+    return None
+
+
+def plain_named_modules(model: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:
+    """`named_modules()` as if `model` carried no adapters: wrappers are replaced by the module they stand for,
+    under the wrapper's own name, and adapter weights (lora_A, lora_B, inactive copies) never appear."""
+    if not prefix:
+        model = unwrap_adapters(model)
+    seen: set[int] = set()
+
+    def walk(module: nn.Module, name: str) -> Iterator[tuple[str, nn.Module]]:
+        inner = _seen_through(module)
+        while inner is not None:
+            module, inner = inner, _seen_through(inner)
+        if id(module) in seen:
+            return
+        seen.add(id(module))
+        yield name, module
+        for child_name, child in module.named_children():
+            yield from walk(child, f"{name}.{child_name}" if name else child_name)
+
+    yield from walk(model, prefix)
+
+
 def _head_prefixes(model: nn.Module) -> tuple[set[str], set[int]]:
     """Parameter-name prefixes and output-embedding ids that make up the task head."""
     base = getattr(model, "base_model", model)
@@ -58,7 +106,7 @@ def _head_prefixes(model: nn.Module) -> tuple[set[str], set[int]]:
         if out is not None:
             head_ids.add(id(out.weight))
         return set(), head_ids
-    base_prefix = next((name for name, mod in model.named_modules() if mod is base), "")
+    base_prefix = next((name for name, mod in plain_named_modules(model) if mod is base), "")
     return {base_prefix + "."}, head_ids
 
 
@@ -66,7 +114,7 @@ def _module_weights(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, nn.
     """(module name, module, attribute, weight) for every 2-D weight of a prunable module: `weight` of a
     Linear / Conv1D / Embedding, each `weight_ih_l<k>` / `weight_hh_l<k>` (and `_reverse`) of a recurrent layer."""
     prunable = prunable_module_types()
-    for mod_name, module in model.named_modules():
+    for mod_name, module in plain_named_modules(model):
         if isinstance(module, RECURRENT_MODULES):
             weights = [(n, p) for n, p in module.named_parameters(recurse=False) if n.startswith("weight_")]
         elif isinstance(module, prunable):
@@ -87,13 +135,14 @@ def find_targets(
     exclude: str | None = None,
     modules: str | None = None,
 ) -> list[PruneTarget]:
-    """The prunable weights of `model`, in `named_modules` order.
+    """The prunable weights of `model` (or of the plain model inside a peft `PeftModel`), in `named_modules` order.
 
     `modules` names a module group of the transformer layers (`smc_trainer.engine.module_groups`, e.g. "qkv"):
     only the weights of those linears stay prunable.
 
     Raises ValueError when a regex matches no candidate weight or when nothing is left to prune.
     """
+    model = unwrap_adapters(model)
     base_prefixes, head_ids = _head_prefixes(model)
     keep_dense = getattr(model, "keep_dense_weights", None)
     conv1d = prunable_module_types()[len(BASE_PRUNABLE_MODULES):]

@@ -94,6 +94,9 @@ class SparseMethod:
     default_criterion: ClassVar[str | None] = None  # the score used without --criterion (None: no scoring)
     criterion_needs: ClassVar[tuple[str, ...]] = ("weights", "gradients")  # what this method can feed a criterion
     accepts_criterion: ClassVar[bool] = True  # False: --criterion is refused (the method's score is fixed)
+    frozen_base_conflict: ClassVar[str | None] = None
+    """Why the method needs to train the weights it prunes, so it is refused with `--peft lora` (None: it works
+    on a frozen base, the adapters and head doing the training)."""
 
     def __init__(self, args: SparseTrainingArguments):
         self.args = args

@@ -66,9 +66,14 @@ class LTH(IterativeMethod):
     rewind = True
     order = 3
     accepts_criterion = False  # the mask is scored on the trained weights before they are rewound: magnitude
+    frozen_base_conflict = ("LTH rewinds the kept weights to their pretrained values and retrains them each round; "
+                            "a frozen base is never trained, so there is nothing to rewind (use omp_after)")
 
 
 @register_method("lrr")
 class LRR(IterativeMethod):
     rewind = False
     order = 4
+    frozen_base_conflict = ("LRR prunes each round by the magnitudes the previous round's training produced; a "
+                            "frozen base never changes them, so every round would repeat one magnitude prune "
+                            "(use omp_after)")

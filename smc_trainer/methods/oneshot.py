@@ -26,6 +26,8 @@ class OneShotMethod(SparseMethod):
 
     pattern_refusal = None
     calibrated = True
+    frozen_base_conflict = ("its calibration hooks read the inputs of plain Linear/Conv1D layers, which LoRA wraps "
+                            "(not supported yet)")
     criterion = ""  # "wanda" or "sparsegpt": the name used in messages
 
     @classmethod

@@ -35,6 +35,8 @@ class RigL(SparseMethod):
     pattern_refusal = "drop-and-grow moves weights between groups of M"
     default_criterion = "magnitude"  # the drop step; the initial mask's score is --init_method's
     accepts_criterion = False
+    frozen_base_conflict = ("RigL/SET grow pruned weights back from zero and train them; in a frozen base a grown "
+                            "weight gets no gradient (RigL's growth score) and stays zero (use gmp)")
 
     def __init__(self, args):
         super().__init__(args)

@@ -48,12 +48,14 @@ CARD_NAME = "README.md"
 CONFIG_NAME = "config.json"
 SAFE_WEIGHTS_NAME = "model.safetensors"
 SAFE_INDEX_NAME = "model.safetensors.index.json"
+ADAPTER_CONFIG_NAME = "adapter_config.json"  # peft's; with adapter_model.safetensors, an adapter release
 # files of a run folder that are no part of its release (checkpoints, the dense cache's rewind point, pickles)
 PUSH_IGNORE = ["checkpoint-*", "_*", ".*", "runs/*", "*.lock", "*.pth", "*.pt", "*.bin", "init_model.safetensors",
                "COMPLETE", "cache_key.json"]
 # files a release owns: deleted from the repository on push unless uploaded again, so that a stale mask, weight
 # shard or compressed copy from an earlier push never sits beside the new weights (a stale mask breaks loading)
-RELEASE_OWNED = ["model*.safetensors", SAFE_INDEX_NAME, MASKS_NAME, REPORT_NAME, RUN_CONFIG_NAME, METRICS_NAME]
+RELEASE_OWNED = ["model*.safetensors", SAFE_INDEX_NAME, MASKS_NAME, REPORT_NAME, RUN_CONFIG_NAME, METRICS_NAME,
+                 ADAPTER_CONFIG_NAME, "adapter_model.safetensors"]
 
 
 # ---- writing ------------------------------------------------------------------------------------
@@ -100,6 +102,7 @@ def sparsity_config(masks: MaskSet, info: Mapping[str, Any], total_parameters: i
         "optimizer_steps": info.get("optimizer_steps"),
         "masks_file": MASKS_NAME if masks.active else None,
         "layers": {r["name"]: round(1.0 - r["nonzero"] / max(1, r["total"]), 6) for r in report["layers"]},
+        "adapter": info.get("adapter"),
     }
 
 
@@ -159,7 +162,9 @@ def write_release_files(
 
     files = weight_files(output_dir)
     sparsity = sparsity_config(masks, info, _saved_parameter_count(output_dir) if files else None)
-    _add_sparsity_to_config(output_dir, sparsity)
+    adapter_only = is_adapter_release(output_dir)
+    if not adapter_only:  # an adapter release has no config.json: its sparsity is in the report and the card
+        _add_sparsity_to_config(output_dir, sparsity)
     if metrics is not None:
         _write_json(os.path.join(output_dir, METRICS_NAME), dict(metrics), indent=4)
     run = run_config_dict(run_config) if run_config is not None else None
@@ -176,8 +181,7 @@ def write_release_files(
         logger.warning(f"removed the stale {COMPRESSED_NAME} of an earlier save from {output_dir} (this save is "
                        "not compressed; it held older weights)")
     base_id, described = _describe_run(run_config)
-    with open(os.path.join(output_dir, CONFIG_NAME), encoding="utf-8") as fh:
-        architectures = json.load(fh).get("architectures") or [None]
+    architectures = (_read_json(os.path.join(output_dir, CONFIG_NAME)) or {}).get("architectures") or [None]
     args = getattr(run_config, "training_args", run_config)
     facts = CardFacts(
         sparsity=sparsity,
@@ -195,6 +199,11 @@ def write_release_files(
     )
     model_card(facts).save(os.path.join(output_dir, CARD_NAME))
     return sparsity
+
+
+def is_adapter_release(folder: str) -> bool:
+    """A LoRA run's adapter-only release (`--lora_release adapter`): adapter files, no plain model."""
+    return os.path.isfile(os.path.join(folder, ADAPTER_CONFIG_NAME)) and not weight_files(folder)
 
 
 def check_release_dir(output_dir: str, overwrite: bool = False) -> None:
@@ -274,6 +283,8 @@ def prepare_push(args: SparseTrainingArguments) -> str | None:
 
 
 def is_sparse_release(folder: str) -> bool:
+    if os.path.isfile(os.path.join(folder, CARD_NAME)) and is_adapter_release(folder):
+        return os.path.isfile(os.path.join(folder, "adapter_model.safetensors"))
     return os.path.isfile(os.path.join(folder, CARD_NAME)) and os.path.isfile(os.path.join(folder, CONFIG_NAME)) \
         and bool(weight_files(folder) or os.path.isfile(os.path.join(folder, COMPRESSED_NAME)))
 
@@ -298,8 +309,10 @@ def push_sparse_folder(
     api = HfApi(token=token)
     if create:
         repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-    with open(os.path.join(folder, CONFIG_NAME), encoding="utf-8") as fh:
-        s = json.load(fh).get("sparsity") or {}
+    s = (_read_json(os.path.join(folder, CONFIG_NAME)) or {}).get("sparsity") or {}
+    if not s:  # an adapter release: the report holds the same facts
+        report = _read_json(os.path.join(folder, REPORT_NAME)) or {}
+        s = {"method": report.get("method"), "achieved_sparsity": report.get("measured_sparsity", 0)}
     message = commit_message or f"smc-trainer: {s.get('method')} at sparsity {s.get('achieved_sparsity', 0):.4f}"
     logger.info(f"Uploading {folder} to {repo_id}")
     return api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=message, revision=revision,

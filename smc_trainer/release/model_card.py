@@ -143,9 +143,42 @@ def _training_section(facts: CardFacts) -> list[str]:
     return lines
 
 
+def _adapter_section(facts: CardFacts) -> list[str]:
+    a = facts.sparsity.get("adapter")
+    if not a:
+        return []
+    what = ("the adapter alone (LoRA factors and the fully trained task head) and the masks of its sparse base"
+            if a["release"] == "adapter" else "the merged model: the adapters merged into the sparse base by peft's "
+            "`merge_and_unload()`")
+    how = ("masked by the base weight's mask in training and in the merge, so every pruned weight stays exactly zero"
+           if a["sparse_adapter"] else "plain LoRA, merged and then re-masked (training did not see the mask)")
+    return ["## Adapter (LoRA)", "", f"Trained with LoRA on a frozen sparse base; this release is {what}.", "",
+            "| | |", "| --- | --- |",
+            f"| base | `{_fmt(a.get('base'))}` |", f"| rank / alpha / dropout | {a['r']} / {a['lora_alpha']} / "
+            f"{a['lora_dropout']} |", f"| adapter update | {how} |",
+            f"| adapters on | {a.get('adapted_modules', '-')} modules (names matching "
+            f"{_cell(', '.join(a['target_modules']))}) |",
+            f"| trained fully | {_cell(', '.join(a.get('modules_to_save') or []) or '-')} |", ""]
+
+
 def _usage_section(facts: CardFacts) -> list[str]:
     where = facts.repo_id or "path/to/this/folder"
     cls = facts.architecture or "AutoModel"
+    adapter = facts.sparsity.get("adapter") or {}
+    if adapter.get("release") == "adapter":
+        return [
+            "## How to use", "",
+            "Load the base, then the adapter on it: `load_sparse_adapter` zeroes the base's pruned weights with "
+            "`sparse_masks.safetensors` (after checking every shape) and calls `PeftModel.from_pretrained` with "
+            "masked LoRA layers, so the adapter computes exactly what was trained:", "",
+            "```python", "from transformers import AutoModel  # the task's model class", "",
+            "from smc_trainer.training.adapters import load_sparse_adapter", "",
+            f'base = AutoModel.from_pretrained("{_fmt(adapter.get("base"))}")',
+            f'model = load_sparse_adapter(base, "{where}")', "merged = model.merge_and_unload()  # exact zeros kept",
+            "```", "",
+            "A plain `PeftModel.from_pretrained(base, path)` would load unmasked LoRA layers, whose update fills the "
+            "pruned weights.", "",
+        ]
     return [
         "## How to use", "",
         "The weights are standard safetensors with the pruned weights stored as exact zeros:", "",
@@ -166,6 +199,8 @@ def _files_section(facts: CardFacts) -> list[str]:
         "smc_run_config.json": "smc-trainer version, the command, the recipe and every argument",
         "model.sparse.safetensors": "the weights in smc-trainer's bitmask format (`smc_trainer.release.compressed`)",
         "all_results.json": "the metrics above",
+        "adapter_config.json": "peft's LoRA configuration",
+        "adapter_model.safetensors": "the LoRA factors and the fully trained task head",
     }
     lines = ["## Files", "", "| file | size | content |", "| --- | ---: | --- |"]
     lines += [f"| `{n}` | {_size(facts.files[n])} | {d} |" for n, d in what.items() if n in facts.files]
@@ -188,5 +223,5 @@ def model_card(facts: CardFacts) -> ModelCard:
              "by smc-trainer, the Hugging Face Trainer implementation of SMC-Bench "
              "([Sparsity May Cry, ICLR 2023](https://arxiv.org/abs/2303.02141)).")
     body = [f"# {title}", "", intro, "", *_sparsity_section(facts), *_results_section(facts),
-            *_training_section(facts), *_usage_section(facts), *_files_section(facts)]
+            *_adapter_section(facts), *_training_section(facts), *_usage_section(facts), *_files_section(facts)]
     return ModelCard(f"---\n{card_data(facts).to_yaml()}\n---\n\n" + "\n".join(body))

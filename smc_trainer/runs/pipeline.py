@@ -19,6 +19,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from safetensors.torch import load_model, save_model
@@ -35,7 +36,7 @@ from smc_trainer.release.hub import write_release_files
 from smc_trainer.runs.dense_cache import INIT_WEIGHTS, DenseCache
 from smc_trainer.runs.folds import is_inside, over_folds
 from smc_trainer.runs.run_config import RESULT_NAME, RunConfig, RunOutcome
-from smc_trainer.training.arguments import SparseTrainingArguments
+from smc_trainer.training.arguments import LORA_FLAGS, SparseTrainingArguments
 from smc_trainer.training.checkpoints import last_complete_checkpoint
 from smc_trainer.training.parallel import wait_for_all
 from smc_trainer.training.trainer import SparseTrainer
@@ -120,6 +121,8 @@ def fine_tune(
         teacher=teacher,
         **bundle.trainer_kwargs,
     )
+    if start_from is not None:  # a LoRA run's adapter sits on these weights, pruned (after-methods)
+        trainer.adapter_base = start_from
     started = time.time()
     train_result = trainer.train(resume_from_checkpoint=_resume_point(args, output_dir))
     wall = time.time() - started
@@ -238,8 +241,9 @@ def run_dense(config: RunConfig) -> tuple[str, RunOutcome]:
     """The cached dense fine-tune of this configuration: (its directory, its outcome)."""
     cache = DenseCache(config.training_args.dense_cache_dir)
     # a --resume_from_checkpoint names the user's run, never the dense entry (which resumes its own .partial)
+    # after-methods with --peft lora recover the pruned *full* dense fine-tune, shared with every other run
     dense_config = config.with_training(sparse_method="dense", sparsity=0.0, resume_from_checkpoint=None,
-                                        **DENSE_RESETS)
+                                        **{**DENSE_RESETS, **full_fine_tuning()})
     key = cache.key(dense_config)
 
     def train(directory: str) -> None:
@@ -256,6 +260,12 @@ def run_dense(config: RunConfig) -> tuple[str, RunOutcome]:
         raise RuntimeError(f"dense cache entry {directory} has no {RESULT_NAME}")
     # the entry was trained in `<key>.partial` and renamed when complete: report where it is now
     return directory, dataclasses.replace(outcome, output_dir=directory)
+
+
+def full_fine_tuning() -> dict[str, Any]:
+    """The training arguments of full fine-tuning: --peft none and every LoRA flag at its default."""
+    defaults = {f.name: f.default for f in dataclasses.fields(SparseTrainingArguments)}
+    return {"peft": "none", **{name: defaults[name] for name in LORA_FLAGS}}
 
 
 def run_after(config: RunConfig, output_dir: str) -> RunOutcome:
@@ -303,6 +313,8 @@ def run_split(config: RunConfig, output_dir: str, on_round: Callable[[RunOutcome
     """`run` on one data split (one fold); `on_round` sees each finished LTH/LRR round."""
     args = config.training_args
     phase = get_method_class(args.sparse_method).phase
+    if phase == "dense" and args.peft != "none":  # a dense LoRA fine-tune: not the cached full one
+        return [fine_tune(config, output_dir)]
     if phase == "dense":
         dense_dir, outcome = run_dense(config)
         if args.should_save:

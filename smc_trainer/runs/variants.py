@@ -133,6 +133,8 @@ VARIANT_AXES: tuple[VariantAxis, ...] = (
     VariantAxis("sparsity_pattern", lambda label, m, v: f"{label}, {_word(v)}"),
     VariantAxis("distill_teacher", _teacher_label),
     VariantAxis("peft", lambda label, m, v: f"{label} + {_word(v)}"),
+    VariantAxis("sparse_adapter", lambda label, m, v: f"{label} (adapter not masked, re-masked after merge)"
+                if v is False else label),
     VariantAxis("lr_rewind", lambda label, m, v: f"{label} + LR rewind" if v is True else f"{label}, lr_rewind={v}"),
     VariantAxis("gmp_initial_fraction", lambda label, m, v: f"{label}, initial step {format_value(v)}",
                 applies_to=("gmp",)),

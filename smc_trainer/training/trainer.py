@@ -10,6 +10,7 @@ loss, and writing/reading masks and method state with every model save and check
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -36,6 +37,24 @@ from smc_trainer.training.parallel import refuse_sharded_backend
 logger = logging.get_logger(__name__)
 
 
+def _is_adapter_model(model: torch.nn.Module) -> bool:
+    """A peft model (by duck typing: peft is imported only by runs that use it)."""
+    return hasattr(model, "peft_config") and callable(getattr(model, "get_base_model", None))
+
+
+def _prepare_adapters(model: torch.nn.Module, args: SparseTrainingArguments) -> torch.nn.Module:
+    """Wrap a plain model for `--peft lora`; refuse a method that must train the frozen base of an adapter model."""
+    conflict = get_method_class(args.sparse_method).frozen_base_conflict
+    if conflict:
+        raise UsageError(f"--sparse_method {args.sparse_method} cannot train a model with frozen base weights "
+                         f"(LoRA): {conflict}")
+    if _is_adapter_model(model):
+        return model
+    from smc_trainer.training.adapters import wrap_with_lora
+
+    return wrap_with_lora(model, args)
+
+
 class SparseTrainer(Seq2SeqTrainer):
     """A Trainer that trains a sparse model with the method named by `args.sparse_method`.
 
@@ -57,7 +76,11 @@ class SparseTrainer(Seq2SeqTrainer):
         if model is None:
             raise UsageError("SparseTrainer needs a model instance (model_init is not supported)")
         check_push_args(args)  # before Trainer.__init__ reaches for the Hub
-        targets = targets_for_args(model, args)
+        if args.peft == "lora" or _is_adapter_model(model):
+            model = _prepare_adapters(model, args)
+        if args.peft == "lora" and args.lora_learning_rate is not None:  # the adapters' own rate; --learning_rate
+            args = dataclasses.replace(args, learning_rate=args.lora_learning_rate)  # stays the dense cache's
+        targets = targets_for_args(model, args)  # adapters seen through: the plain model's weights and names
         pattern = parse_pattern(args.sparsity_pattern)
         if pattern is not None:
             check_pattern_shapes(targets, pattern)
@@ -72,6 +95,12 @@ class SparseTrainer(Seq2SeqTrainer):
                                else "fsdp" if self.is_fsdp_enabled else None)
         self._loss_scale_before_step: float | None = None
         self.masks = MaskSet(targets)
+        self.adapter_base: str | None = None  # what an adapter release sits on (the pipeline names it)
+        if _is_adapter_model(model):
+            from smc_trainer.training.adapters import bind_masks, check_adapter_layers
+
+            check_adapter_layers(model, targets, args.sparse_adapter)
+            bind_masks(model, self.masks)
         self.sparse_method = get_method_class(args.sparse_method)(args)
         self.sparsity_callback = SparsityCallback(
             self.sparse_method,
@@ -121,6 +150,9 @@ class SparseTrainer(Seq2SeqTrainer):
         cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
         model.train()
         model.zero_grad(set_to_none=True)
+        frozen = [t.param for t in self.masks.targets if not t.param.requires_grad]  # a LoRA run's base
+        for param in frozen:
+            param.requires_grad_(True)
         batches = iter(dataloader)
         for i in range(n_batches):
             try:
@@ -131,6 +163,10 @@ class SparseTrainer(Seq2SeqTrainer):
             with self.compute_loss_context_manager():
                 loss = self.task_loss(model, inputs)
             self.accelerator.backward(loss)
+        for param in frozen:
+            param.requires_grad_(False)
+            if param.grad is not None and self.accelerator.num_processes > 1:  # outside DDP's reducer: average here
+                param.grad = self.accelerator.reduce(param.grad, reduction="mean")
         torch.set_rng_state(cpu_rng)
         if cuda_rng is not None:
             torch.cuda.set_rng_state_all(cuda_rng)
@@ -228,9 +264,18 @@ class SparseTrainer(Seq2SeqTrainer):
     # ---- saving and resuming --------------------------------------------------------------------
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Save the model (plain safetensors, zeros in place), the bool masks, the report and method state."""
-        super().save_model(output_dir, _internal_call)
+        """Save the model (plain safetensors, zeros in place), the bool masks, the report and method state.
+
+        A LoRA run's checkpoints hold the adapter (resumable); any other save is its release (`--lora_release`)."""
         output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if _is_adapter_model(self.model) and not getattr(self, "_saving_checkpoint", False):
+            if self.args.should_save:
+                from smc_trainer.training.adapters import save_lora_release
+
+                save_lora_release(self.model, output_dir, self.args.lora_release, self.masks.masks,
+                                  sparse_adapter=self.args.sparse_adapter, processing_class=self.processing_class)
+        else:
+            super().save_model(output_dir, _internal_call)
         if self.args.should_save:
             self.masks.save(output_dir, extra_report=self.sparsity_metadata())
             self.sparsity_callback.save(output_dir)
@@ -253,7 +298,22 @@ class SparseTrainer(Seq2SeqTrainer):
             **({"preset": a.method_preset} if a.method_preset else {}),
             **({"distill_teacher": a.distill_teacher} if a.distill_teacher != "none" else {}),
             **({"lr_rewind": True} if a.lr_rewind else {}),
+            "adapter": self.adapter_metadata(),
         }
+
+    def adapter_metadata(self) -> dict[str, Any] | None:
+        """What a LoRA run trained and released (None for full fine-tuning)."""
+        if not _is_adapter_model(self.model):
+            return None
+        from smc_trainer.training.adapters.wrap import lora_layers
+
+        config = next(iter(self.model.peft_config.values()))
+        a = self.args
+        return {"peft": "lora", "r": config.r, "lora_alpha": config.lora_alpha, "lora_dropout": config.lora_dropout,
+                "target_modules": sorted(config.target_modules or []),  # peft may shorten them to name suffixes
+                "adapted_modules": len(lora_layers(self.model)), "modules_to_save": config.modules_to_save,
+                "sparse_adapter": a.sparse_adapter, "release": a.lora_release,
+                "base": self.adapter_base or getattr(self.model.get_base_model().config, "_name_or_path", None)}
 
     def _determine_best_metric(self, metrics, trial) -> bool:
         """Only checkpoints at the final sparsity compete for 'best' (the original GMP runs could pick an
@@ -279,7 +339,20 @@ class SparseTrainer(Seq2SeqTrainer):
     def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, **kwargs: Any):
         """`Trainer.train`, resuming only from complete checkpoints (True: the last complete one)."""
         resume = resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
-        return super().train(resume_from_checkpoint=resume, trial=trial, **kwargs)
+        result = super().train(resume_from_checkpoint=resume, trial=trial, **kwargs)
+        if _is_adapter_model(self.model) and not self.args.sparse_adapter:
+            self._merge_and_remask()
+        return result
+
+    def _merge_and_remask(self) -> None:
+        """Plain LoRA (`--sparse_adapter false`): merge the adapters into the base weights (peft's `merge_adapter`)
+        and re-mask them, so evaluation and the release see the sparse model the run produces."""
+        self.model.merge_adapter()
+        filled = sum(int(torch.count_nonzero(t.param[~self.masks.masks[t.name]])) for t in self.masks.targets
+                     if t.name in self.masks.masks)
+        self.masks.apply_to_weights()
+        logger.info(f"--sparse_adapter false: merged the adapters and re-masked {filled:,} pruned weights they had "
+                    "filled")
 
     def _save_checkpoint(self, model, trial) -> None:
         """transformers' checkpoint, then its completion manifest as the very last write. Rotation of old
@@ -290,10 +363,12 @@ class SparseTrainer(Seq2SeqTrainer):
         if self.args.should_save:
             clear_manifest(folder)
         limit, self.args.save_total_limit = self.args.save_total_limit, None
+        self._saving_checkpoint = True
         try:
             super()._save_checkpoint(model, trial)
         finally:
             self.args.save_total_limit = limit
+            self._saving_checkpoint = False
         self.accelerator.wait_for_everyone()  # every rank's files (RNG states) are written
         if self.args.should_save:
             write_manifest(folder, step=self.state.global_step)
