@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from sparse_helpers import sparse_args, toy_dataset  # noqa: E402
 from tiny_models import make_tiny  # noqa: E402
 
-import smc_trainer.methods.random_before as random_before_module  # noqa: E402
+import smc_trainer.engine.criteria.random as random_before_module  # noqa: E402  (random scores: the criterion)
 from smc_trainer import SparseTrainer  # noqa: E402
 from smc_trainer.engine.selection import keep_count  # noqa: E402
 from smc_trainer.runs import pipeline  # noqa: E402

@@ -515,7 +515,7 @@ def test_table1_preset_is_one_sweep_with_a_row_per_module_group(esm_dir, tmp_pat
     for label in ("dense", "omp_after [qkvo_ffn]", "omp_after [qk]", "omp_after [kv]"):
         assert f"| {label} |" in table, table
     csv_rows = (sweep_dir / "report" / "results.csv").read_text().splitlines()
-    assert csv_rows[0].split(",")[3] == "module_group" and sum(",qk," in row for row in csv_rows) == 1
+    assert "module_group" in csv_rows[0].split(",") and sum(",qk," in row for row in csv_rows) == 1
 
 
 def test_compute_accuracy_is_argmax_accuracy():

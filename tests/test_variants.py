@@ -150,7 +150,9 @@ def test_sweep_runs_each_variant_and_skips_only_what_is_done(tmp_path, monkeypat
         ran.append((config.training_args.sparse_method, config.training_args.init_method, run_dir))
         return [outcome(config, 0.4)]
 
-    monkeypatch.setattr(sweep, "run", fake_run)
+    import smc_trainer.runs.executors.node as node  # the in-process executor runs each fine-tune here
+
+    monkeypatch.setattr(node, "run", fake_run)
     plan = make_plan(["quickstart"], list(ROWS), [0.5], [0])
     assert [j.label for j in plan.jobs] == list(ROWS)
     appended = execute(plan, lambda recipe, seed: base, str(tmp_path / "sweep"), ledger, progress=lambda _: None)
@@ -169,14 +171,14 @@ def test_method_specs_are_validated_with_the_valid_choices():
     assert spec.row == "gmp:prune_modules=qk:distribution=erk"
     cases = {
         "rigl:init_method=gmp": "init_method must be one of omp_before, random_before, snip; got 'gmp'",
-        "rigl:init=snip": "unknown variant key 'init'; valid keys: init_method, prune_modules, distribution",
+        "rigl:init=snip": "unknown variant key 'init'; valid keys: init_method, prune_modules, criterion, distribution",
         "gmp:init_method=snip": "init_method applies to rigl, set, not to gmp",
         "dense:distribution=erk": "distribution applies to every method but dense, not to dense",
         "rigl:init_method": "write variants as method:key=value",
         "rigl:init_method=": "init_method has no value",
         "rigl:init_method=snip:init_method=snip": "init_method is given twice",
         "omp_after:prune_modules=qz": "prune_modules must combine the module kinds",
-        "gmp:distribution=erk2": "distribution must be one of global, uniform, erk; got 'erk2'",
+        "gmp:distribution=erk2": "distribution must be one of global, uniform, erk, owl; got 'erk2'",
         "rigl2:init_method=snip": "--sparse_method must be one of",
     }
     for text, message in cases.items():
