@@ -15,14 +15,17 @@ import os
 import shlex
 import time
 from collections.abc import Callable, Hashable, Sequence
+from typing import TYPE_CHECKING
 
-import submitit
 from transformers.utils import logging
 
 from smc_trainer.runs.executors.driver import Result
 from smc_trainer.runs.executors.node import package_parent
 from smc_trainer.runs.run_config import RunOutcome
 from smc_trainer.runs.sweep_graph import RunSpec
+
+if TYPE_CHECKING:  # submitit is an optional extra (.[slurm]): imported where a Slurm backend is built
+    import submitit
 
 logger = logging.get_logger(__name__)
 
@@ -47,6 +50,8 @@ class SlurmBackend:
         self.folder = folder
         self.poll_s = poll_s if poll_s is not None else (0.5 if cluster == "local" else 15.0)
         os.makedirs(folder, exist_ok=True)
+        import submitit
+
         self.executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
         lines = [f"export PYTHONPATH={shlex.quote(package_parent())}${{PYTHONPATH:+:$PYTHONPATH}}", *setup]
         params = {"name": "smc-trainer-run", "timeout_min": time_min, "cpus_per_task": cpus_per_run,
@@ -79,6 +84,8 @@ class SlurmBackend:
         """Nothing to stop: jobs of an interrupted driver keep running and a rerun re-attaches to them."""
 
     def _job(self, job_id: str) -> submitit.Job:
+        import submitit
+
         job_class = submitit.LocalJob if self.cluster == "local" else submitit.SlurmJob
         return job_class(self.folder, job_id)
 
