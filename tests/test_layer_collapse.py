@@ -166,7 +166,8 @@ def test_the_ledger_record_and_the_report_flag_a_collapsed_run(tmp_path):
     assert second["collapsed_layers"] == [{"name": "b.weight", "group": "head", "kept": 0, "total": 100}]
     assert collapse_notes([first]) == ""
     note = collapse_notes([first, second])
-    assert "† layer collapse" in note and "- † gmp at 0.5, seed 0: `b.weight` (0 of 100 kept)" in note
+    assert "† layer collapse" in note
+    assert "- † GMP (During) (`gmp`) at 50.0%, seed 0: `b.weight` (0 of 100 kept)" in note
     markdown = write_report(str(tmp_path / "ledger.jsonl"), str(tmp_path / "report"))["markdown"][0]
     text = Path(markdown).read_text(encoding="utf-8")
-    assert text.count("† gmp at 0.5") == 1 and "gmp at 0.2" not in text
+    assert text.count("† GMP (During) (`gmp`) at 50.0%") == 1 and "at 20.0%" not in text

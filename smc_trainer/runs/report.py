@@ -272,7 +272,9 @@ def collapse_notes(records: Sequence[Mapping[str, Any]]) -> str:
         if layers:
             named = ", ".join(f"`{c['name']}` ({c['kept']:,} of {c['total']:,} kept)" for c in layers[:3])
             more = f" and {len(layers) - 3} more" if len(layers) > 3 else ""
-            run = f"{r['method']} at {float(r['target_sparsity']):g}, seed {r['seed']}"
+            method = record_row(r)  # the row, so variants (SNIP + RigL) are told apart as in the table
+            run = f"{row_label(row_method(method), record_variant(r))} (`{method}`) at " \
+                  f"{100 * float(r['target_sparsity']):.1f}%, seed {r['seed']}"
             lines.append(f"- † {run}: {named}{more}")
     if not lines:
         return ""
