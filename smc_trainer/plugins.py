@@ -16,7 +16,9 @@ import importlib
 import importlib.metadata
 import importlib.util
 import os
+import pkgutil
 import sys
+from collections.abc import Iterable
 from types import ModuleType
 
 from smc_trainer.errors import MissingFileError, UsageError
@@ -73,3 +75,12 @@ def load_entry_point_plugins() -> None:
     for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         if entry_point.value not in _loaded:
             _loaded[entry_point.value] = entry_point.load()
+
+
+def import_registry_modules(path: Iterable[str], package: str) -> None:
+    """Import every module of a registry package (`methods`, `engine.criteria`) but its `base`, then the installed
+    plugins: every `@register_...` has run before the registry is read."""
+    for info in pkgutil.iter_modules(path):
+        if info.name != "base" and not info.name.startswith("_"):
+            importlib.import_module(f"{package}.{info.name}")
+    load_entry_point_plugins()

@@ -6,11 +6,9 @@ Modules in this package are discovered automatically, so adding a method means a
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
 from smc_trainer.errors import UsageError
 from smc_trainer.methods.base import METHOD_REGISTRY, SparseMethod, register_method
+from smc_trainer.plugins import import_registry_modules
 
 _loaded = False
 
@@ -19,10 +17,8 @@ def _load_all() -> None:
     global _loaded
     if _loaded:
         return
-    for info in pkgutil.iter_modules(__path__):
-        if info.name != "base" and not info.name.startswith("_"):
-            importlib.import_module(f"{__name__}.{info.name}")
-    _loaded = True
+    _loaded = True  # before importing: a plugin that reads the registry while loading must not start over
+    import_registry_modules(__path__, __name__)
 
 
 def method_names() -> list[str]:

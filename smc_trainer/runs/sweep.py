@@ -31,7 +31,14 @@ from smc_trainer.runs.ledger import Ledger
 from smc_trainer.runs.presets import base_method, method_changes
 from smc_trainer.runs.run_config import RunConfig, RunOutcome
 from smc_trainer.runs.sweep_graph import RunSpec, SweepConfigs, SweepGraph
-from smc_trainer.runs.variants import MethodSpec, args_variant, parse_method_spec, parse_method_specs, row_id
+from smc_trainer.runs.variants import (
+    MethodSpec,
+    args_variant,
+    parse_method_spec,
+    parse_method_specs,
+    row_id,
+    run_method,
+)
 from smc_trainer.version import __version__
 
 logger = logging.get_logger(__name__)
@@ -199,7 +206,7 @@ def run_key(config: RunConfig) -> str:
     a = config.training_args
     digest = fingerprint_hash(config_fingerprint(config, include_sparse=True))
     variant = args_variant(a)
-    method = a.method_preset or a.sparse_method
+    method = run_method(a)
     if variant.get("prune_modules"):  # module groups (Table 1): the key's older `method[group]` form
         method = f"{method}[{variant.pop('prune_modules')}]"
     return f"{config.recipe.name}/{row_id(method, variant)}/{a.sparsity:.6f}/seed{a.seed}/{digest}"
@@ -217,17 +224,18 @@ def _git_commit() -> str | None:
 def make_record(config: RunConfig, outcome: RunOutcome, key: str) -> dict[str, Any]:
     """The ledger record of one finished run."""
     a = config.training_args
+    method, variant = run_method(a), args_variant(a)
     return {
         "key": key,
         "recipe": config.recipe.name,
         "task": config.recipe.task,
         "dataset": config.data_args.dataset_name,
         "model": outcome.model or config.model_args.model_name_or_path,
-        "method": a.method_preset or a.sparse_method,
+        "method": method,
         "phase": get_method_class(a.sparse_method).phase,
         "module_group": a.prune_modules if a.sparse_method != "dense" else None,
-        "variant": args_variant(a),  # the report's row: the method and its non-default variant axes
-        "row": row_id(a.method_preset or a.sparse_method, args_variant(a)),
+        "variant": variant,  # the report's row: the method and its non-default variant axes
+        "row": row_id(method, variant),
         "target_sparsity": a.sparsity,
         "mask_sparsity": outcome.mask_sparsity,
         "measured_sparsity": outcome.measured_sparsity,

@@ -172,9 +172,14 @@ def variant_of(method: str, values: Mapping[str, Any] | Any) -> Variant:
     return variant
 
 
+def run_method(args: Any) -> str:
+    """The name a run's rows and keys use: its method preset, else its method."""
+    return getattr(args, "method_preset", None) or args.sparse_method
+
+
 def args_variant(args: Any) -> Variant:
     """The variant of a run from its `SparseTrainingArguments` (a preset's run: relative to the preset)."""
-    return variant_of(getattr(args, "method_preset", None) or args.sparse_method, args)
+    return variant_of(run_method(args), args)
 
 
 def record_variant(record: Mapping[str, Any]) -> Variant:

@@ -8,12 +8,9 @@ plugins (`--plugins FILE`, the `smc_trainer.plugins` entry-point group) may regi
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
 from smc_trainer.engine.criteria.base import CRITERION_REGISTRY, Criterion, ScoringView, register_criterion
 from smc_trainer.errors import UsageError
-from smc_trainer.plugins import load_entry_point_plugins
+from smc_trainer.plugins import import_registry_modules
 
 _loaded = False
 
@@ -23,10 +20,7 @@ def _load_all() -> None:
     if _loaded:
         return
     _loaded = True
-    for info in pkgutil.iter_modules(__path__):
-        if info.name != "base" and not info.name.startswith("_"):
-            importlib.import_module(f"{__name__}.{info.name}")
-    load_entry_point_plugins()
+    import_registry_modules(__path__, __name__)
 
 
 def criterion_names() -> list[str]:
