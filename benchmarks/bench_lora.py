@@ -11,7 +11,11 @@ are); on CUDA it is `torch.cuda.max_memory_allocated`. Modes, all `omp_before` a
 - `full`:        full sparse fine-tuning (`--peft none`);
 - `lora`:        `--peft lora` with the masked adapters (the default, `--sparse_adapter true`);
 - `lora_plain`:  `--peft lora --sparse_adapter false`, plain LoRA: the step the mask's overhead is measured
-                 against (same model, same adapters, no mask on the update).
+                 against (same model, same adapters, no mask on the update);
+- `lora_unfused`: the masked adapters with the fused product switched off (peft's base-layer product, then
+                 `MaskedLowRank`), what `lora` cost before `FusedMaskedLoraLinear`; kept to show what fusing buys;
+- `lora_ste`:    the masked adapters with `--adapter_gradient straight_through` (masked forward and merge, the
+                 unmasked update's low-rank gradient).
 
 Shapes: `minilm` (6 layers, hidden 384, FFN 1536, vocab 30522) and `roberta-large` (hidden 1024, 16 heads,
 FFN 4096, vocab 50265, `--roberta_layers` of RoBERTa-large's 24 layers, default 4 on CPU), random weights.
@@ -37,6 +41,8 @@ MODES = {
     "full": {},
     "lora": {"peft": "lora"},
     "lora_plain": {"peft": "lora", "sparse_adapter": False},
+    "lora_unfused": {"peft": "lora"},
+    "lora_ste": {"peft": "lora", "adapter_gradient": "straight_through"},
 }
 SHAPES = ("minilm", "roberta-large")
 
@@ -66,6 +72,10 @@ def child(opts: argparse.Namespace) -> dict:
 
     from smc_trainer import SparseTrainer, SparseTrainingArguments
 
+    if opts.mode == "lora_unfused":  # benchmark only: never take the fused path
+        from smc_trainer.training.adapters.layers import SparseLoraLinear
+
+        SparseLoraLinear._fusable_adapter = lambda self, args, kwargs: None
     device = set_device(opts.device)
     torch.set_num_threads(opts.threads)
     common.BATCH = opts.batch
@@ -116,12 +126,20 @@ def report(results: list[dict], opts: argparse.Namespace) -> str:
         by = {r["mode"]: r for r in results if r["shape"] == shape}
         full, lora, plain = by["full"], by["lora"], by["lora_plain"]
         for mode in MODES:
+            if mode not in by:
+                continue
             r = by[mode]
             rows.append([shape, mode, f"{r['trainable']:,}", f"{r['trainable'] / full['trainable']:.4f}",
                          f"{r['peak_bytes'] / 2**20:,.0f}", f"{r['peak_bytes'] / full['peak_bytes']:.3f}",
                          f"{r['step_s'] * 1000:,.0f}", f"{r['step_s'] / full['step_s']:.3f}"])
         rows.append([shape, "**mask overhead**", "", "", "", "", "",
                      f"lora / lora_plain = **{lora['step_s'] / plain['step_s']:.3f}**"])
+        if "lora_ste" in by:
+            rows.append([shape, "**mask overhead, straight-through**", "", "", "", "", "",
+                         f"lora_ste / lora_plain = **{by['lora_ste']['step_s'] / plain['step_s']:.3f}**"])
+        if "lora_unfused" in by:
+            rows.append([shape, "**fusing**", "", "", "", "", "",
+                         f"lora_unfused / lora_plain = {by['lora_unfused']['step_s'] / plain['step_s']:.3f}"])
     header = ["shape", "mode", "trainable params", "vs full", "peak MiB", "vs full", "step ms (median)", "vs full"]
     return md_table(header, rows)
 
@@ -136,6 +154,7 @@ def main() -> None:
     parser.add_argument("--roberta_layers", type=int, default=4)
     parser.add_argument("--lora_r", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--modes", default=",".join(MODES), help="which of " + ", ".join(MODES))
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--shape", help=argparse.SUPPRESS)
     parser.add_argument("--mode", help=argparse.SUPPRESS)
@@ -146,7 +165,12 @@ def main() -> None:
     unknown = [s for s in opts.shapes.split(",") if s not in SHAPES]
     if unknown:
         raise SystemExit(f"--shapes: unknown {unknown}; choose from {', '.join(SHAPES)}")
-    results = [run_child(shape, mode, opts) for shape in opts.shapes.split(",") for mode in MODES]
+    modes = opts.modes.split(",")
+    bad = [m for m in modes if m not in MODES] + [m for m in ("full", "lora", "lora_plain") if m not in modes]
+    if bad:
+        raise SystemExit(f"--modes: {bad} unknown or missing; full, lora and lora_plain are needed, "
+                         f"choose from {', '.join(MODES)}")
+    results = [run_child(shape, mode, opts) for shape in opts.shapes.split(",") for mode in modes]
     print(report(results, opts))
     print(json.dumps(results))
 

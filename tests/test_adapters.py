@@ -35,7 +35,7 @@ from smc_trainer.training.adapters import (
     merged_copy,
     sparse_lora_config,
 )
-from smc_trainer.training.adapters.layers import MaskedLowRank
+from smc_trainer.training.adapters.layers import FusedMaskedLoraLinear, MaskedLowRank
 
 FROZEN_OK = [m for m in method_names() if get_method_class(m).frozen_base_conflict is None]
 REFUSED = [m for m in method_names() if get_method_class(m).frozen_base_conflict is not None]
@@ -134,6 +134,147 @@ def test_masked_low_rank_gradients_match_autograd():
     for m, t in zip(mine, theirs):
         torch.testing.assert_close(m, t)
     assert torch.autograd.gradcheck(lambda x_, a_, b_: MaskedLowRank.apply(x_, a_, b_, mask, 0.7), (x, a, b))
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_fused_masked_linear_matches_autograd(with_bias):
+    """The fused product and its hand-written backward equal autograd through the explicit masked sum."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 6, dtype=torch.float64)
+    mask = torch.rand(4, 6) < 0.5
+    w = w * mask
+    bias = torch.randn(4, dtype=torch.float64, requires_grad=True) if with_bias else None
+    a = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    out = FusedMaskedLoraLinear.apply(x, w, bias, a, b, mask, 0.7)
+    reference = torch.nn.functional.linear(x, w + (b @ a) * 0.7 * mask, bias)
+    torch.testing.assert_close(out, reference)
+    inputs = (x, a, b) + ((bias,) if with_bias else ())
+    grad = torch.randn_like(out)
+    for m, t in zip(torch.autograd.grad(out, inputs, grad), torch.autograd.grad(reference, inputs, grad)):
+        torch.testing.assert_close(m, t)
+    assert torch.autograd.gradcheck(
+        lambda x_, a_, b_: FusedMaskedLoraLinear.apply(x_, w, bias.detach() if with_bias else None, a_, b_, mask,
+                                                       0.7), (x, a, b))
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_straight_through_gradient_is_the_unmasked_updates(fused):
+    """`--adapter_gradient straight_through`: the forward pass stays masked (the same output, the same input
+    gradient) while A and B get the gradient of the unmasked update, computed low-rank."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 6, dtype=torch.float64, requires_grad=True)
+    mask = torch.rand(4, 6) < 0.5
+    w = torch.randn(4, 6, dtype=torch.float64) * mask
+    a = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    if fused:
+        out = FusedMaskedLoraLinear.apply(x, w, None, a, b, mask, 0.7, True)
+    else:
+        out = torch.nn.functional.linear(x, w) + MaskedLowRank.apply(x, a, b, mask, 0.7, True)
+    masked = torch.nn.functional.linear(x, w + (b @ a) * 0.7 * mask)
+    unmasked = torch.nn.functional.linear(x, w + (b @ a) * 0.7)
+    torch.testing.assert_close(out, masked)
+    grad = torch.randn_like(out)
+    gx, ga, gb = torch.autograd.grad(out, (x, a, b), grad)
+    torch.testing.assert_close(gx, torch.autograd.grad(masked, x, grad, retain_graph=True)[0])
+    ref_a, ref_b = torch.autograd.grad(unmasked, (a, b), grad)
+    torch.testing.assert_close(ga, ref_a)
+    torch.testing.assert_close(gb, ref_b)
+    exact_a = torch.autograd.grad(masked, a, grad)[0]
+    assert not torch.allclose(ga, exact_a), "the straight-through gradient must differ from the exact one"
+
+
+def test_straight_through_training_keeps_exact_zeros(tmp_path):
+    trainer = lora_trainer("bert", lora_args(tmp_path, "gmp", 0.59, adapter_gradient="straight_through",
+                                             gmp_start=0.0, gmp_end=0.5, prune_frequency=2))
+    layers = [m for m in trainer.model.modules() if isinstance(m, SparseLoraLinear)]
+    assert layers and all(m.straight_through for m in layers)
+    trainer.train()
+    assert pruned_leaks(trainer) == []
+    before = logits(trainer.model, "bert")
+    merged = merged_copy(trainer.model)
+    assert pruned_nonzero(merged, trainer.masks.masks) == 0
+    assert (logits(merged, "bert") - before).abs().max().item() <= 1e-5
+    assert trainer.adapter_metadata()["adapter_gradient"] == "straight_through"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(adapter_gradient="ste"), "--adapter_gradient must be one of exact, straight_through; got 'ste'"),
+    (dict(adapter_gradient="straight_through", sparse_adapter=False), "is a choice for the masked adapters"),
+])
+def test_adapter_gradient_bad_values_are_refused(tmp_path, overrides, message):
+    with pytest.raises(UsageError, match=message):
+        lora_args(tmp_path, "omp_before", 0.5, **overrides)
+
+
+def _sparse_lora_layer(arch: str, dropout: float = 0.0):
+    torch.manual_seed(0)
+    model = make_tiny(arch)
+    masks = random_masks(model)
+    config = sparse_lora_config(LoraConfig(target_modules=LORA_TARGETS[arch][:1], r=2, init_lora_weights=False,
+                                           lora_dropout=dropout, fan_in_fan_out=arch == "gpt2"))
+    peft_model = get_peft_model(model, config)
+    owner = MaskSet(find_targets(peft_model))
+    owner.set_masks(masks)
+    owner.apply_to_weights()
+    bind_masks(peft_model, owner)
+    layer = next(m for m in peft_model.modules() if isinstance(m, SparseLoraLinear))
+    fan_in = layer.get_base_layer().weight.shape[1 if arch == "bert" else 0]
+    return layer, torch.randn(3, 7, fan_in, requires_grad=True)
+
+
+@pytest.mark.parametrize("arch", ["bert", "gpt2"])
+def test_fused_layer_equals_peft_forward_and_gradients(arch):
+    """`SparseLoraLinear` fuses the masked update into the base product in training; outputs and the gradients of
+    x, A and B equal peft's own path (base layer, then `MaskedLoraVariant`), for Linear and Conv1D layouts."""
+    layer, x = _sparse_lora_layer(arch)
+    layer.train()
+    fused = layer(x)
+    assert type(fused.grad_fn).__name__ == "FusedMaskedLoraLinearBackward"
+    unfused = super(SparseLoraLinear, layer).forward(x)  # peft's Linear.forward
+    assert type(unfused.grad_fn).__name__ != "FusedMaskedLoraLinearBackward"
+    torch.testing.assert_close(fused, unfused, atol=1e-5, rtol=1e-5)
+    params = (x, layer.lora_A["default"].weight, layer.lora_B["default"].weight)
+    grad = torch.randn_like(fused)
+    for m, t in zip(torch.autograd.grad(fused, params, grad), torch.autograd.grad(unfused, params, grad)):
+        torch.testing.assert_close(m, t, atol=1e-5, rtol=1e-4)
+
+
+def test_fused_path_is_left_where_it_would_change_the_function():
+    """Adapter dropout in training, hooks on the base layer, a trainable base weight, a merged or disabled
+    adapter: peft's forward runs instead."""
+    layer, x = _sparse_lora_layer("bert", dropout=0.5)
+    layer.train()
+    assert type(layer(x).grad_fn).__name__ != "FusedMaskedLoraLinearBackward"
+    layer.eval()  # dropout is the identity in eval
+    assert type(layer(x).grad_fn).__name__ == "FusedMaskedLoraLinearBackward"
+    handle = layer.get_base_layer().register_forward_hook(lambda *_: None)
+    assert type(layer(x).grad_fn).__name__ != "FusedMaskedLoraLinearBackward"
+    handle.remove()
+    layer.get_base_layer().weight.requires_grad_(True)
+    assert type(layer(x).grad_fn).__name__ != "FusedMaskedLoraLinearBackward"
+    layer.get_base_layer().weight.requires_grad_(False)
+    layer.enable_adapters(False)
+    assert type(layer(x).grad_fn).__name__ != "FusedMaskedLoraLinearBackward"
+    layer.enable_adapters(True)
+    layer.merge()
+    assert type(layer(x).grad_fn).__name__ != "FusedMaskedLoraLinearBackward"
+
+
+def test_fused_layer_under_bf16_autocast_computes_in_bf16():
+    """Under autocast the fused product runs in autocast's dtype, as the base layer would, and stays close to
+    the fp32 result; the adapters' gradients come back in their own fp32."""
+    layer, x = _sparse_lora_layer("bert")
+    layer.train()
+    reference = layer(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), reference, atol=0.1, rtol=0.05)
+    out.float().sum().backward()
+    assert layer.lora_A["default"].weight.grad.dtype == torch.float32
 
 
 # ---- targets see through adapters ------------------------------------------------------------------------

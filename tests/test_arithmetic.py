@@ -410,6 +410,7 @@ def test_two_learning_rates_and_step_lr_in_epochs(tmp_path):
     assert update_steps_per_epoch(33, args) == 5  # 9 batches of 4 -> 5 optimizer steps
     assert update_steps_per_epoch(32, args) == 4
     optimizer, scheduler = gts_optimizers(model, args, 8e-6, step_epochs=2, gamma=0.5, num_train_examples=33)
+    assert len(optimizer.param_groups) == 2  # no adapters: no adapter group
     encoder_group, decoder_group = optimizer.param_groups
     assert encoder_group["lr"] == 8e-6 and decoder_group["lr"] == 1e-3
     assert {id(p) for p in encoder_group["params"]} == {id(p) for p in model.encoder.parameters()}
@@ -421,6 +422,32 @@ def test_two_learning_rates_and_step_lr_in_epochs(tmp_path):
         optimizer.step()
         scheduler.step()
     assert lrs[0] == lrs[9] == 1e-3 and lrs[10] == lrs[19] == 5e-4 and lrs[20] == 2.5e-4  # every 2 epochs
+
+
+def test_lora_adapters_are_in_the_optimizer_the_trainer_builds(tmp_path):
+    """GTS's optimizer is built on the model the Trainer trains: with --peft lora, the adapters (at
+    --lora_learning_rate) and the copied GTS head train, the frozen encoder weights are not in it."""
+    from smc_trainer import SparseTrainer, SparseTrainingArguments
+    from smc_trainer.tasks.arithmetic.optim import gts_trainer_kwargs
+
+    model = tiny_gts()
+    args = SparseTrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, learning_rate=1e-3,
+                                   report_to="none", use_cpu=True, peft="lora", lora_learning_rate=5e-3,
+                                   sparse_method="omp_before", sparsity=0.5, max_steps=1)
+    kwargs = gts_trainer_kwargs(args, 8e-6, step_epochs=2, gamma=0.5, num_train_examples=33)
+    trainer = SparseTrainer(model=model, args=args, **kwargs)
+    trainer.create_optimizer_and_scheduler(10)
+    in_optimizer = {id(p): g["lr"] for g in trainer.optimizer.param_groups for p in g["params"]}
+    named = dict(trainer.model.named_parameters())
+    adapters = [p for n, p in named.items() if "lora_" in n]
+    assert adapters and all(in_optimizer.get(id(p)) == 5e-3 for p in adapters)
+    trainable = [p for p in named.values() if p.requires_grad]
+    assert set(in_optimizer) == {id(p) for p in trainable}, "exactly the trainable parameters"
+    assert not any(id(p) in in_optimizer for n, p in named.items() if "encoder" in n and "lora_" not in n
+                   and not p.requires_grad)
+    head = [p for n, p in named.items() if "modules_to_save" in n]
+    assert head and all(in_optimizer.get(id(p)) == 1e-3 for p in head)
+    assert isinstance(trainer.lr_scheduler, torch.optim.lr_scheduler.StepLR)
 
 
 @pytest.fixture(scope="module")
@@ -449,7 +476,9 @@ def test_recipes_build_the_papers_gts_optimizer_schedule_and_beam(shipped, tmp_p
     gts = bundle.model.config
     assert (gts.hidden_size, gts.num_layers, gts.dropout, gts.beam_size) == (512, 2, 0.5, 5)
     assert gts.encoder_dropout == 0.0  # the official train_tree feeds the RoBERTa states straight to the BiLSTM
-    optimizer, scheduler = bundle.trainer_kwargs["optimizers"]
+    factory, optimizer_kwargs = bundle.trainer_kwargs["optimizer_cls_and_kwargs"]
+    optimizer = factory()(bundle.model, **optimizer_kwargs)  # as the Trainer builds it, on the model it trains
+    scheduler = bundle.trainer_kwargs["lr_scheduler_factory"](optimizer, 1000)
     assert isinstance(optimizer, torch.optim.Adam)
     encoder_group, decoder_group = optimizer.param_groups
     assert {id(p) for p in encoder_group["params"]} == {id(p) for p in bundle.model.encoder.parameters()}
@@ -475,6 +504,35 @@ def test_shipped_recipes_also_run_the_other_of_dense_and_sparse(shipped, tmp_pat
     assert m["test_accuracy"] == pytest.approx(m["test_correct"] / m["test_total"])
     assert outcome.mask_sparsity == pytest.approx(sparsity, abs=1e-3)
     assert outcome.measured_sparsity == pytest.approx(sparsity, abs=1e-3)
+
+
+def test_gts_trains_with_lora_and_merges_with_exact_zeros(shipped, tmp_path):
+    """GTS + --peft lora end to end: the adapters and the whole GTS head (the merge network included, whose
+    inner `merge` linear peft's suffix matching of modules_to_save would otherwise leave frozen) train, and the
+    merged release keeps every pruned weight at zero."""
+    from transformers import AutoModel
+
+    config = parse_run_config(shipped_flags(
+        shipped, tmp_path, "asdiv_a", "--sparse_method", "omp_before", "--sparsity", "0.5", "--max_steps", "2",
+        "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "8", "--generation_max_length", "8",
+        "--save_strategy", "no", "--peft", "lora", "--lora_r", "2", "--lora_learning_rate", "1e-2",
+        *TINY_GTS_FLAGS))
+    bundle = pipeline.build_task(config)
+    before = {n: p.detach().clone() for n, p in bundle.model.named_parameters()}
+    [outcome] = pipeline.run(config)
+    assert outcome.measured_sparsity == pytest.approx(0.5, abs=1e-3)
+    merged = AutoModel.from_pretrained(str(tmp_path / "out"))
+    after = dict(merged.named_parameters())
+    assert set(after) == set(before), "the merged release is the plain GTS model"
+    head = [n for n in before if not n.startswith("encoder.")]
+    moved = [n for n in head if not torch.equal(after[n], before[n])]
+    assert "merge.merge.weight" in moved and "merge.merge_g.weight" in moved, "the whole GTS head trains"
+    from safetensors.torch import load_file
+
+    from smc_trainer.engine.masks import MASKS_NAME
+
+    masks = load_file(str(tmp_path / "out" / MASKS_NAME))
+    assert masks and all(int(torch.count_nonzero(after[n].detach()[~m])) == 0 for n, m in masks.items())
 
 
 # ---- the metric and fold pooling --------------------------------------------------------------------------

@@ -22,8 +22,9 @@ DISTILL_SOURCES = ("none", "dense")  # or a path to a model folder
 SELECT_ON = ("validation", "test")
 PEFT_CHOICES = ("none", "lora")
 LORA_RELEASES = ("merged", "adapter")
+ADAPTER_GRADIENTS = ("exact", "straight_through")
 LORA_FLAGS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "sparse_adapter", "lora_release",
-              "lora_learning_rate")
+              "lora_learning_rate", "adapter_gradient")
 
 
 def _choices_error(flag: str, value: object, choices: tuple[str, ...] | list[str]) -> ValueError:
@@ -361,6 +362,13 @@ class SparseTrainingArguments(Seq2SeqTrainingArguments):
                   "so the merged model keeps every zero and computes what was trained. false: plain LoRA, re-masked "
                   "after the merge (measures what the mask costs)."},
     )
+    adapter_gradient: str = field(
+        default="exact",
+        metadata={"help": "LoRA with --sparse_adapter: the gradient of A and B. exact: the masked update's true "
+                  "gradient, which needs one more weight-sized product per layer and step ((g^T x) * mask). "
+                  "straight_through: the gradient as if the mask were all ones (low-rank, plain LoRA's cost); "
+                  "the forward pass and the merge stay masked exactly. See docs/peft.md for what each costs."},
+    )
     lora_release: str = field(
         default="merged",
         metadata={"help": "LoRA: what a run saves as its model: merged (the adapters merged into a plain sparse "
@@ -566,6 +574,11 @@ def check_peft_flags(args: SparseTrainingArguments) -> None:
         raise UsageError(f"--lora_learning_rate must be > 0; got {args.lora_learning_rate}")
     if not 0.0 <= args.lora_dropout < 1.0:
         raise UsageError(f"--lora_dropout must be in [0, 1); got {args.lora_dropout}")
+    if args.adapter_gradient not in ADAPTER_GRADIENTS:
+        raise UsageError(str(_choices_error("adapter_gradient", args.adapter_gradient, ADAPTER_GRADIENTS)))
+    if args.adapter_gradient != "exact" and not args.sparse_adapter:
+        raise UsageError("--adapter_gradient straight_through is a choice for the masked adapters; with "
+                         "--sparse_adapter false the adapters are plain LoRA and their gradient is exact already")
     if args.lora_release not in LORA_RELEASES:
         raise UsageError(str(_choices_error("lora_release", args.lora_release, LORA_RELEASES)))
     if args.lora_release == "adapter" and not args.sparse_adapter:

@@ -100,7 +100,7 @@ class SparseTrainer(Seq2SeqTrainer):
             from smc_trainer.training.adapters import bind_masks, check_adapter_layers
 
             check_adapter_layers(model, targets, args.sparse_adapter)
-            bind_masks(model, self.masks)
+            bind_masks(model, self.masks, straight_through=args.adapter_gradient == "straight_through")
         self.sparse_method = get_method_class(args.sparse_method)(args)
         self.sparsity_callback = SparsityCallback(
             self.sparse_method,
@@ -239,11 +239,14 @@ class SparseTrainer(Seq2SeqTrainer):
         return num_items_in_batch
 
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
-        """--lr_rewind's cyclic schedule, else the task's `lr_scheduler_factory` schedule, else the Trainer's."""
+        """--lr_rewind's cyclic schedule, else the task's `lr_scheduler_factory` schedule, else the Trainer's.
+
+        --lr_rewind replaces a task's own schedule (protein's OneCycle, GTS's StepLR), said in the log: it scales
+        each parameter group's own rate, so a task's per-module learning rates are kept."""
         if self.lr_scheduler is None and self.args.lr_rewind:
             if self.lr_scheduler_factory is not None:
-                raise UsageError("--lr_rewind replaces the LR schedule, and this task brings its own (e.g. protein's "
-                                 "one_cycle, arithmetic's StepLR); drop --lr_rewind or use the task's trainer schedule")
+                logger.warning(f"--lr_rewind: the rewinding schedule replaces this task's own "
+                               f"({type(self.lr_scheduler_factory).__name__}); each group keeps its learning rate")
             shape = getattr(self.args.lr_scheduler_type, "value", self.args.lr_scheduler_type)
             self.lr_scheduler = rewinding_scheduler(
                 optimizer or self.optimizer, shape, self.sparse_method.pruning_steps(num_training_steps),
@@ -312,7 +315,7 @@ class SparseTrainer(Seq2SeqTrainer):
         return {"peft": "lora", "r": config.r, "lora_alpha": config.lora_alpha, "lora_dropout": config.lora_dropout,
                 "target_modules": sorted(config.target_modules or []),  # peft may shorten them to name suffixes
                 "adapted_modules": len(lora_layers(self.model)), "modules_to_save": config.modules_to_save,
-                "sparse_adapter": a.sparse_adapter, "release": a.lora_release,
+                "sparse_adapter": a.sparse_adapter, "adapter_gradient": a.adapter_gradient, "release": a.lora_release,
                 "base": self.adapter_base or getattr(self.model.get_base_model().config, "_name_or_path", None)}
 
     def _determine_best_metric(self, metrics, trial) -> bool:

@@ -26,7 +26,7 @@ from smc_trainer.tasks.arithmetic.equations import evaluate_prefix, is_correct
 from smc_trainer.tasks.arithmetic.loading import is_seq2seq, load_model_and_tokenizer
 from smc_trainer.tasks.arithmetic.metrics import make_compute_metrics
 from smc_trainer.tasks.arithmetic.modeling_gts import GTSForMathWordProblems
-from smc_trainer.tasks.arithmetic.optim import gts_optimizers
+from smc_trainer.tasks.arithmetic.optim import gts_trainer_kwargs
 from smc_trainer.tasks.arithmetic.vocab import EquationVocab
 
 logger = logging.get_logger(__name__)
@@ -45,8 +45,8 @@ def build(model_args, data_args, training_args, recipe) -> TaskBundle:
         return build_seq2seq(model, tokenizer, source, raw, data_args, training_args, chance)
     vocab = model.config.vocab
     train, validation, test = (prepare_split(raw[s], s, tokenizer, vocab, data_args, training_args) for s in SPLITS)
-    optimizer, scheduler = gts_optimizers(model, training_args, data_args.encoder_learning_rate,
-                                          data_args.lr_step_epochs, data_args.lr_step_gamma, len(train))
+    optimization = gts_trainer_kwargs(training_args, data_args.encoder_learning_rate, data_args.lr_step_epochs,
+                                      data_args.lr_step_gamma, len(train))
     half = training_args.fp16 or training_args.bf16
     return TaskBundle(
         model=model,
@@ -58,7 +58,7 @@ def build(model_args, data_args, training_args, recipe) -> TaskBundle:
         compute_metrics=make_compute_metrics(vocab),
         chance_level=chance,
         model_source=source,
-        trainer_kwargs={"optimizers": (optimizer, scheduler)},
+        trainer_kwargs=optimization,
     )
 
 

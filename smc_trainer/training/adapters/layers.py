@@ -20,6 +20,7 @@ import torch
 from peft.tuners.lora.layer import Linear as LoraLinear
 from peft.tuners.lora.layer import LoraVariant
 from torch import Tensor
+from transformers.pytorch_utils import Conv1D
 
 
 class MaskOwner(Protocol):
@@ -52,12 +53,13 @@ class MaskedLowRank(torch.autograd.Function):
     Computed in the dtype of `x` with autocast off, so fp32, bf16 and fp16 runs all take the same path."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, weight_a: Tensor, weight_b: Tensor, mask: Tensor, scaling: float) -> Tensor:
+    def forward(ctx: Any, x: Tensor, weight_a: Tensor, weight_b: Tensor, mask: Tensor, scaling: float,
+                straight_through: bool = False) -> Tensor:
         with torch.autocast(x.device.type, enabled=False):
             delta = _masked_delta(weight_a.to(x.dtype), weight_b.to(x.dtype), mask, scaling)
             out = torch.nn.functional.linear(x, delta)
         ctx.save_for_backward(x, weight_a, weight_b, mask)
-        ctx.scaling = scaling
+        ctx.scaling, ctx.straight_through = scaling, straight_through
         return out
 
     @staticmethod
@@ -69,7 +71,13 @@ class MaskedLowRank(torch.autograd.Function):
             a, b = weight_a.to(x.dtype), weight_b.to(x.dtype)
             if ctx.needs_input_grad[0]:
                 grad_x = grad_out @ _masked_delta(a, b, mask, ctx.scaling)
-            if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            if ctx.straight_through:  # as FusedMaskedLoraLinear: the unmasked update's low-rank gradient
+                g, x2d = grad_out.reshape(-1, grad_out.shape[-1]), x.reshape(-1, x.shape[-1])
+                if ctx.needs_input_grad[1]:
+                    grad_a = ((g @ b).T @ x2d).mul_(ctx.scaling).to(weight_a.dtype)
+                if ctx.needs_input_grad[2]:
+                    grad_b = (g.T @ (x2d @ a.T)).mul_(ctx.scaling).to(weight_b.dtype)
+            elif ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
                 # d loss / d update, kept only where the mask keeps the weight, times the LoRA scaling
                 grad_delta = grad_out.reshape(-1, grad_out.shape[-1]).T @ x.reshape(-1, x.shape[-1])
                 grad_delta.mul_(mask).mul_(ctx.scaling)
@@ -77,7 +85,81 @@ class MaskedLowRank(torch.autograd.Function):
                     grad_a = (b.T @ grad_delta).to(weight_a.dtype)
                 if ctx.needs_input_grad[2]:
                     grad_b = (grad_delta @ a.T).to(weight_b.dtype)
-        return grad_x, grad_a, grad_b, None, None
+        return grad_x, grad_a, grad_b, None, None, None
+
+
+class FusedMaskedLoraLinear(torch.autograd.Function):
+    """`x @ (W + (s * B @ A) * mask).T + bias` over a frozen base weight: the masked update is added to the base
+    weight and the layer does ONE weight-sized product in the forward pass and two in the backward (the input
+    gradient and the masked weight gradient `(g.T @ x) * mask` that A and B need) -- the cost of a full
+    fine-tune's linear, against five for the base layer plus a separate `MaskedLowRank` (measured in
+    benchmarks/bench_lora.py). The summed weight is rebuilt in the backward instead of kept, so a layer stores
+    no weight-sized activation, and the backward reuses one weight-sized buffer for both products.
+
+    `straight_through` (`--adapter_gradient straight_through`) gives A and B the gradient of the unmasked update
+    instead (`s * B.T @ g.T @ x` and `s * g.T @ x @ A.T`, computed low-rank): no weight-sized product beyond
+    plain LoRA's, at the price of a biased gradient; the forward pass (and so the merge) stays exactly masked.
+
+    `weight_oi`, `mask_oi` are in the (out, in) layout of `nn.Linear` (a transposed view for `Conv1D`). The
+    product runs in autocast's dtype when autocast is on (as the base layer would), else in the dtype of `x`."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight_oi: Tensor, bias: Tensor | None, weight_a: Tensor, weight_b: Tensor,
+                mask_oi: Tensor, scaling: float, straight_through: bool = False) -> Tensor:
+        dtype = _compute_dtype(x)
+        with torch.autocast(x.device.type, enabled=False):
+            x_c = x.to(dtype)
+            weight = _summed_weight(weight_oi, weight_a, weight_b, mask_oi, scaling, dtype)
+            out = torch.nn.functional.linear(x_c, weight, None if bias is None else bias.to(dtype))
+        ctx.save_for_backward(x_c, weight_oi, weight_a, weight_b, mask_oi)
+        ctx.scaling, ctx.x_dtype, ctx.has_bias = scaling, x.dtype, bias is not None
+        ctx.straight_through = straight_through
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        x_c, weight_oi, weight_a, weight_b, mask_oi = ctx.saved_tensors
+        dtype = x_c.dtype
+        grad_x = grad_a = grad_b = grad_bias = None
+        with torch.autocast(x_c.device.type, enabled=False):
+            g = grad_out.to(dtype).reshape(-1, grad_out.shape[-1])
+            x2d = x_c.reshape(-1, x_c.shape[-1])
+            a, b = weight_a.to(dtype), weight_b.to(dtype)
+            buffer = _summed_weight(weight_oi, a, b, mask_oi, ctx.scaling, dtype)
+            if ctx.needs_input_grad[0]:
+                grad_x = (g @ buffer).reshape(x_c.shape).to(ctx.x_dtype)
+            if ctx.has_bias and ctx.needs_input_grad[2]:
+                grad_bias = g.sum(0).to(ctx.bias_dtype)
+            if ctx.straight_through:  # the gradient of x @ (s B A).T: low-rank, no weight-sized product
+                del buffer
+                if ctx.needs_input_grad[3]:
+                    grad_a = ((g @ b).T @ x2d).mul_(ctx.scaling).to(weight_a.dtype)
+                if ctx.needs_input_grad[4]:
+                    grad_b = (g.T @ (x2d @ a.T)).mul_(ctx.scaling).to(weight_b.dtype)
+            elif ctx.needs_input_grad[3] or ctx.needs_input_grad[4]:
+                grad_delta = torch.mm(g.T, x2d, out=buffer)  # the buffer's weight is no longer needed
+                grad_delta.mul_(mask_oi).mul_(ctx.scaling)
+                if ctx.needs_input_grad[3]:
+                    grad_a = (b.T @ grad_delta).to(weight_a.dtype)
+                if ctx.needs_input_grad[4]:
+                    grad_b = (grad_delta @ a.T).to(weight_b.dtype)
+        return grad_x, None, grad_bias, grad_a, grad_b, None, None, None
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype a linear layer computes `x` in: autocast's when autocast is on for x's device, else x's own."""
+    device = x.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return x.dtype
+
+
+def _summed_weight(weight_oi: Tensor, weight_a: Tensor, weight_b: Tensor, mask_oi: Tensor, scaling: float,
+                   dtype: torch.dtype) -> Tensor:
+    """A new (out, in) tensor `W + (s * B @ A) * mask` in `dtype` (one weight-sized allocation)."""
+    summed = _masked_delta(weight_a.to(dtype), weight_b.to(dtype), mask_oi, scaling)
+    return summed.add_(weight_oi.to(dtype))
 
 
 def _masked_delta(weight_a: Tensor, weight_b: Tensor, mask: Tensor, scaling: float) -> Tensor:
@@ -115,7 +197,7 @@ class MaskedLoraVariant(LoraVariant):
         mask = module.mask_out_in()
         if mask is None:  # a dense base weight: plain LoRA
             return result + lora_b(lora_a(dropout(x))) * scaling
-        delta = MaskedLowRank.apply(dropout(x), lora_a.weight, lora_b.weight, mask, scaling)
+        delta = MaskedLowRank.apply(dropout(x), lora_a.weight, lora_b.weight, mask, scaling, module.straight_through)
         return result + delta.to(result.dtype)
 
 
@@ -127,10 +209,44 @@ class SparseLoraLinear(LoraLinear):
     def __init__(self, base_layer: torch.nn.Module, adapter_name: str, config: Any, **kwargs: Any) -> None:
         super().__init__(base_layer, adapter_name, config=config, **kwargs)
         self.mask_ref: MaskRef | None = None
+        self.straight_through = False  # `--adapter_gradient straight_through`: see FusedMaskedLoraLinear
 
     @property
     def lora_variants(self) -> dict[tuple[str, ...], type[LoraVariant]]:
         return {(): MaskedLoraVariant}  # DoRA and other variants are refused by peft's own check
+
+    def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        """peft's forward, except in the common training case (one active adapter over a frozen, masked
+        `nn.Linear`/`Conv1D`, no adapter dropout, no extra arguments, no hooks on the base layer), where the
+        masked update is fused into the base layer's product (`FusedMaskedLoraLinear`). Same function, fewer
+        weight-sized products; every other case goes through peft and `MaskedLoraVariant`."""
+        adapter = self._fusable_adapter(args, kwargs)
+        mask = self.mask_out_in() if adapter is not None else None
+        if mask is None:  # not fusable, or a dense base weight (plain LoRA)
+            return super().forward(x, *args, **kwargs)
+        base = self.get_base_layer()
+        weight_oi = base.weight.T if self.fan_in_fan_out else base.weight
+        return FusedMaskedLoraLinear.apply(x, weight_oi, base.bias, self.lora_A[adapter].weight,
+                                           self.lora_B[adapter].weight, mask, self.scaling[adapter],
+                                           self.straight_through)
+
+    def _fusable_adapter(self, args: tuple, kwargs: dict) -> str | None:
+        """The one active adapter when the fused product computes exactly what peft's forward would, else None."""
+        if args or kwargs or self.disable_adapters or self.merged:
+            return None
+        active = [a for a in self.active_adapters if a in self.lora_A]
+        if len(active) != 1 or active[0] in self.lora_magnitude_vector:
+            return None
+        adapter = active[0]
+        dropout = self.lora_dropout[adapter]
+        if self.training and not isinstance(dropout, torch.nn.Identity) and dropout.p > 0:
+            return None  # dropout applies to the adapter's input only: the two products must stay apart
+        base = self.get_base_layer()
+        if type(base) not in (torch.nn.Linear, Conv1D) or base.weight.requires_grad:
+            return None  # a subclass may compute something else; a trainable base needs its own gradient
+        if base._forward_hooks or base._forward_pre_hooks:
+            return None  # hooks expect to see the base layer run
+        return adapter
 
     def bind_mask(self, ref: MaskRef | None) -> None:
         self.mask_ref = ref

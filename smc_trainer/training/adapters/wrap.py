@@ -113,12 +113,34 @@ def wrap_with_lora(model: nn.Module, args) -> PeftModel:
         raise UsageError("the model is already a PeftModel; hand it to SparseTrainer as it is, without --peft lora")
     config = lora_config_for(model, args)
     peft_model = get_peft_model(model, config)
+    train_head_copies(peft_model)
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in peft_model.parameters())
     logger.info(f"--peft lora: {len(config.target_modules)} adapters of rank {args.lora_r} "
                 f"({'masked by the base masks' if args.sparse_adapter else 'plain, re-masked after the merge'}), head "
                 f"{config.modules_to_save}; {trainable:,} of {total:,} parameters trainable")
     return peft_model
+
+
+def train_head_copies(peft_model: PeftModel) -> None:
+    """Make every parameter of the head copies that `modules_to_save` trains trainable.
+
+    peft matches `modules_to_save` names by suffix, so a head module named like one of its own children (GTS's
+    `merge` network holds a `merge` linear) also gets a nested wrapper, and the copy that trains is left with
+    that child frozen: a silent half-trained head. The trained copy of each top-level wrapper is its
+    `modules_to_save[adapter]`, so all of it trains."""
+    for name, module in unwrap_adapters(peft_model).named_modules():
+        copies = getattr(module, "modules_to_save", None)
+        if isinstance(copies, nn.ModuleDict) and hasattr(module, "original_module") and ".original_module" \
+                not in f".{name}" and not _inside_wrapper(name):
+            for adapter in getattr(module, "active_adapters", copies.keys()):
+                if adapter in copies:
+                    copies[adapter].requires_grad_(True)
+
+
+def _inside_wrapper(name: str) -> bool:
+    """A module nested in another modules_to_save wrapper (its copy or original), not a head of its own."""
+    return ".modules_to_save." in f".{name}." or ".original_module." in f".{name}."
 
 
 def lora_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -167,9 +189,10 @@ def plain_parameter_names(model: nn.Module) -> dict[int, str]:
     return names
 
 
-def bind_masks(model: nn.Module, owner: MaskOwner) -> int:
+def bind_masks(model: nn.Module, owner: MaskOwner, *, straight_through: bool = False) -> int:
     """Point every `SparseLoraLinear` at its base weight's mask in `owner` (by plain name); returns how many
-    layers sit on a weight `owner` may mask (with a `MaskSet`: a prunable weight)."""
+    layers sit on a weight `owner` may mask (with a `MaskSet`: a prunable weight). `straight_through`: the
+    adapters' gradient (`--adapter_gradient`)."""
     names = plain_parameter_names(model)
     known = set(getattr(owner, "by_name", owner.masks))
     bound = 0
@@ -177,5 +200,6 @@ def bind_masks(model: nn.Module, owner: MaskOwner) -> int:
         if isinstance(module, SparseLoraLinear):
             name = names.get(id(module.get_base_layer().weight))
             module.bind_mask(MaskRef(owner, name) if name is not None else None)
+            module.straight_through = straight_through
             bound += name in known
     return bound
