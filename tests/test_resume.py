@@ -30,6 +30,9 @@ VARIANTS = {
     "gmp+kd+lr_rewind": ("gmp", {"distill_teacher": "dense", "lr_rewind": True, "lr_rewind_final_ratio": 0.1}),
     "gmp_star": ("gmp", {**preset_overrides("gmp_star"), "gmp_start": 0.0, "gmp_end": 1.0}),
     "obert_gradual": ("gmp", {**preset_overrides("obert_gradual"), "obert_num_grads": 2, "gmp_end": 1.0}),
+    # LoRA on the frozen base pruned on schedule: a checkpoint holds the adapters, the head and the masks
+    "gmp+lora": ("gmp", {"peft": "lora", "lora_r": 2}),
+    "gmp+lora_straight_through": ("gmp", {"peft": "lora", "lora_r": 2, "adapter_gradient": "straight_through"}),
 }
 
 
@@ -52,11 +55,13 @@ def test_resume_from_step_3_equals_uninterrupted_run(tmp_path, method):
     assert all(m.dtype == torch.bool for m in saved.values())
     assert json.loads((ckpt / STATE_NAME).read_text())["step"] == 3
 
-    # a fresh process: new model object with a different init, resumed from step 3
+    # a fresh process: new model object with a different init, resumed from step 3 (with LoRA: the adapters and
+    # head; the frozen base is the pretrained model again, pruned by the checkpoint's masks)
     resumed = make_trainer("bert", _args(tmp_path / "full", method))
     with torch.no_grad():
         for p in resumed.model.parameters():
-            p.add_(1.0)
+            if p.requires_grad or "lora" not in method:
+                p.add_(1.0)
     resumed.train(resume_from_checkpoint=str(ckpt))
     weights, masks = _final_state(resumed)
 
