@@ -157,6 +157,12 @@ def test_fused_masked_linear_matches_autograd(with_bias):
     assert torch.autograd.gradcheck(
         lambda x_, a_, b_: FusedMaskedLoraLinear.apply(x_, w, bias.detach() if with_bias else None, a_, b_, mask,
                                                        0.7), (x, a, b))
+    # an input from frozen layers (no gradient wanted): the adapters' gradients are the same
+    frozen_x = x.detach()
+    out = FusedMaskedLoraLinear.apply(frozen_x, w, None, a, b, mask, 0.7)
+    reference = torch.nn.functional.linear(frozen_x, w + (b @ a) * 0.7 * mask)
+    for m, t in zip(torch.autograd.grad(out, (a, b), grad), torch.autograd.grad(reference, (a, b), grad)):
+        torch.testing.assert_close(m, t)
 
 
 @pytest.mark.parametrize("fused", [True, False])

@@ -126,19 +126,19 @@ class FusedMaskedLoraLinear(torch.autograd.Function):
             g = grad_out.to(dtype).reshape(-1, grad_out.shape[-1])
             x2d = x_c.reshape(-1, x_c.shape[-1])
             a, b = weight_a.to(dtype), weight_b.to(dtype)
-            buffer = _summed_weight(weight_oi, a, b, mask_oi, ctx.scaling, dtype)
-            if ctx.needs_input_grad[0]:
+            buffer = None  # one weight-sized tensor: the summed weight, then the weight gradient
+            if ctx.needs_input_grad[0]:  # not needed where x comes from frozen layers (the first layer's input)
+                buffer = _summed_weight(weight_oi, a, b, mask_oi, ctx.scaling, dtype)
                 grad_x = (g @ buffer).reshape(x_c.shape).to(ctx.x_dtype)
             if ctx.has_bias and ctx.needs_input_grad[2]:
                 grad_bias = g.sum(0).to(ctx.bias_dtype)
             if ctx.straight_through:  # the gradient of x @ (s B A).T: low-rank, no weight-sized product
-                del buffer
                 if ctx.needs_input_grad[3]:
                     grad_a = ((g @ b).T @ x2d).mul_(ctx.scaling).to(weight_a.dtype)
                 if ctx.needs_input_grad[4]:
                     grad_b = (g.T @ (x2d @ a.T)).mul_(ctx.scaling).to(weight_b.dtype)
             elif ctx.needs_input_grad[3] or ctx.needs_input_grad[4]:
-                grad_delta = torch.mm(g.T, x2d, out=buffer)  # the buffer's weight is no longer needed
+                grad_delta = g.T @ x2d if buffer is None else torch.mm(g.T, x2d, out=buffer)  # weight no longer needed
                 grad_delta.mul_(mask_oi).mul_(ctx.scaling)
                 if ctx.needs_input_grad[3]:
                     grad_a = (b.T @ grad_delta).to(weight_a.dtype)
