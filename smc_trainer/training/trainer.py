@@ -49,6 +49,12 @@ def _prepare_adapters(model: torch.nn.Module, args: SparseTrainingArguments) -> 
         raise UsageError(f"--sparse_method {args.sparse_method} cannot train a model with frozen base weights "
                          f"(LoRA): {conflict}")
     if _is_adapter_model(model):
+        from smc_trainer.training.adapters.wrap import train_head_copies
+
+        unfrozen = train_head_copies(model)
+        if unfrozen:
+            logger.warning(f"your PeftModel's modules_to_save copies had frozen parameters (peft matches those names by "
+                           f"suffix and wraps nested modules of the same name); made them trainable: {unfrozen}")
         return model
     from smc_trainer.training.adapters import wrap_with_lora
 

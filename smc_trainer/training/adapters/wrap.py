@@ -122,20 +122,24 @@ def wrap_with_lora(model: nn.Module, args) -> PeftModel:
     return peft_model
 
 
-def train_head_copies(peft_model: PeftModel) -> None:
+def train_head_copies(peft_model: PeftModel) -> list[str]:
     """Make every parameter of the head copies that `modules_to_save` trains trainable.
 
     peft matches `modules_to_save` names by suffix, so a head module named like one of its own children (GTS's
     `merge` network holds a `merge` linear) also gets a nested wrapper, and the copy that trains is left with
     that child frozen: a silent half-trained head. The trained copy of each top-level wrapper is its
-    `modules_to_save[adapter]`, so all of it trains."""
+    `modules_to_save[adapter]`, so all of it trains. Returns the names of the parameters it made trainable."""
+    unfrozen = []
     for name, module in unwrap_adapters(peft_model).named_modules():
         copies = getattr(module, "modules_to_save", None)
-        if isinstance(copies, nn.ModuleDict) and hasattr(module, "original_module") and ".original_module" \
-                not in f".{name}" and not _inside_wrapper(name):
+        if isinstance(copies, nn.ModuleDict) and hasattr(module, "original_module") and not _inside_wrapper(name):
             for adapter in getattr(module, "active_adapters", copies.keys()):
                 if adapter in copies:
-                    copies[adapter].requires_grad_(True)
+                    for param_name, param in copies[adapter].named_parameters():
+                        if not param.requires_grad:
+                            param.requires_grad_(True)
+                            unfrozen.append(f"{name}.modules_to_save.{adapter}.{param_name}")
+    return unfrozen
 
 
 def _inside_wrapper(name: str) -> bool:
