@@ -163,9 +163,10 @@ def _summed_weight(weight_oi: Tensor, weight_a: Tensor, weight_b: Tensor, mask_o
 
 
 def _masked_delta(weight_a: Tensor, weight_b: Tensor, mask: Tensor, scaling: float) -> Tensor:
-    """(s * B @ A) * mask, in the (out, in) layout of `nn.Linear`."""
-    delta = weight_b @ weight_a
-    return delta.mul_(mask).mul_(scaling)
+    """(s * B @ A) * mask, in the (out, in) layout of `nn.Linear`: the scaling goes into the small factor, so the
+    weight-sized result is written once by the product and passed over once by the mask."""
+    delta = (weight_b * scaling) @ weight_a
+    return delta.mul_(mask)
 
 
 class MaskedLoraVariant(LoraVariant):
