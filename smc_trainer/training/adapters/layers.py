@@ -157,9 +157,12 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
 
 def _summed_weight(weight_oi: Tensor, weight_a: Tensor, weight_b: Tensor, mask_oi: Tensor, scaling: float,
                    dtype: torch.dtype) -> Tensor:
-    """A new (out, in) tensor `W + (s * B @ A) * mask` in `dtype` (one weight-sized allocation)."""
-    summed = _masked_delta(weight_a.to(dtype), weight_b.to(dtype), mask_oi, scaling)
-    return summed.add_(weight_oi.to(dtype))
+    """A new (out, in) tensor `W + (s * B @ A) * mask` in `dtype` (one weight-sized allocation).
+
+    Computed as `(W + s * B @ A) * mask`, the sum fused into the product (`addmm`) and one pass for the mask: the
+    same tensor because a pruned base weight is exactly zero (the invariant every MaskSet keeps)."""
+    summed = torch.addmm(weight_oi.to(dtype), weight_b.to(dtype) * scaling, weight_a.to(dtype))
+    return summed.mul_(mask_oi)
 
 
 def _masked_delta(weight_a: Tensor, weight_b: Tensor, mask: Tensor, scaling: float) -> Tensor:
