@@ -1,5 +1,5 @@
 """Calibration: run a few training examples through the model with forward hooks that collect, per prunable
-linear, what the one-shot criteria need (`smc_trainer.methods.oneshot`).
+linear, what the activation-aware criteria need (`smc_trainer.engine.criteria.wanda`, `.sparsegpt`).
 
 - `input_norms`: ||X_j||_2 of every input feature of every prunable linear, in one pass over the dense model
   (Wanda's scores and OWL's outlier ratios); memory is one vector per linear.

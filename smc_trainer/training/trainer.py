@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
 from transformers import Seq2SeqTrainer
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, rotate_checkpoints
 from transformers.utils import logging
 
 from smc_trainer.engine.masks import MaskSet
@@ -338,11 +339,24 @@ class SparseTrainer(Seq2SeqTrainer):
 
     def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, **kwargs: Any):
         """`Trainer.train`, resuming only from complete checkpoints (True: the last complete one)."""
+        if self.args.max_steps == 0:  # Trainer would run one step (or the epochs) for max_steps 0
+            return self.prune_without_training()
         resume = resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
         result = super().train(resume_from_checkpoint=resume, trial=trial, **kwargs)
         if _is_adapter_model(self.model) and not self.args.sparse_adapter:
             self._merge_and_remask()
         return result
+
+    def prune_without_training(self) -> TrainOutput:
+        """`--max_steps 0`: install the method's initial masks (one-shot pruning, calibration included) and stop,
+        so the pruned model is evaluated as it is, with no optimizer step."""
+        started = time.time()
+        self.state.max_steps = 0
+        self.state.global_step = 0
+        self.sparsity_callback.on_train_begin(self.args, self.state, self.control, model=self.model, optimizer=None)
+        runtime = round(time.time() - started, 4)
+        logger.info(f"--max_steps 0: pruned ({self.args.sparse_method}) without training in {runtime} s")
+        return TrainOutput(0, 0.0, {"train_runtime": runtime})
 
     def _merge_and_remask(self) -> None:
         """Plain LoRA (`--sparse_adapter false`): merge the adapters into the base weights (peft's `merge_adapter`)
