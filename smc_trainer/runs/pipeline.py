@@ -47,7 +47,8 @@ logger = logging.get_logger(__name__)
 # what the dense stage never uses: the sparse axes of the run it serves (none of them is in the dense cache key;
 # a pattern or OWL would be refused for a dense run)
 DENSE_RESETS = {"criterion": None, "distill_teacher": "none", "lr_rewind": False, "method_preset": None,
-                "sparsity_pattern": "unstructured", "export_semi_structured": False, "distribution": "global"}
+                "sparsity_pattern": "unstructured", "export_semi_structured": False, "distribution": "global",
+                "calibration_file": None}
 
 
 def build_task(config: RunConfig):
@@ -122,6 +123,7 @@ def fine_tune(
         compute_metrics=bundle.compute_metrics,
         initial_masks=initial_masks,
         teacher=teacher,
+        calibration_dataset=bundle.calibration_dataset,
         **bundle.trainer_kwargs,
     )
     if start_from is not None:  # a LoRA run's adapter sits on these weights, pruned (after-methods)

@@ -247,6 +247,13 @@ class SparseTrainingArguments(Seq2SeqTrainingArguments):
         metadata={"help": "wanda_*/sparsegpt_*: training examples (a seeded random subset, the same on every "
                   "process) run through the model to collect activation statistics."},
     )
+    calibration_file: str | None = field(
+        default=None,
+        metadata={"help": "--criterion wanda/sparsegpt: calibrate on the examples of this file instead of the "
+                  "training split (up to --calibration_samples of them, a seeded random subset). The task's own "
+                  "training-file schema: arithmetic, a CSV with Question, Numbers, Equation; multiple choice and "
+                  "quickstart, JSON / JSON Lines / CSV with question, choices, label (docs/oneshot.md)."},
+    )
     wanda_compare: str = field(
         default="row",
         metadata={"help": "Wanda: compare scores within each output row (row, the paper's) at each layer's "
@@ -549,6 +556,14 @@ class SparseTrainingArguments(Seq2SeqTrainingArguments):
                              f"--sparse_method {self.sparse_method} with --criterion {criterion} does not collect; "
                              "use --criterion wanda or sparsegpt with a one-shot method (omp_before, omp_after, or "
                              "their aliases wanda_before/after, sparsegpt_before/after)")
+        if self.calibration_file is not None:
+            if not method.calibrated(self):
+                raise UsageError(f"--calibration_file has no effect with --sparse_method {self.sparse_method} and "
+                                 f"--criterion {method.criterion_name(self)}, which read no activations; use it with "
+                                 "--criterion wanda or sparsegpt")
+            from smc_trainer.training.calibration_file import check_calibration_file
+
+            check_calibration_file(self.calibration_file)
         if self.owl_threshold <= 0 or self.owl_lambda < 0:
             raise UsageError(f"--owl_threshold must be > 0 and --owl_lambda >= 0; got {self.owl_threshold}, "
                              f"{self.owl_lambda}")

@@ -65,13 +65,15 @@ class SparseTrainer(Seq2SeqTrainer):
     `--lr_scheduler_type` (a task's own schedule, e.g. OneCycle over per-module learning rates), and
     `optimizer_cls_and_kwargs` reaches `Trainer` (which `Seq2SeqTrainer.__init__` does not forward).
     `teacher`: the model `--distill_teacher` names, already loaded (the pipeline loads the dense fine-tune).
+    `calibration_dataset`: examples for one-shot calibration instead of the training split (`--calibration_file`,
+    prepared by the task like its training split).
     """
 
     def __init__(self, model: torch.nn.Module | None = None, args: SparseTrainingArguments | None = None,
                  *pos: Any, initial_masks: Mapping[str, torch.Tensor] | None = None,
                  lr_scheduler_factory: Callable[[torch.optim.Optimizer, int], Any] | None = None,
                  optimizer_cls_and_kwargs: tuple[Any, dict[str, Any]] | None = None,
-                 teacher: torch.nn.Module | None = None, **kwargs: Any):
+                 teacher: torch.nn.Module | None = None, calibration_dataset: Any = None, **kwargs: Any):
         if not isinstance(args, SparseTrainingArguments):
             raise TypeError(f"SparseTrainer needs SparseTrainingArguments; got {type(args).__name__}")
         if model is None:
@@ -86,6 +88,10 @@ class SparseTrainer(Seq2SeqTrainer):
         if pattern is not None:
             check_pattern_shapes(targets, pattern)
         self.lr_scheduler_factory = lr_scheduler_factory
+        if args.calibration_file is not None and calibration_dataset is None:
+            raise UsageError(f"--calibration_file {args.calibration_file}: SparseTrainer needs its examples prepared "
+                             "by the task as calibration_dataset= (run_smc.py and smc_trainer.runs.pipeline do this)")
+        self.calibration_dataset = calibration_dataset  # --calibration_file's examples (None: the training split)
         super().__init__(model, args, *pos, **kwargs)
         if optimizer_cls_and_kwargs is not None:
             if self.optimizer is not None:
