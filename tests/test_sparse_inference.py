@@ -66,3 +66,35 @@ def test_two_four_linears_are_found_and_the_conversion_is_refused_without_a_capa
         assert "compute capability >= 8.0" in semi_structured_unavailable()
         with pytest.raises(ValueError, match="cannot run 2:4 linears: .*compute capability >= 8.0"):
             to_semi_structured(model)
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_sparse_release_loads_with_csr_linears_equal_to_the_dense_release(tmp_path, compressed):
+    """End to end: prune with SparseTrainer, save a release, load it with sparse_inference=True. Exactly the linears
+    at or past the break-even become CSRLinear (the unpruned feed-forward ones stay nn.Linear), and the logits equal
+    those of the same release loaded dense, within 1e-4."""
+    from sparse_helpers import make_trainer, sparse_args
+
+    from smc_trainer import load_sparse_pretrained
+    from smc_trainer.release.sparse_inference import BREAK_EVEN_SPARSITY
+
+    args = sparse_args(tmp_path / "run", "omp_before", 0.9, max_steps=0, distribution="uniform",
+                       prune_embeddings=False, prune_exclude="intermediate", save_compressed=compressed)
+    trainer = make_trainer("bert", args)
+    trainer.train()
+    out = trainer.save_sparse_pretrained(str(tmp_path / "release"))
+    if compressed:
+        (tmp_path / "release" / "model.safetensors").unlink()  # only the compressed weights ship
+    dense = load_sparse_pretrained(out).model.eval()
+    sparse = load_sparse_pretrained(out, sparse_inference=True).model
+    expected = {n.rsplit(".", 1)[0] for n, m in trainer.masks.masks.items()
+                if 1 - m.float().mean().item() >= BREAK_EVEN_SPARSITY and n.endswith(".weight")}
+    csr = {n for n, m in sparse.named_modules() if isinstance(m, CSRLinear)}
+    kept_dense = {n for n, m in sparse.named_modules() if type(m) is torch.nn.Linear}
+    assert csr == expected and len(csr) >= 6
+    assert kept_dense and all("intermediate" in n for n in kept_dense)
+    ids = torch.randint(3, 60, (4, 8), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.allclose(sparse(input_ids=ids).logits, dense(input_ids=ids).logits, atol=1e-4, rtol=0)
+    none = load_sparse_pretrained(out, sparse_inference=0.95).model  # a higher threshold converts nothing here
+    assert not any(isinstance(m, CSRLinear) for m in none.modules())
