@@ -98,3 +98,24 @@ def test_sparse_release_loads_with_csr_linears_equal_to_the_dense_release(tmp_pa
         assert torch.allclose(sparse(input_ids=ids).logits, dense(input_ids=ids).logits, atol=1e-4, rtol=0)
     none = load_sparse_pretrained(out, sparse_inference=0.95).model  # a higher threshold converts nothing here
     assert not any(isinstance(m, CSRLinear) for m in none.modules())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("case", ["random", "empty_rows", "all_zero"])
+def test_csr_linear_kernels_equal_the_dense_linear(dtype, case):
+    """The embedding-bag kernel (float32/64) and the torch.sparse fallback (other dtypes) against nn.Linear, with
+    output features that keep no weight and a weight that keeps none."""
+    gen = torch.Generator().manual_seed(0)
+    linear = torch.nn.Linear(12, 7).to(dtype)
+    with torch.no_grad():
+        keep = torch.rand(7, 12, generator=gen) > 0.8
+        if case == "empty_rows":
+            keep[::2] = False
+        if case == "all_zero":
+            keep[:] = False
+        linear.weight.mul_(keep)
+    x = torch.randn(2, 5, 12, generator=gen).to(dtype)
+    tol = 1e-2 if dtype == torch.bfloat16 else 1e-5
+    got = CSRLinear.from_linear(linear)(x)
+    assert got.shape == (2, 5, 7) and got.dtype == dtype and got.is_contiguous()
+    assert torch.allclose(got.float(), linear(x).float(), atol=tol)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from smc_trainer.errors import UsageError
 
@@ -18,7 +19,14 @@ BREAK_EVEN_SPARSITY = 0.8  # measured on MiniLM shapes, one core (BENCHMARKS.md)
 
 
 class CSRLinear(nn.Module):
-    """y = x W^T + b with W held as a CSR tensor; inference only."""
+    """y = x W^T + b with W held as a CSR tensor; inference only.
+
+    The product runs as an `embedding_bag` over the transposed input rather than `torch.sparse.addmm`: each output
+    feature is a bag, its kept input features the looked-up rows of X^T (one contiguous row of all tokens each),
+    its kept weights the per-sample weights, summed. That is exactly CSR sparse x dense (the CSR arrays are the
+    bag indices and offsets), and the embedding-bag kernel is faster than `torch.sparse.addmm` on MiniLM shapes
+    (BENCHMARKS.md, "Sparse CPU inference"). Half-precision inputs are summed in float32 (torch's CSR kernels
+    have no bfloat16 CPU matmul)."""
 
     def __init__(self, weight: Tensor, bias: Tensor | None):
         super().__init__()
@@ -31,12 +39,14 @@ class CSRLinear(nn.Module):
         return cls(linear.weight, linear.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        rows = x.reshape(-1, self.in_features).t()
-        if self.bias is None:
-            out = torch.sparse.mm(self.weight, rows)
-        else:
-            out = torch.sparse.addmm(self.bias.unsqueeze(1), self.weight, rows)
-        return out.t().reshape(*x.shape[:-1], self.out_features)
+        compute = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32  # half: sums in float32
+        table = x.reshape(-1, self.in_features).t().to(compute).contiguous()  # [in, tokens]: row i is feature i
+        weight = self.weight
+        bags = F.embedding_bag(weight.col_indices(), table, weight.crow_indices()[:-1], mode="sum",
+                               per_sample_weights=weight.values().to(compute))  # [out, tokens]
+        if self.bias is not None:  # on the contiguous [out, tokens] result: adding into a transposed layout is slow
+            bags.add_(self.bias.to(compute).unsqueeze(1))
+        return bags.t().to(x.dtype).contiguous().view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         nnz = self.weight.values().numel()
