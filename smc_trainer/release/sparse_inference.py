@@ -20,7 +20,9 @@ from torch.nn import functional as F
 
 from smc_trainer.errors import UsageError
 
-BREAK_EVEN_SPARSITY = 0.8  # measured on MiniLM shapes, one core (BENCHMARKS.md); below it CSR is slower
+# end to end on MiniLM, one core, the whole model is no faster below it (BENCHMARKS.md); a single linear breaks even
+# near 70% at 256 tokens, but every converted linear also pays for transposing its input and output
+BREAK_EVEN_SPARSITY = 0.8
 MEASURE_TOKENS = 256  # probe rows for the per-layer micro-benchmark of to_sparse_inference(measure_tokens=...)
 
 
