@@ -69,6 +69,15 @@ def test_tasks_whose_examples_a_file_cannot_hold_are_refused():
     check_task_support("arithmetic")
 
 
+@pytest.mark.parametrize("recipe", ["meltome", "mt_2to2"])
+def test_run_config_refuses_the_file_for_tasks_that_cannot_read_it(tmp_path, recipe):
+    good = _write(tmp_path / "a.jsonl", '{"label": 0}\n')
+    with pytest.raises(UsageError, match="calibrates on --calibration_samples examples of its training split"):
+        parse_run_config(["--recipe", recipe, "--sparse_method", "omp_after", "--criterion", "wanda", "--sparsity",
+                          "0.5", "--prune_embeddings", "false", "--distribution", "uniform", "--calibration_file", good,
+                          "--output_dir", str(tmp_path / "out"), "--use_cpu"])
+
+
 def test_arithmetic_file_without_the_columns_is_refused(tmp_path):
     from smc_trainer.tasks.arithmetic.data import load_calibration_file
 
