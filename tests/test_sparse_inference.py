@@ -152,3 +152,26 @@ def test_load_refuses_an_unknown_sparse_inference_word(tmp_path):
 
     with pytest.raises(ValueError, match="'measure'"):
         load_sparse_pretrained(str(tmp_path), sparse_inference="fast")
+
+
+def test_bert_feed_forward_runs_feature_major_between_its_two_converted_projections():
+    """intermediate.dense -> GELU -> output.dense, both converted: the first returns a transposed view (no copy), the
+    result still equals the dense model; a block with only one projection converted keeps contiguous outputs."""
+    model = make_tiny("bert").eval()
+    _prune_linears(model, [0.9])
+    with torch.no_grad():
+        layer = model.bert.encoder.layer[1]
+        out_weight = layer.output.dense.weight
+        out_weight.copy_(torch.randn_like(out_weight))  # dense again: not converted
+    ids = torch.randint(3, 60, (3, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        dense = model(input_ids=ids).logits
+    converted = to_sparse_inference(model, min_sparsity=0.85)
+    chained = [n for n, m in model.named_modules() if isinstance(m, CSRLinear) and m.feature_major_output]
+    assert chained == ["bert.encoder.layer.0.intermediate.dense"]
+    assert "bert.encoder.layer.1.intermediate.dense" in converted  # converted, but its consumer is dense
+    first = model.bert.encoder.layer[0].intermediate.dense
+    x = torch.randn(3, 9, first.in_features)
+    with torch.no_grad():
+        assert not first(x).is_contiguous() and first(x).shape == (3, 9, first.out_features)
+        assert torch.allclose(model(input_ids=ids).logits, dense, atol=1e-4, rtol=0)

@@ -12,7 +12,7 @@ what the dense model with zeros computes (to float rounding: the sums run in ano
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -39,6 +39,9 @@ class CSRLinear(nn.Module):
     def __init__(self, weight: Tensor, bias: Tensor | None):
         super().__init__()
         self.out_features, self.in_features = weight.shape
+        self.feature_major_output = False
+        """True: return the [out, tokens] result transposed as a view (not contiguous), for a consumer that is an
+        element-wise op followed by another CSRLinear, whose input transpose then costs nothing."""
         self.register_buffer("weight", weight.detach().to_sparse_csr())
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
 
@@ -54,7 +57,9 @@ class CSRLinear(nn.Module):
                                per_sample_weights=weight.values().to(compute))  # [out, tokens]
         if self.bias is not None:  # on the contiguous [out, tokens] result: adding into a transposed layout is slow
             bags.add_(self.bias.to(compute).unsqueeze(1))
-        return bags.t().to(x.dtype).contiguous().view(*x.shape[:-1], self.out_features)
+        out = bags.t().to(x.dtype)
+        return out.view(*x.shape[:-1], self.out_features) if self.feature_major_output else \
+            out.contiguous().view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         nnz = self.weight.values().numel()
@@ -93,7 +98,9 @@ def to_sparse_inference(model: nn.Module, min_sparsity: float = BREAK_EVEN_SPARS
     """Replace, in place, every nn.Linear whose weight is at least `min_sparsity` zeros by a `CSRLinear`; returns
     {module name: sparsity} of the converted ones. With `measure_tokens`, a linear past `min_sparsity` is converted
     only if a micro-benchmark on that many tokens finds it faster (`faster_as_csr`): a per-layer break-even
-    measured on the machine that runs the model. CPU only (CSR kernels elsewhere have other break-evens)."""
+    measured on the machine that runs the model. BERT-family feed-forward blocks with both projections converted
+    pass their hidden activations feature-major (`chain_feed_forward`). CPU only (CSR kernels elsewhere have other
+    break-evens)."""
     if not 0.0 <= min_sparsity <= 1.0:
         raise UsageError(f"min_sparsity must be in [0, 1]; got {min_sparsity}")
     if measure_tokens is not None and measure_tokens < 1:
@@ -111,5 +118,31 @@ def to_sparse_inference(model: nn.Module, min_sparsity: float = BREAK_EVEN_SPARS
                 continue
             setattr(module, child_name, CSRLinear.from_linear(child))
             converted[f"{name}.{child_name}" if name else child_name] = sparsity
+    chain_feed_forward(model, converted)
     model.eval()
     return converted
+
+
+FEED_FORWARD = ("intermediate.dense", "output.dense")  # BERT-family: in-projection -> activation -> out-projection
+
+
+def chain_feed_forward(model: nn.Module, converted: Mapping[str, float]) -> list[str]:
+    """Where a BERT-family feed-forward block has both projections converted, let the first return its result
+    feature-major: the element-wise activation between them keeps that layout, so neither the first's output
+    transpose nor the second's input transpose is copied (the two largest of the layer). Returns the names."""
+    first, second = FEED_FORWARD
+    chained = []
+    for name in converted:
+        if name.endswith(first) and name[: -len(first)] + second in converted:
+            module = model.get_submodule(name)
+            parent = model.get_submodule(name.rsplit(".", 1)[0])
+            if isinstance(module, CSRLinear) and _elementwise_activation(parent):
+                module.feature_major_output = True
+                chained.append(name)
+    return chained
+
+
+def _elementwise_activation(block: nn.Module) -> bool:
+    """A BERT-style intermediate block: its forward is dense -> `intermediate_act_fn`, an element-wise function."""
+    act = getattr(block, "intermediate_act_fn", None)
+    return act is not None and set(dict(block.named_children())) <= {"dense", "intermediate_act_fn"}
