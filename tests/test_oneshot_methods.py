@@ -152,7 +152,8 @@ REFUSALS = [
     (dict(sparse_method="sparsegpt_before", sparsity=0.5, prune_embeddings=False), "layer by layer"),
     (dict(sparse_method="gmp", sparsity=0.5, sparsity_pattern="2:4"), "gradual schedule"),
     (dict(sparse_method="rigl", sparsity=0.5, sparsity_pattern="2:4"), "drop-and-grow"),
-    (dict(sparse_method="lth", sparsity=0.36, sparsity_pattern="2:4"), "imp_rate"),
+    (dict(sparse_method="lth", sparsity=0.36, sparsity_pattern="2:4"), "never land on the pattern's 1 - N/M"),
+    (dict(sparse_method="lrr", sparsity=0.36, sparsity_pattern="2:4"), "keep at least N of every M"),
     (dict(sparse_method="omp_before", sparsity=0.3, sparsity_pattern="2:4"), "sparsity 0.5; got --sparsity 0.3"),
     (dict(sparse_method="omp_before", sparsity=0.5, sparsity_pattern="2:4", distribution="erk"), "global or uniform"),
     (dict(sparse_method="omp_before", sparsity=0.5, sparsity_pattern="2:3:4"), "N:M"),
@@ -185,3 +186,48 @@ def test_non_linear_targets_are_refused_before_calibration(tmp_path):
     trainer = SparseTrainer(model=model, args=args, train_dataset=toy_dataset())
     with pytest.raises(ValueError, match="LSTM, not a Linear"):
         trainer.sparse_method.initial_masks(trainer.sparsity_callback.context(8))
+
+
+@pytest.mark.parametrize("alias,method,criterion", [
+    ("wanda_before", "omp_before", "wanda"), ("wanda_after", "omp_after", "wanda"),
+    ("sparsegpt_before", "omp_before", "sparsegpt"), ("sparsegpt_after", "omp_after", "sparsegpt"),
+])
+def test_old_names_mean_exactly_the_method_with_the_criterion(tmp_path, alias, method, criterion):
+    """wanda_after == omp_after --criterion wanda (and the three others): same masks, same (SparseGPT-updated)
+    weights, bit for bit, pruned with --max_steps 0 so nothing else moves them."""
+    a = make_trainer("bert", sparse_args(tmp_path / "a", alias, 0.5, max_steps=0))
+    a.train()
+    b = make_trainer("bert", sparse_args(tmp_path / "b", method, 0.5, criterion=criterion, max_steps=0))
+    b.train()
+    assert a.state.global_step == b.state.global_step == 0
+    assert a.sparse_method.criterion.name == b.sparse_method.criterion.name == criterion
+    assert a.masks.masks.keys() == b.masks.masks.keys() and a.masks.masks
+    for name in a.masks.masks:
+        assert torch.equal(a.masks.masks[name], b.masks.masks[name]), name
+    for (name, pa), (_, pb) in zip(a.model.named_parameters(), b.model.named_parameters()):
+        assert torch.equal(pa, pb), name
+
+
+@pytest.mark.parametrize("method,flags,needle", [
+    ("gmp", dict(criterion="wanda"), "one-shot method"),
+    ("lrr", dict(criterion="sparsegpt", sparsity=0.5904), "one-shot method"),
+    ("rigl", dict(criterion="wanda"), "fixed"),
+    ("lth", dict(criterion="sparsegpt", sparsity=0.5904), "fixed"),
+    ("wanda_after", dict(criterion="magnitude"), "fixed"),
+    ("omp_after", dict(criterion="wanda", prune_embeddings=True), "prune_embeddings false"),
+    ("omp_before", dict(criterion="wanda", distribution="global"), "per-layer budgets"),
+    ("omp_after", dict(criterion="sparsegpt", distribution="global"), "its own budget"),
+    ("omp_after", dict(criterion="sparsegpt", sparsegpt_blocksize=0), "sparsegpt_blocksize"),
+    ("omp_after", dict(criterion="wanda", calibration_samples=0), "calibration_samples"),
+    ("omp_after", dict(distribution="owl"), "--criterion wanda or sparsegpt"),
+    ("snip", dict(distribution="owl"), "--criterion wanda or sparsegpt"),
+    ("omp_after", dict(criterion="wanda", peft="lora"), "LoRA wraps"),
+])
+def test_activation_criteria_refuse_invalid_pairs_at_parse_time(tmp_path, method, flags, needle):
+    with pytest.raises(ValueError, match=needle):
+        sparse_args(tmp_path, method, flags.pop("sparsity", 0.5), **flags)
+
+
+def test_activation_criteria_with_owl_and_a_one_shot_method_are_accepted(tmp_path):
+    args = sparse_args(tmp_path, "omp_after", 0.5, criterion="wanda", distribution="owl")
+    assert args.criterion == "wanda" and args.distribution == "owl"

@@ -151,3 +151,24 @@ def test_load_weights_reads_save_pretrained_folders_of_any_architecture(tmp_path
     pipeline.load_weights(target, str(tmp_path))
     for (name, a), b in zip(source.state_dict().items(), target.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_max_steps_zero_prunes_the_dense_fine_tune_and_evaluates_it_as_is(tmp_path, start_weights):
+    """`--max_steps 0` after-methods: the dense stage keeps its own budget (and the cache entry of a run without
+    --max_steps), the pruned model is evaluated without one optimizer step, its weights are dense x mask."""
+    config = tiny_config(tmp_path, "omp_after", 0.5, "--max_steps", "0", "--num_train_epochs", "1")
+    outcome = pipeline.run(config, str(tmp_path / "omp0"))[0]
+    dense_dir, dense = pipeline.run_dense(config)
+    assert dense.steps == 6  # 48 examples / batch 8, one epoch: not 0 steps
+    cache = DenseCache(str(tmp_path / "cache"))
+    assert os.path.basename(dense_dir) == cache.key(config.with_training(max_steps=-1, sparse_method="dense",
+                                                                         sparsity=0.0))
+    assert outcome.steps == 0 and outcome.mask_sparsity == pytest.approx(0.5, abs=1e-3)
+    assert "test_accuracy" in outcome.metrics
+    pruned, masks, fine_tuned = _weights(str(tmp_path / "omp0")), load_file(str(tmp_path / "omp0" / MASKS_NAME)), \
+        _weights(dense_dir)
+    assert masks
+    for name, mask in masks.items():
+        assert torch.equal(pruned[name], fine_tuned[name] * mask), name
+    untouched = [n for n in fine_tuned if n not in masks and n in pruned]
+    assert untouched and all(torch.equal(pruned[n], fine_tuned[n]) for n in untouched)

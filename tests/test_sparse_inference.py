@@ -66,3 +66,112 @@ def test_two_four_linears_are_found_and_the_conversion_is_refused_without_a_capa
         assert "compute capability >= 8.0" in semi_structured_unavailable()
         with pytest.raises(ValueError, match="cannot run 2:4 linears: .*compute capability >= 8.0"):
             to_semi_structured(model)
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_sparse_release_loads_with_csr_linears_equal_to_the_dense_release(tmp_path, compressed):
+    """End to end: prune with SparseTrainer, save a release, load it with sparse_inference=True. Exactly the linears
+    at or past the break-even become CSRLinear (the unpruned feed-forward ones stay nn.Linear), and the logits equal
+    those of the same release loaded dense, within 1e-4."""
+    from sparse_helpers import make_trainer, sparse_args
+
+    from smc_trainer import load_sparse_pretrained
+    from smc_trainer.release.sparse_inference import BREAK_EVEN_SPARSITY
+
+    args = sparse_args(tmp_path / "run", "omp_before", 0.9, max_steps=0, distribution="uniform",
+                       prune_embeddings=False, prune_exclude="intermediate", save_compressed=compressed)
+    trainer = make_trainer("bert", args)
+    trainer.train()
+    out = trainer.save_sparse_pretrained(str(tmp_path / "release"))
+    if compressed:
+        (tmp_path / "release" / "model.safetensors").unlink()  # only the compressed weights ship
+    dense = load_sparse_pretrained(out).model.eval()
+    sparse = load_sparse_pretrained(out, sparse_inference=True).model
+    expected = {n.rsplit(".", 1)[0] for n, m in trainer.masks.masks.items()
+                if 1 - m.float().mean().item() >= BREAK_EVEN_SPARSITY and n.endswith(".weight")}
+    csr = {n for n, m in sparse.named_modules() if isinstance(m, CSRLinear)}
+    kept_dense = {n for n, m in sparse.named_modules() if type(m) is torch.nn.Linear}
+    assert csr == expected and len(csr) >= 6
+    assert kept_dense and all("intermediate" in n for n in kept_dense)
+    ids = torch.randint(3, 60, (4, 8), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.allclose(sparse(input_ids=ids).logits, dense(input_ids=ids).logits, atol=1e-4, rtol=0)
+    none = load_sparse_pretrained(out, sparse_inference=0.95).model  # a higher threshold converts nothing here
+    assert not any(isinstance(m, CSRLinear) for m in none.modules())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("case", ["random", "empty_rows", "all_zero"])
+def test_csr_linear_kernels_equal_the_dense_linear(dtype, case):
+    """The embedding-bag kernel (float32/64) and the torch.sparse fallback (other dtypes) against nn.Linear, with
+    output features that keep no weight and a weight that keeps none."""
+    gen = torch.Generator().manual_seed(0)
+    linear = torch.nn.Linear(12, 7).to(dtype)
+    with torch.no_grad():
+        keep = torch.rand(7, 12, generator=gen) > 0.8
+        if case == "empty_rows":
+            keep[::2] = False
+        if case == "all_zero":
+            keep[:] = False
+        linear.weight.mul_(keep)
+    x = torch.randn(2, 5, 12, generator=gen).to(dtype)
+    tol = 1e-2 if dtype == torch.bfloat16 else 1e-5
+    got = CSRLinear.from_linear(linear)(x)
+    assert got.shape == (2, 5, 7) and got.dtype == dtype and got.is_contiguous()
+    assert torch.allclose(got.float(), linear(x).float(), atol=tol)
+
+
+def test_measured_break_even_converts_exactly_the_linears_the_clock_finds_faster(monkeypatch):
+    """`measure_tokens`: each linear past min_sparsity is converted exactly when faster_as_csr says so."""
+    from smc_trainer.release import sparse_inference as si
+
+    model = make_tiny("bert").eval()
+    _prune_linears(model, [0.9])
+    square = {n for n, m in model.named_modules() if type(m) is torch.nn.Linear and m.in_features == m.out_features}
+    monkeypatch.setattr(si, "faster_as_csr", lambda linear, tokens: linear.in_features == linear.out_features)
+    converted = si.to_sparse_inference(model, 0.5, measure_tokens=16)
+    assert set(converted) == square and square  # the fake benchmark's verdict, layer by layer
+    assert {n for n, m in model.named_modules() if isinstance(m, CSRLinear)} == square
+    assert any(type(m) is torch.nn.Linear for m in model.modules())
+    with pytest.raises(ValueError, match="measure_tokens"):
+        si.to_sparse_inference(model, 0.5, measure_tokens=0)
+
+
+def test_faster_as_csr_reads_the_clock():
+    from smc_trainer.release.sparse_inference import faster_as_csr
+
+    linear = torch.nn.Linear(8, 4)
+    ticks = iter(range(1000))
+    # each timing reads the clock twice; with a clock that advances by one per read every run lasts 1 "second",
+    # so CSR is never strictly faster
+    assert not faster_as_csr(linear, tokens=4, repeats=2, clock=lambda: next(ticks))
+
+
+def test_load_refuses_an_unknown_sparse_inference_word(tmp_path):
+    from smc_trainer import load_sparse_pretrained
+
+    with pytest.raises(ValueError, match="'measure'"):
+        load_sparse_pretrained(str(tmp_path), sparse_inference="fast")
+
+
+def test_bert_feed_forward_runs_feature_major_between_its_two_converted_projections():
+    """intermediate.dense -> GELU -> output.dense, both converted: the first returns a transposed view (no copy), the
+    result still equals the dense model; a block with only one projection converted keeps contiguous outputs."""
+    model = make_tiny("bert").eval()
+    _prune_linears(model, [0.9])
+    with torch.no_grad():
+        layer = model.bert.encoder.layer[1]
+        out_weight = layer.output.dense.weight
+        out_weight.copy_(torch.randn_like(out_weight))  # dense again: not converted
+    ids = torch.randint(3, 60, (3, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        dense = model(input_ids=ids).logits
+    converted = to_sparse_inference(model, min_sparsity=0.85)
+    chained = [n for n, m in model.named_modules() if isinstance(m, CSRLinear) and m.feature_major_output]
+    assert chained == ["bert.encoder.layer.0.intermediate.dense"]
+    assert "bert.encoder.layer.1.intermediate.dense" in converted  # converted, but its consumer is dense
+    first = model.bert.encoder.layer[0].intermediate.dense
+    x = torch.randn(3, 9, first.in_features)
+    with torch.no_grad():
+        assert not first(x).is_contiguous() and first(x).shape == (3, 9, first.out_features)
+        assert torch.allclose(model(input_ids=ids).logits, dense, atol=1e-4, rtol=0)

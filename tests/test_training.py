@@ -180,3 +180,18 @@ def test_snip_does_not_consume_training_batches(tmp_path):
         seen[method] = batches
     assert len(seen["snip"]) == 3
     assert all(torch.equal(a, b) for a, b in zip(seen["snip"], seen["omp_before"]))
+
+
+@pytest.mark.parametrize("method", ["omp_before", "snip", "omp_after"])
+def test_max_steps_zero_prunes_without_an_optimizer_step(tmp_path, method):
+    """--max_steps 0: the method's masks are installed and the weights are exactly the initial ones times the mask
+    (Trainer alone would run a step for max_steps 0)."""
+    trainer = make_trainer("bert", sparse_args(tmp_path, method, 0.59, max_steps=0))
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    result = trainer.train()
+    assert result.global_step == 0 and trainer.state.global_step == 0
+    assert sum(int(m.sum()) for m in trainer.masks.masks.values()) == keep_count(0.41, trainer.masks.total)
+    masks = trainer.masks.masks
+    for name, param in trainer.model.named_parameters():
+        expected = before[name] * masks[name] if name in masks else before[name]
+        assert torch.equal(param.detach(), expected), name

@@ -132,6 +132,6 @@ def layer_counts(
     if distribution == "owl":
         if outlier_ratios is None:
             raise UsageError("--distribution owl needs activation outlier ratios from calibration data; use it with a "
-                             "calibrated method (wanda_before/after, sparsegpt_before/after)")
+                             "calibrated criterion (--criterion wanda or sparsegpt)")
         return allocate_counts(owl_densities(outlier_ratios, numels, density, owl_lambda), numels, density, capacity)
     raise UsageError(f"--distribution must be one of {', '.join(DISTRIBUTIONS)}; got {distribution!r}")

@@ -7,14 +7,14 @@ them (zeroing weights and optimizer state) and the callback decides when each ho
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import Tensor
 
 from smc_trainer.engine.criteria import Criterion, ScoringView, criterion_names, get_criterion_class
-from smc_trainer.engine.criteria.base import no_gradient_batches
+from smc_trainer.engine.criteria.base import Calibrator, no_gradient_batches
 from smc_trainer.engine.distributions import layer_counts
 from smc_trainer.engine.masks import MaskSet
 from smc_trainer.engine.patterns import nm_keep_mask, parse_pattern
@@ -41,16 +41,6 @@ def register_method(name: str) -> Callable[[type[SparseMethod]], type[SparseMeth
     return wrap
 
 
-class Calibrator(Protocol):
-    """Calibration data run through the model with forward hooks (`smc_trainer.training.calibration`)."""
-
-    def input_norms(self, targets: Sequence[PruneTarget]) -> dict[str, Tensor]:
-        """||X_j||_2 per input feature of each target's linear, over the calibration tokens (dense model)."""
-
-    def sequential(self, targets: Sequence[PruneTarget], prune: Callable[[PruneTarget, Tensor], None]) -> None:
-        """Block by block in forward order: each target's Hessian X X^T, with the earlier blocks already pruned."""
-
-
 @dataclass
 class SparseContext:
     """What a method may look at: the prunable weights, their masks, the flags and the step budget."""
@@ -73,7 +63,7 @@ class SparseContext:
         """What a criterion sees at a pruning event after optimizer step `step` (0: before training)."""
         within = dict(self.masks.masks) if within_current and self.masks.active else {}
         return ScoringView(self.targets, within, step, self.gradient_batches, self.accumulate_gradients,
-                           self.count_batches_per_pass)
+                           self.count_batches_per_pass, self.calibrator)
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return {t.name: tuple(t.param.shape) for t in self.targets}
@@ -90,9 +80,10 @@ class SparseMethod:
     order: ClassVar[int] = 50  # position in `method_names()` (help texts, tables)
     pattern_refusal: ClassVar[str | None] = "it has no N:M selection"
     """Why the method cannot keep `--sparsity_pattern N:M`; None for methods that can (one-shot masks)."""
-    calibrated: ClassVar[bool] = False  # reads activations of calibration data (allows --distribution owl)
     default_criterion: ClassVar[str | None] = None  # the score used without --criterion (None: no scoring)
-    criterion_needs: ClassVar[tuple[str, ...]] = ("weights", "gradients")  # what this method can feed a criterion
+    criterion_needs: ClassVar[tuple[str, ...]] = ("weights", "gradients")
+    """What this method can feed a criterion (`smc_trainer.engine.criteria.base`: weights, gradients, training,
+    calibration)."""
     accepts_criterion: ClassVar[bool] = True  # False: --criterion is refused (the method's score is fixed)
     frozen_base_conflict: ClassVar[str | None] = None
     """Why the method needs to train the weights it prunes, so it is refused with `--peft lora` (None: it works
@@ -116,7 +107,8 @@ class SparseMethod:
     def validate_criterion(cls, args: Any) -> None:
         """Refuse a --criterion this method cannot feed (e.g. movement needs training steps between events)."""
         given = getattr(args, "criterion", None)
-        if given is not None and (cls.default_criterion is None or not cls.accepts_criterion):
+        if given is not None and (cls.default_criterion is None or not cls.accepts_criterion) \
+                and given != cls.default_criterion:
             raise UsageError(f"--criterion {given} has no effect with --sparse_method {cls.name}, whose score is "
                              "fixed; leave --criterion unset")
         name = cls.criterion_name(args)
@@ -125,10 +117,17 @@ class SparseMethod:
         criterion = get_criterion_class(name)
         if criterion.needs not in cls.criterion_needs:
             fits = [c for c in criterion_names() if get_criterion_class(c).needs in cls.criterion_needs]
+            other = _NEEDS_METHODS[criterion.needs]
             raise UsageError(f"--criterion {name} needs {_NEEDS_TEXT[criterion.needs]}, which --sparse_method "
                              f"{cls.name} ({cls.phase}) never has; with {cls.name} use one of {', '.join(fits)}, "
-                             f"or a method that trains between pruning events (gmp)")
+                             f"or {other}")
         criterion.validate_args(args)
+
+    @classmethod
+    def calibrated(cls, args: Any) -> bool:
+        """Whether this run reads activations of calibration data (its criterion needs them): allows OWL."""
+        name = cls.criterion_name(args)
+        return name is not None and get_criterion_class(name).needs == "calibration"
 
     @classmethod
     def prunes_in_trainer(cls, args: Any) -> bool:
@@ -140,7 +139,8 @@ class SparseMethod:
         if self.criterion is None:
             raise RuntimeError(f"--sparse_method {self.name} has no criterion to prune with")
         view = ctx.scoring_view(step, within_current)
-        masks = select_masks(ctx, self.criterion.scores(view), density)
+        masks = self.criterion.select(
+            view, density, lambda scores, ratios: select_masks(ctx, scores, density, outlier_ratios=ratios))
         self.criterion.after_selection(view, masks)
         return masks
 
@@ -191,6 +191,14 @@ _NEEDS_TEXT = {
     "weights": "only the weights",
     "gradients": "gradients of training batches at the pruning step",
     "training": "statistics gathered over the optimizer steps before each pruning event",
+    "calibration": "activations of calibration data, which only one-shot pruning before or after fine-tuning "
+                   "collects",
+}
+_NEEDS_METHODS = {
+    "weights": "another method",
+    "gradients": "another method",
+    "training": "a method that trains between pruning events (gmp)",
+    "calibration": "a one-shot method (omp_before, omp_after)",
 }
 
 

@@ -40,7 +40,11 @@ def imp_sparsity(round_index: int, rate: float) -> float:
 class IterativeMethod(SparseMethod):
     phase = "iterative"
     rewind: bool = False
-    pattern_refusal = "its rounds prune --imp_rate of the remaining weights, sparsities no N:M pattern has"
+    pattern_refusal = (
+        "its rounds prune --imp_rate of the remaining weights, so they reach sparsities 1 - (1 - rate)^k (0.2, 0.36, "
+        "0.488, 0.59, ... at the default 0.2), which never land on the pattern's 1 - N/M (0.5 for 2:4), and every "
+        "round before the last would have to keep at least N of every M. A schedule with a last round onto the "
+        "pattern is not implemented; for N:M after fine-tuning use omp_after (then retrain), or omp_before")
     default_criterion = "magnitude"
 
     @classmethod

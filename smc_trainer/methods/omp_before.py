@@ -1,6 +1,7 @@
 """`omp_before`: one-shot magnitude pruning of the pretrained weights, then one fine-tune ("OMP (Before)").
 
-With `--criterion`, any score that weights or batch gradients give (snip, obert, ...) prunes instead.
+With `--criterion`, any score that weights, batch gradients or calibration activations give (snip, obert, wanda,
+sparsegpt, ...) prunes instead.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ class OMPBefore(SparseMethod):
     order = 10
     pattern_refusal = None
     default_criterion = "magnitude"
+    criterion_needs = ("weights", "gradients", "calibration")
 
     def initial_masks(self, ctx: SparseContext):
         return self.prune(ctx, 1.0 - self.args.sparsity, step=0, within_current=False)

@@ -388,7 +388,7 @@ def load_sparse_pretrained(
     token: str | None = None,
     cache_dir: str | None = None,
     verify: bool = True,
-    sparse_inference: bool | float = False,
+    sparse_inference: bool | float | str = False,
     semi_structured: bool = False,
     **model_kwargs: Any,
 ) -> SparseCheckpoint:
@@ -397,9 +397,14 @@ def load_sparse_pretrained(
     model.sparse.safetensors when the dense weights are absent. `verify` checks that the masks fit.
 
     `sparse_inference` (True, or a minimum sparsity) runs the linears sparse enough to gain as CSR matmuls on the
-    CPU (`smc_trainer.release.sparse_inference`); `semi_structured` moves the model to the GPU in float16 and runs
-    its 2:4 linears on sparse tensor cores (`smc_trainer.release.semi_structured`; refused where they cannot run).
+    CPU (`smc_trainer.release.sparse_inference`); "measure" converts each linear at least half zeros that a
+    quick micro-benchmark on this machine finds faster sparse. `semi_structured` moves the model to the GPU in
+    float16 and runs its 2:4 linears on sparse tensor cores (`smc_trainer.release.semi_structured`; refused where
+    they cannot run).
     """
+    if isinstance(sparse_inference, str) and sparse_inference != "measure":
+        raise UsageError(f"sparse_inference must be True, False, a minimum sparsity or 'measure'; got "
+                         f"{sparse_inference!r}")
     if sparse_inference and semi_structured:
         raise UsageError("pick one of sparse_inference (CPU CSR) and semi_structured (GPU 2:4)")
     if semi_structured:
@@ -424,9 +429,12 @@ def load_sparse_pretrained(
     if verify:
         check_masks(model, masks)
     if sparse_inference:
-        from smc_trainer.release.sparse_inference import BREAK_EVEN_SPARSITY, to_sparse_inference
+        from smc_trainer.release.sparse_inference import BREAK_EVEN_SPARSITY, MEASURE_TOKENS, to_sparse_inference
 
-        to_sparse_inference(model, BREAK_EVEN_SPARSITY if sparse_inference is True else float(sparse_inference))
+        if sparse_inference == "measure":  # every linear at least half zeros, converted where it runs faster here
+            to_sparse_inference(model, 0.5, measure_tokens=MEASURE_TOKENS)
+        else:
+            to_sparse_inference(model, BREAK_EVEN_SPARSITY if sparse_inference is True else float(sparse_inference))
     if semi_structured:
         from smc_trainer.release.semi_structured import to_semi_structured
 

@@ -21,6 +21,7 @@ from smc_trainer.runs.presets import given_flags, is_preset, load_preset
 from smc_trainer.runs.recipes import Recipe, load_recipe
 from smc_trainer.runs.run_config import RunConfig
 from smc_trainer.training.arguments import DataArguments, ModelArguments, SparseTrainingArguments
+from smc_trainer.training.calibration_file import check_task_support
 
 CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
 DEFAULT_RECIPE = DataArguments.recipe
@@ -90,6 +91,8 @@ def parse_run_config(argv: list[str], description: str | None = None) -> RunConf
         raise
     except ValueError as err:  # transformers' own checks of TrainingArguments: about the flags too
         raise UsageError(str(err)) from err
+    if training_args.calibration_file is not None:  # the file itself was checked with the flags
+        check_task_support(recipe.task)
     return RunConfig(model_args, data_args, training_args, recipe, flags=flags)
 
 

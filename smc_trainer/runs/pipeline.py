@@ -2,7 +2,8 @@
 
 - dense:               the cached dense fine-tune (trained once per configuration)
 - before/during/dynamic: one fine-tune from the pretrained checkpoint; the method acts via callbacks
-- after (omp/random):  start from the cached dense fine-tune, prune, retrain with a fresh schedule
+- after (omp/random/wanda/sparsegpt): start from the cached dense fine-tune, prune, retrain with a fresh
+                       schedule; with `--max_steps 0`, prune and evaluate as is (the dense stage keeps its budget)
 - iterative (lth/lrr): rounds k = 1..R, each pruning `--imp_rate` of the remaining weights by global
                        magnitude of the previous round's weights, then retraining (LTH rewinds to
                        the pretrained weights and initial head; LRR keeps the pruned weights)
@@ -43,8 +44,11 @@ from smc_trainer.training.trainer import SparseTrainer
 
 logger = logging.get_logger(__name__)
 
-# what the dense stage never uses: the sparse axes of the run it serves (none of them is in the dense cache key)
-DENSE_RESETS = {"criterion": None, "distill_teacher": "none", "lr_rewind": False, "method_preset": None}
+# what the dense stage never uses: the sparse axes of the run it serves (none of them is in the dense cache key;
+# a pattern or OWL would be refused for a dense run)
+DENSE_RESETS = {"criterion": None, "distill_teacher": "none", "lr_rewind": False, "method_preset": None,
+                "sparsity_pattern": "unstructured", "export_semi_structured": False, "distribution": "global",
+                "calibration_file": None}
 
 
 def build_task(config: RunConfig):
@@ -119,6 +123,7 @@ def fine_tune(
         compute_metrics=bundle.compute_metrics,
         initial_masks=initial_masks,
         teacher=teacher,
+        calibration_dataset=bundle.calibration_dataset,
         **bundle.trainer_kwargs,
     )
     if start_from is not None:  # a LoRA run's adapter sits on these weights, pruned (after-methods)
@@ -243,7 +248,7 @@ def run_dense(config: RunConfig) -> tuple[str, RunOutcome]:
     # a --resume_from_checkpoint names the user's run, never the dense entry (which resumes its own .partial)
     # after-methods with --peft lora recover the pruned *full* dense fine-tune, shared with every other run
     dense_config = config.with_training(sparse_method="dense", sparsity=0.0, resume_from_checkpoint=None,
-                                        **{**DENSE_RESETS, **full_fine_tuning()})
+                                        **{**DENSE_RESETS, **full_fine_tuning(), **dense_budget(config)})
     key = cache.key(dense_config)
 
     def train(directory: str) -> None:
@@ -260,6 +265,13 @@ def run_dense(config: RunConfig) -> tuple[str, RunOutcome]:
         raise RuntimeError(f"dense cache entry {directory} has no {RESULT_NAME}")
     # the entry was trained in `<key>.partial` and renamed when complete: report where it is now
     return directory, dataclasses.replace(outcome, output_dir=directory)
+
+
+def dense_budget(config: RunConfig) -> dict[str, Any]:
+    """`--max_steps 0` means "no retraining after pruning", never a dense fine-tune of 0 steps: the dense stage
+    then trains by `--num_train_epochs` (max_steps -1, the default, so it shares the cache entry of runs that
+    never set --max_steps)."""
+    return {"max_steps": -1} if config.training_args.max_steps == 0 else {}
 
 
 def full_fine_tuning() -> dict[str, Any]:

@@ -47,6 +47,8 @@ class TaskBundle:
     trainer_kwargs: dict[str, Any] = field(default_factory=dict)
     """Extra keyword arguments for the SparseTrainer (e.g. `optimizer_cls_and_kwargs` for per-module learning
     rates); the pipeline passes them through unchanged."""
+    calibration_dataset: Any = None
+    """Examples of `--calibration_file`, prepared like the training split (None: calibrate on the training split)."""
     eval_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per named evaluation subset, extra keyword arguments for `trainer.evaluate` (e.g. a translation
     direction's generation kwargs: its target language's decoder start / forced BOS token)."""

@@ -11,6 +11,7 @@ Recipes with `subsets` (RACE: middle, high) evaluate each subset on its own.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from collections import Counter
@@ -260,18 +261,32 @@ def make_collator(tokenizer: Any, training_args) -> DataCollatorForMultipleChoic
 
 def build(model_args, data_args, training_args, recipe) -> TaskBundle:
     """Model, tokenized splits, collator and accuracy metric for a multiple-choice recipe."""
+    calibration = load_calibration_file(training_args, model_args.cache_dir)  # before the model: errors first
     model, tokenizer, source = load_model_and_tokenizer(model_args)
     logger.info(f"multiple_choice: model {source}")
     raw = load_raw_splits(data_args, model_args, recipe)
     chance = recipe.chance_level if recipe is not None else None
     subsets = recipe.subsets if recipe is not None else ()
-    return assemble(model, tokenizer, source, raw, data_args, training_args, chance, subsets=subsets)
+    return assemble(model, tokenizer, source, raw, data_args, training_args, chance, subsets=subsets,
+                    calibration=calibration)
+
+
+def load_calibration_file(training_args, cache_dir: str | None) -> Dataset | None:
+    """`--calibration_file`'s examples in the canonical schema (checked here, before any model loads), or None."""
+    path = getattr(training_args, "calibration_file", None)
+    if path is None:
+        return None
+    return to_canonical(_load_local(path, "calibration", cache_dir), where=f"--calibration_file {path!r}")
 
 
 def assemble(model, tokenizer, source: str, raw, data_args, training_args, chance_level: float | None,
-             subsets: Sequence[str] = ()) -> TaskBundle:
-    """Tokenize canonical raw splits and wrap them with the model, collator and accuracy metric."""
+             subsets: Sequence[str] = (), calibration: Dataset | None = None) -> TaskBundle:
+    """Tokenize canonical raw splits (and canonical calibration examples) and wrap them with the model, collator
+    and accuracy metric."""
     train, validation, test = prepare_splits(raw, tokenizer, data_args, training_args, subsets)
+    if calibration is not None:
+        calibration = _prepare_canonical(calibration, "calibration", "--calibration_file", tokenizer,
+                                         dataclasses.replace(data_args, max_eval_samples=None), training_args)
     return TaskBundle(
         model=model,
         processing_class=tokenizer,
@@ -283,6 +298,7 @@ def assemble(model, tokenizer, source: str, raw, data_args, training_args, chanc
         chance_level=chance_level,
         model_source=source,
         aggregate_metrics=functools.partial(pooled_accuracy, subsets=list(subsets)) if subsets else None,
+        calibration_dataset=calibration,
     )
 
 
@@ -296,6 +312,7 @@ __all__ = [
     "check_answers_fit",
     "check_canonical",
     "compute_metrics",
+    "load_calibration_file",
     "load_model_and_tokenizer",
     "load_raw_splits",
     "pooled_accuracy",

@@ -23,6 +23,7 @@ from smc_trainer.tasks.multiple_choice import (
     ANSWER_PREFIX,
     QUESTION_PREFIX,
     assemble,
+    load_calibration_file,
     load_model_and_tokenizer,
 )
 
@@ -138,8 +139,9 @@ def choose_model(model_args) -> tuple[Any, Any, str]:
 
 def build(model_args, data_args, training_args, recipe) -> TaskBundle:
     """Synthetic splits plus the chosen model, prepared exactly like a real multiple-choice task."""
+    calibration = load_calibration_file(training_args, model_args.cache_dir)  # before the model: errors first
     model, tokenizer, source = choose_model(model_args)
     logger.info(f"quickstart: model {source}")
     raw = make_splits(data_args.num_synthetic_examples)
     chance = recipe.chance_level if recipe is not None else 1.0 / NUM_CHOICES
-    return assemble(model, tokenizer, source, raw, data_args, training_args, chance)
+    return assemble(model, tokenizer, source, raw, data_args, training_args, chance, calibration=calibration)

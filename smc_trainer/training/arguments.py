@@ -198,7 +198,8 @@ class SparseTrainingArguments(Seq2SeqTrainingArguments):
         default="dense",
         metadata={
             "help": "Sparse algorithm: dense, omp_after, random_after, lth, lrr, omp_before, random_before, snip, "
-            "gmp, rigl, set (see README's method table)."
+            "gmp, rigl, set; wanda_before/after and sparsegpt_before/after are omp_before/after with --criterion "
+            "wanda/sparsegpt (see README's method table)."
         },
     )
     sparsity: float = field(
@@ -210,7 +211,8 @@ class SparseTrainingArguments(Seq2SeqTrainingArguments):
         metadata={
             "help": "How sparsity is spread over layers: global (one threshold over all prunable weights, as the "
             "paper), uniform (same sparsity per layer), erk (Erdos-Renyi-Kernel) or owl (outlier-weighted: layers "
-            "with more activation outliers keep more; calibrated methods only, see --owl_threshold/--owl_lambda)."
+            "with more activation outliers keep more; --criterion wanda or sparsegpt only, see --owl_threshold/"
+            "--owl_lambda)."
         },
     )
     prune_embeddings: bool = field(
@@ -245,6 +247,13 @@ class SparseTrainingArguments(Seq2SeqTrainingArguments):
         default=128,
         metadata={"help": "wanda_*/sparsegpt_*: training examples (a seeded random subset, the same on every "
                   "process) run through the model to collect activation statistics."},
+    )
+    calibration_file: str | None = field(
+        default=None,
+        metadata={"help": "--criterion wanda/sparsegpt: calibrate on the examples of this file instead of the "
+                  "training split (up to --calibration_samples of them, a seeded random subset). The task's own "
+                  "training-file schema: arithmetic, a CSV with Question, Numbers, Equation; multiple choice and "
+                  "quickstart, JSON / JSON Lines / CSV with question, choices, label (docs/oneshot.md)."},
     )
     wanda_compare: str = field(
         default="row",
@@ -386,9 +395,11 @@ class SparseTrainingArguments(Seq2SeqTrainingArguments):
     # ---- criterion axis, oBERT, distillation, LR rewinding, GMP*, presets, plugins (issue 13) -------------
     criterion: str | None = field(
         default=None,
-        metadata={"help": "The score that decides which weights go: magnitude, random, snip, movement, obert (or a "
-                  "plugin's). Default: the method's own (omp_*/gmp/lth/lrr magnitude, random_* random, snip snip). "
-                  "E.g. --sparse_method gmp --criterion movement, --sparse_method omp_after --criterion obert."},
+        metadata={"help": "The score that decides which weights go: magnitude, random, snip, movement, obert, wanda, "
+                  "sparsegpt (or a plugin's). Default: the method's own (omp_*/gmp/lth/lrr magnitude, random_* random, "
+                  "snip snip, wanda_* wanda, sparsegpt_* sparsegpt). E.g. --sparse_method gmp --criterion movement, "
+                  "--sparse_method omp_after --criterion obert, --sparse_method omp_after --criterion wanda (wanda "
+                  "and sparsegpt: one-shot methods only, omp_before/omp_after)."},
     )
     obert_block_size: int = field(
         default=50,
@@ -484,6 +495,7 @@ class SparseTrainingArguments(Seq2SeqTrainingArguments):
                     raise UsageError(f"--{flag} is not a valid regular expression: {pattern!r} ({err})") from None
         method = get_method_class(self.sparse_method)
         self._check_pattern_and_calibration(method)
+        self._check_no_training(method)
         method.validate_args(self)
         method.validate_criterion(self)
         self.validate_training_variants(method)
@@ -516,6 +528,18 @@ class SparseTrainingArguments(Seq2SeqTrainingArguments):
                 raise _choices_error("lr_scheduler_type (with --lr_rewind)", shape, SHAPES)
 
 
+    def _check_no_training(self, method) -> None:
+        """`--max_steps 0`: prune and evaluate without training, which only methods that prune once before
+        training mean something with (before: the pretrained model; after: the cached dense fine-tune)."""
+        if self.max_steps != 0 or method.phase in ("dense", "before", "after"):
+            return
+        from smc_trainer.methods import get_method_class, method_names
+
+        able = [n for n in method_names() if get_method_class(n).phase in ("before", "after")]
+        raise UsageError(f"--max_steps 0 prunes once and evaluates without training; --sparse_method "
+                         f"{self.sparse_method} ({method.phase}) prunes during training or between retraining "
+                         f"rounds, which never happen then; use one of {', '.join(able)}")
+
     def _check_pattern_and_calibration(self, method) -> None:
         """--sparsity_pattern, --distribution owl, the OWL flags and --export_semi_structured (docs/oneshot.md)."""
         from smc_trainer.engine.patterns import parse_pattern
@@ -534,11 +558,20 @@ class SparseTrainingArguments(Seq2SeqTrainingArguments):
             if self.distribution not in ("global", "uniform"):
                 raise UsageError(f"--sparsity_pattern {pattern} puts every layer at {pattern.sparsity:g}; "
                                  f"--distribution {self.distribution} cannot apply (use global or uniform)")
-        if self.distribution == "owl" and not method.calibrated:
-            calibrated = [n for n in method_names() if get_method_class(n).calibrated]
+        if self.distribution == "owl" and not method.calibrated(self):
+            criterion = method.criterion_name(self)
             raise UsageError(f"--distribution owl reads activation outliers from calibration data, which "
-                             f"--sparse_method {self.sparse_method} does not collect; use one of "
-                             f"{', '.join(calibrated)}")
+                             f"--sparse_method {self.sparse_method} with --criterion {criterion} does not collect; "
+                             "use --criterion wanda or sparsegpt with a one-shot method (omp_before, omp_after, or "
+                             "their aliases wanda_before/after, sparsegpt_before/after)")
+        if self.calibration_file is not None:
+            if not method.calibrated(self):
+                raise UsageError(f"--calibration_file has no effect with --sparse_method {self.sparse_method} and "
+                                 f"--criterion {method.criterion_name(self)}, which read no activations; use it with "
+                                 "--criterion wanda or sparsegpt")
+            from smc_trainer.training.calibration_file import check_calibration_file
+
+            check_calibration_file(self.calibration_file)
         if self.owl_threshold <= 0 or self.owl_lambda < 0:
             raise UsageError(f"--owl_threshold must be > 0 and --owl_lambda >= 0; got {self.owl_threshold}, "
                              f"{self.owl_lambda}")
@@ -584,8 +617,17 @@ def check_peft_flags(args: SparseTrainingArguments) -> None:
     if args.lora_release == "adapter" and not args.sparse_adapter:
         raise UsageError("--lora_release adapter needs --sparse_adapter true: a plain adapter re-masked after the "
                          "merge is no longer an adapter; release the merged model (--lora_release merged)")
-    conflict = get_method_class(args.sparse_method).frozen_base_conflict
+    method = get_method_class(args.sparse_method)
+    conflict = method.frozen_base_conflict
     if conflict:
         raise UsageError(f"--sparse_method {args.sparse_method} cannot run with --peft lora: {conflict}")
+    criterion = method.criterion_name(args)
+    if criterion is not None:
+        from smc_trainer.engine.criteria import get_criterion_class
+
+        conflict = get_criterion_class(criterion).frozen_base_conflict
+        if conflict:
+            raise UsageError(f"--criterion {criterion} (--sparse_method {args.sparse_method}) cannot run with --peft "
+                             f"lora: {conflict}")
     if importlib.util.find_spec("peft") is None:
         raise UsageError("--peft lora needs the peft package: pip install 'smc-trainer[peft]'")

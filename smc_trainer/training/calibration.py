@@ -1,5 +1,5 @@
 """Calibration: run a few training examples through the model with forward hooks that collect, per prunable
-linear, what the one-shot criteria need (`smc_trainer.methods.oneshot`).
+linear, what the activation-aware criteria need (`smc_trainer.engine.criteria.wanda`, `.sparsegpt`).
 
 - `input_norms`: ||X_j||_2 of every input feature of every prunable linear, in one pass over the dense model
   (Wanda's scores and OWL's outlier ratios); memory is one vector per linear.
@@ -159,18 +159,21 @@ def _hessian_adder(hessians: dict[nn.Module, Tensor], module: nn.Module) -> Call
 
 
 def calibration_batches(trainer: Any) -> Iterable[dict[str, Any]]:
-    """`--calibration_samples` examples of the trainer's training set (a random subset seeded by `--seed`, in
-    dataset order, identical on every process: no distributed sampler), batched by `--per_device_eval_batch_size`
-    with the trainer's collator and moved to the model's device."""
+    """`--calibration_samples` examples of the trainer's calibration set (`--calibration_file`'s examples, else the
+    training set): a random subset seeded by `--seed`, in dataset order, identical on every process (no distributed
+    sampler), batched by `--per_device_eval_batch_size` with the trainer's collator and moved to the model's
+    device."""
     from torch.utils.data import DataLoader, Subset
 
-    dataset = trainer.train_dataset
+    from_file = getattr(trainer, "calibration_dataset", None) is not None
+    dataset = trainer.calibration_dataset if from_file else trainer.train_dataset
+    where = f"--calibration_file {trainer.args.calibration_file}" if from_file else "the training set"
     if dataset is None or not hasattr(dataset, "__len__"):
         raise UsageError("one-shot calibration needs a training dataset with a length (not a streaming one)")
     args = trainer.args
     n = min(args.calibration_samples, len(dataset))
     if n < args.calibration_samples:
-        logger.warning_once(f"--calibration_samples {args.calibration_samples}: the training set has only {n} examples")
+        logger.warning_once(f"--calibration_samples {args.calibration_samples}: {where} has only {n} examples")
     generator = torch.Generator().manual_seed(args.seed)
     indices = sorted(torch.randperm(len(dataset), generator=generator)[:n].tolist())
     collator = trainer.data_collator

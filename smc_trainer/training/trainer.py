@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
 from transformers import Seq2SeqTrainer
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, rotate_checkpoints
 from transformers.utils import logging
 
 from smc_trainer.engine.masks import MaskSet
@@ -70,13 +71,15 @@ class SparseTrainer(Seq2SeqTrainer):
     `--lr_scheduler_type` (a task's own schedule, e.g. OneCycle over per-module learning rates), and
     `optimizer_cls_and_kwargs` reaches `Trainer` (which `Seq2SeqTrainer.__init__` does not forward).
     `teacher`: the model `--distill_teacher` names, already loaded (the pipeline loads the dense fine-tune).
+    `calibration_dataset`: examples for one-shot calibration instead of the training split (`--calibration_file`,
+    prepared by the task like its training split).
     """
 
     def __init__(self, model: torch.nn.Module | None = None, args: SparseTrainingArguments | None = None,
                  *pos: Any, initial_masks: Mapping[str, torch.Tensor] | None = None,
                  lr_scheduler_factory: Callable[[torch.optim.Optimizer, int], Any] | None = None,
                  optimizer_cls_and_kwargs: tuple[Any, dict[str, Any]] | None = None,
-                 teacher: torch.nn.Module | None = None, **kwargs: Any):
+                 teacher: torch.nn.Module | None = None, calibration_dataset: Any = None, **kwargs: Any):
         if not isinstance(args, SparseTrainingArguments):
             raise TypeError(f"SparseTrainer needs SparseTrainingArguments; got {type(args).__name__}")
         if model is None:
@@ -91,6 +94,10 @@ class SparseTrainer(Seq2SeqTrainer):
         if pattern is not None:
             check_pattern_shapes(targets, pattern)
         self.lr_scheduler_factory = lr_scheduler_factory
+        if args.calibration_file is not None and calibration_dataset is None:
+            raise UsageError(f"--calibration_file {args.calibration_file}: SparseTrainer needs its examples prepared "
+                             "by the task as calibration_dataset= (run_smc.py and smc_trainer.runs.pipeline do this)")
+        self.calibration_dataset = calibration_dataset  # --calibration_file's examples (None: the training split)
         super().__init__(model, args, *pos, **kwargs)
         if optimizer_cls_and_kwargs is not None:
             if self.optimizer is not None:
@@ -347,11 +354,24 @@ class SparseTrainer(Seq2SeqTrainer):
 
     def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, **kwargs: Any):
         """`Trainer.train`, resuming only from complete checkpoints (True: the last complete one)."""
+        if self.args.max_steps == 0:  # Trainer would run one step (or the epochs) for max_steps 0
+            return self.prune_without_training()
         resume = resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
         result = super().train(resume_from_checkpoint=resume, trial=trial, **kwargs)
         if _is_adapter_model(self.model) and not self.args.sparse_adapter:
             self._merge_and_remask()
         return result
+
+    def prune_without_training(self) -> TrainOutput:
+        """`--max_steps 0`: install the method's initial masks (one-shot pruning, calibration included) and stop,
+        so the pruned model is evaluated as it is, with no optimizer step."""
+        started = time.time()
+        self.state.max_steps = 0
+        self.state.global_step = 0
+        self.sparsity_callback.on_train_begin(self.args, self.state, self.control, model=self.model, optimizer=None)
+        runtime = round(time.time() - started, 4)
+        logger.info(f"--max_steps 0: pruned ({self.args.sparse_method}) without training in {runtime} s")
+        return TrainOutput(0, 0.0, {"train_runtime": runtime})
 
     def _merge_and_remask(self) -> None:
         """Plain LoRA (`--sparse_adapter false`): merge the adapters into the base weights (peft's `merge_adapter`)

@@ -8,13 +8,19 @@ a method that cannot provide it refuses the pair at parse time:
 - "gradients": gradients of training batches at the moment of scoring (snip, obert)
 - "training":  statistics gathered over optimizer steps (movement): only methods that train between
                pruning events (`gmp`) can use it
+- "calibration": activations of calibration data run through the model (wanda, sparsegpt): only the one-shot
+               before- and after-methods collect them
+
+Most criteria only score and let the method's selection (`--distribution`, `--sparsity_pattern`) choose the
+masks; a criterion that chooses masks its own way (Wanda within each row, SparseGPT inside its column loop)
+overrides `select`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from torch import Tensor
 
@@ -23,7 +29,20 @@ from smc_trainer.engine.targets import PruneTarget
 from smc_trainer.errors import UsageError
 
 CRITERION_REGISTRY: dict[str, type[Criterion]] = {}
-NEEDS = ("weights", "gradients", "training")
+NEEDS = ("weights", "gradients", "training", "calibration")
+
+Selector = Callable[[Mapping[str, LayerScores], Mapping[str, float] | None], dict[str, Tensor]]
+"""The method's selection: (scores by name, OWL outlier ratios or None) -> bool masks at the event's density."""
+
+
+class Calibrator(Protocol):
+    """Calibration data run through the model with forward hooks (`smc_trainer.training.calibration`)."""
+
+    def input_norms(self, targets: Sequence[PruneTarget]) -> dict[str, Tensor]:
+        """||X_j||_2 per input feature of each target's linear, over the calibration tokens (dense model)."""
+
+    def sequential(self, targets: Sequence[PruneTarget], prune: Callable[[PruneTarget, Tensor], None]) -> None:
+        """Block by block in forward order: each target's Hessian X X^T, with the earlier blocks already pruned."""
 
 
 def register_criterion(name: str) -> Callable[[type[Criterion]], type[Criterion]]:
@@ -54,6 +73,7 @@ class ScoringView:
     backward it yields with that batch's dense gradients in every weight's `.grad`.
     `accumulate_gradients(n)`: leaves the sum of `n` batches' gradients in `.grad` (SNIP).
     `batches_per_pass`: how many batches one full pass over the training data has (counted on first use).
+    `calibrator`: activation statistics of calibration data (None where the method collects none).
     """
 
     targets: list[PruneTarget]
@@ -62,6 +82,7 @@ class ScoringView:
     gradient_batches: Callable[[int | None], Iterator[None]] = no_gradient_batches
     accumulate_gradients: Callable[[int], None] = lambda n: no_gradient_batches(n)  # noqa: E731
     count_batches_per_pass: Callable[[], int] | None = None
+    calibrator: Calibrator | None = None
 
     @property
     def batches_per_pass(self) -> int:
@@ -77,6 +98,8 @@ class Criterion:
     name: ClassVar[str] = ""
     needs: ClassVar[str] = "weights"
     order: ClassVar[int] = 50  # position in `criterion_names()`
+    frozen_base_conflict: ClassVar[str | None] = None
+    """Why the criterion cannot prune a base model that LoRA wraps (None: it can)."""
 
     def __init__(self, args: Any):
         self.args = args
@@ -88,6 +111,11 @@ class Criterion:
     def scores(self, view: ScoringView) -> dict[str, LayerScores]:
         """Importance of every prunable weight (higher: kept first), as lazy `LayerScores` by name."""
         raise NotImplementedError
+
+    def select(self, view: ScoringView, density: float, select: Selector) -> dict[str, Tensor]:
+        """Bool masks keeping `density` of the prunable set: by default the highest `scores`, chosen by the method's
+        `select` (its --distribution or N:M pattern)."""
+        return select(self.scores(view), None)
 
     def observe_step(self, targets: list[PruneTarget], step: int) -> None:
         """The dense gradients of optimizer step `step` are in `.grad` (only for needs == "training")."""

@@ -97,10 +97,9 @@ def sparsegpt_prune(
                 group = slice(i, i + pattern.m)
                 saliency = block[:, group].square() / diag[group].square().unsqueeze(0)
                 block_pruned[:, group] = ~nm_keep_mask(saliency, pattern)
-            column = block[:, i]
-            error = torch.where(block_pruned[:, i], column, torch.zeros_like(column)) / diag[i]
-            block[:, i:] -= error.unsqueeze(1) * inv_block[i, i:].unsqueeze(0)
-            errors[:, i] = error
+            error = errors[:, i]
+            torch.mul(block[:, i], block_pruned[:, i], out=error).div_(diag[i])
+            block[:, i:].addr_(error, inv_block[i, i:], alpha=-1.0)  # rank-1 update in place (BLAS ger)
         block.masked_fill_(block_pruned, 0.0)
         w[:, i1:i2] = block
         w[:, i2:] -= errors @ inv[i1:i2, i2:]

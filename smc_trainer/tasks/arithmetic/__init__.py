@@ -21,7 +21,14 @@ from transformers.utils import logging
 from smc_trainer.tasks import TaskBundle
 from smc_trainer.tasks.arithmetic import seq2seq
 from smc_trainer.tasks.arithmetic.configuration_gts import GTSConfig
-from smc_trainer.tasks.arithmetic.data import SPLITS, ArithmeticCollator, load_raw_splits, prepare_split
+from smc_trainer.tasks.arithmetic.data import (
+    CALIBRATION,
+    SPLITS,
+    ArithmeticCollator,
+    load_calibration_file,
+    load_raw_splits,
+    prepare_split,
+)
 from smc_trainer.tasks.arithmetic.equations import evaluate_prefix, is_correct
 from smc_trainer.tasks.arithmetic.loading import is_seq2seq, load_model_and_tokenizer
 from smc_trainer.tasks.arithmetic.metrics import make_compute_metrics
@@ -38,13 +45,18 @@ AutoModel.register(GTSConfig, GTSForMathWordProblems, exist_ok=True)
 def build(model_args, data_args, training_args, recipe) -> TaskBundle:
     """Data, GTS model, collator, metric and the paper's optimizer/scheduler for an arithmetic recipe."""
     raw = load_raw_splits(data_args, model_args, recipe)  # data errors surface before any model download
+    calibration = load_calibration_file(getattr(training_args, "calibration_file", None), model_args.cache_dir)
     model, tokenizer, source = load_model_and_tokenizer(model_args, data_args, training_args, raw)
     logger.info(f"arithmetic: model {source}")
     chance = recipe.chance_level if recipe is not None else None
     if is_seq2seq(model.config):
-        return build_seq2seq(model, tokenizer, source, raw, data_args, training_args, chance)
+        bundle = build_seq2seq(model, tokenizer, source, raw, data_args, training_args, chance)
+        bundle.calibration_dataset = seq2seq.prepare_split(calibration, CALIBRATION, tokenizer, data_args,
+                                                           training_args)
+        return bundle
     vocab = model.config.vocab
     train, validation, test = (prepare_split(raw[s], s, tokenizer, vocab, data_args, training_args) for s in SPLITS)
+    calibration = prepare_split(calibration, CALIBRATION, tokenizer, vocab, data_args, training_args)
     optimization = gts_trainer_kwargs(training_args, data_args.encoder_learning_rate, data_args.lr_step_epochs,
                                       data_args.lr_step_gamma, len(train))
     half = training_args.fp16 or training_args.bf16
@@ -59,6 +71,7 @@ def build(model_args, data_args, training_args, recipe) -> TaskBundle:
         chance_level=chance,
         model_source=source,
         trainer_kwargs=optimization,
+        calibration_dataset=calibration,
     )
 
 

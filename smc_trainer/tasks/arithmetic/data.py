@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 from datasets import Dataset, Features, Value, load_dataset
+from datasets.exceptions import DatasetGenerationError
 from transformers.utils import logging
 
 from smc_trainer.errors import MissingFileError, OfflineError, UsageError
@@ -36,6 +37,7 @@ logger = logging.get_logger(__name__)
 
 COLUMNS = ("Question", "Numbers", "Equation")
 SPLITS = ("train", "validation", "test")
+CALIBRATION = "calibration"  # --calibration_file's examples, encoded like the training split
 PLACEHOLDER = re.compile(r"number(\d+)")
 DATA_HELP = ("the SVAMP authors' data folder (cv_mawps/, cv_asdiv-a/, mawps-asdiv-a_svamp/; "
              "github.com/arkilpatel/SVAMP/tree/main/data)")
@@ -84,6 +86,20 @@ def load_raw_splits(data_args, model_args, recipe) -> dict[str, Dataset | None]:
             raise UsageError(f"no data: pass --data_dir with {DATA_HELP}, or --dataset_name of a Hub dataset "
                              "repository with the same layout, or --train_file/--test_file")
     return out
+
+
+def load_calibration_file(path: str | None, cache_dir: str | None) -> Dataset | None:
+    """The raw problems of `--calibration_file` (a CSV with the columns Question, Numbers, Equation), or None."""
+    if path is None:
+        return None
+    if not path.lower().endswith(".csv"):
+        raise UsageError(f"--calibration_file for an arithmetic recipe must be a CSV with the columns "
+                         f"{', '.join(COLUMNS)}; got {path!r}")
+    try:
+        return _load_local(path, CALIBRATION, cache_dir)
+    except (ValueError, DatasetGenerationError) as err:  # pandas: usecols do not match the header
+        cause = err.__cause__ or err
+        raise UsageError(f"--calibration_file {path!r} must have the columns {', '.join(COLUMNS)} ({cause})") from None
 
 
 def _csv_options() -> dict[str, Any]:
@@ -158,7 +174,7 @@ def encode_split(dataset: Dataset, split: str, encode: Callable[..., dict[str, l
                  data_args, training_args, desc: str) -> Dataset:
     """Keep the first --max_train_samples / --max_eval_samples rows, then `encode` in cached batches (the main
     process first, so the others load its cache)."""
-    limit = data_args.max_train_samples if split == "train" else data_args.max_eval_samples
+    limit = {"train": data_args.max_train_samples, CALIBRATION: None}.get(split, data_args.max_eval_samples)
     if limit is not None:
         dataset = dataset.select(range(min(limit, len(dataset))))
     with training_args.main_process_first(desc=f"{split} encoding"):
