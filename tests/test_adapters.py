@@ -37,8 +37,17 @@ from smc_trainer.training.adapters import (
 )
 from smc_trainer.training.adapters.layers import FusedMaskedLoraLinear, MaskedLowRank
 
-FROZEN_OK = [m for m in method_names() if get_method_class(m).frozen_base_conflict is None]
-REFUSED = [m for m in method_names() if get_method_class(m).frozen_base_conflict is not None]
+def _lora_conflict(method: str) -> str | None:
+    """Why `method` (with its default criterion) cannot train a frozen base, or None."""
+    from smc_trainer.engine.criteria import get_criterion_class
+
+    cls = get_method_class(method)
+    criterion = cls.default_criterion
+    return cls.frozen_base_conflict or (get_criterion_class(criterion).frozen_base_conflict if criterion else None)
+
+
+FROZEN_OK = [m for m in method_names() if _lora_conflict(m) is None]
+REFUSED = [m for m in method_names() if _lora_conflict(m) is not None]
 LORA_TARGETS = {"bert": ["query", "value", "dense"], "gpt2": ["c_attn", "c_fc", "c_proj"]}
 
 
@@ -331,7 +340,7 @@ def test_every_method_merges_with_exact_sparsity(tmp_path, arch, method):
 
 @pytest.mark.parametrize("method", REFUSED)
 def test_methods_that_train_the_base_are_refused_at_parse_time(tmp_path, method):
-    with pytest.raises(UsageError, match=f"--sparse_method {method} cannot run with --peft lora"):
+    with pytest.raises(UsageError, match=rf"--sparse_method {method}\)? cannot run with --peft lora"):
         lora_args(tmp_path, method, 0.488)
 
 
