@@ -124,6 +124,11 @@ def test_paper_labels_of_rows():
     assert row_label("omp_after", {"prune_modules": "qk"}) == "OMP (After) [qk]"
     assert row_label("gmp", {"distribution": "erk"}) == "GMP (During), ERK"
     assert row_label("gmp", {}) == "GMP (During)" and row_label("lth", {}) == "LTH (After)"
+    # a criterion pair with an older alias reads as the alias does; other pairs name their criterion
+    assert row_label("omp_after", {"criterion": "wanda"}) == row_label("wanda_after", {}) == "Wanda (After)"
+    assert row_label("omp_before", {"criterion": "sparsegpt"}) == "SparseGPT (Before)"
+    assert row_label("omp_after", {"criterion": "movement"}) == "OMP (After), movement"
+    assert row_label("omp_after", {"criterion": "wanda", "distribution": "owl"}) == "Wanda (After), OWL"
 
 
 # ---- run keys and sweeps --------------------------------------------------------------------------------

@@ -109,6 +109,15 @@ class VariantAxis:
         return None if spec.default_factory is dataclasses.MISSING else spec.default_factory()
 
 
+def _criterion_label(label: str, method: str, value: Any) -> str:
+    """`omp_after --criterion wanda` reads as its alias does ("Wanda (After)"); other pairs as "OMP (After), movement"."""
+    phase = {"omp_after": "after", "omp_before": "before"}.get(method)
+    alias = f"{format_value(value)}_{phase}" if phase else None
+    if alias in PAPER_NAMES and label == paper_name(method):
+        return PAPER_NAMES[alias]
+    return f"{label}, {_word(value)}"
+
+
 def _init_label(label: str, method: str, value: Any) -> str:
     return f"{short_name(str(value))} + {label}"
 
@@ -128,7 +137,7 @@ VARIANT_AXES: tuple[VariantAxis, ...] = (
     VariantAxis("init_method", _init_label, applies_to=("rigl", "set"), choices=_rigl_init_methods,
                 label_default=True),
     VariantAxis("prune_modules", lambda label, m, v: f"{label} [{v}]", check=parse_module_group),
-    VariantAxis("criterion", lambda label, m, v: f"{label}, {_word(v)}"),
+    VariantAxis("criterion", lambda label, m, v: _criterion_label(label, m, v)),
     VariantAxis("distribution", lambda label, m, v: f"{label}, {_word(v)}", choices=lambda: DISTRIBUTIONS),
     VariantAxis("sparsity_pattern", lambda label, m, v: f"{label}, {_word(v)}"),
     VariantAxis("distill_teacher", _teacher_label),
