@@ -49,6 +49,10 @@ TRAINER_CASES: dict[str, dict] = {
     # LoRA (--peft lora): a frozen base pruned by GMP on schedule, and SNIP scoring the frozen base's gradients
     "lora_gmp": dict(sparse_method="gmp", peft="lora", lora_r=4),
     "lora_snip": dict(sparse_method="snip", peft="lora", lora_r=4),
+    # one-shot activation-aware criteria: every process calibrates on the same examples (no distributed sampler)
+    # after DDP has broadcast rank 0's weights, so both prune alike (and SparseGPT updates the weights alike)
+    "wanda_before": dict(sparse_method="omp_before", criterion="wanda"),
+    "sparsegpt_before": dict(sparse_method="omp_before", criterion="sparsegpt"),
     # planted faults: random scores seeded by rank; SNIP gradients from the bare (never all-reduced) model
     "fault_rank_seed": dict(sparse_method="random_before"),
     "fault_local_snip": dict(sparse_method="snip"),
