@@ -138,6 +138,8 @@ VARIANT_AXES: tuple[VariantAxis, ...] = (
     VariantAxis("lr_rewind", lambda label, m, v: f"{label} + LR rewind" if v is True else f"{label}, lr_rewind={v}"),
     VariantAxis("gmp_initial_fraction", lambda label, m, v: f"{label}, initial step {format_value(v)}",
                 applies_to=("gmp",)),
+    VariantAxis("gmp_window_per_halving", lambda label, m, v: f"{label}, window {format_value(v)}/halving",
+                applies_to=("gmp",)),
 )
 
 

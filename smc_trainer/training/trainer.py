@@ -240,6 +240,9 @@ class SparseTrainer(Seq2SeqTrainer):
 
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
         """--lr_rewind's cyclic schedule, else the task's `lr_scheduler_factory` schedule, else the Trainer's."""
+        if self.args.lr_rewind and self.lr_scheduler is not None and not getattr(self, "_created_lr_scheduler", False):
+            raise UsageError("--lr_rewind replaces the LR schedule, and a scheduler was passed to the Trainer "
+                             "(optimizers=(optimizer, scheduler)); pass (optimizer, None) or drop --lr_rewind")
         if self.lr_scheduler is None and self.args.lr_rewind:
             if self.lr_scheduler_factory is not None:
                 raise UsageError("--lr_rewind replaces the LR schedule, and this task brings its own (e.g. protein's "

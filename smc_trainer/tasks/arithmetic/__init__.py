@@ -47,6 +47,9 @@ def build(model_args, data_args, training_args, recipe) -> TaskBundle:
     train, validation, test = (prepare_split(raw[s], s, tokenizer, vocab, data_args, training_args) for s in SPLITS)
     optimizer, scheduler = gts_optimizers(model, training_args, data_args.encoder_learning_rate,
                                           data_args.lr_step_epochs, data_args.lr_step_gamma, len(train))
+    if getattr(training_args, "lr_rewind", False):  # the Trainer builds the cyclic schedule over both LR groups
+        logger.info("arithmetic: --lr_rewind's cyclic schedule replaces GTS's StepLR (both learning rates rewind)")
+        scheduler = None
     half = training_args.fp16 or training_args.bf16
     return TaskBundle(
         model=model,
