@@ -40,12 +40,12 @@ def test_preset_in_a_sweep_plan_and_record(tmp_path):
     config = base.with_training(**method_changes(base, "gmp_star"), sparsity=0.59)
     assert config.training_args.distill_hardness == 0.5  # the sweep's own flag beats the preset's
     key = run_key(config)
-    assert "/gmp_star/" in key
+    assert "/gmp_star:distill_hardness=0.5/" in key  # another hardness than the preset's: its own row
     outcome = RunOutcome("gmp", 0.59, 0.59, 0.59, {}, str(tmp_path), 1, 0.0)
     record = make_record(config, outcome, key)
     assert record["method"] == "gmp_star" and record["phase"] == "during"
     plain = base.with_training(**method_changes(base, "gmp"), sparsity=0.59)
-    assert "/gmp/" in run_key(plain) and run_key(plain) != key
+    assert "/gmp:distill_hardness=0.5/" in run_key(plain) and run_key(plain) != key
 
 
 @pytest.mark.parametrize("flags", [[], ["--sparse_method", "gmp", "--sparsity", "0.5"]])

@@ -19,6 +19,7 @@ from smc_trainer.runs.sweep import SweepArguments, execute, make_plan, make_reco
 from smc_trainer.runs.variants import (
     MethodSpec,
     VariantAxis,
+    args_variant,
     parse_method_spec,
     parse_method_specs,
     record_row,
@@ -129,6 +130,17 @@ def test_paper_labels_of_rows():
     assert row_label("omp_before", {"criterion": "sparsegpt"}) == "SparseGPT (Before)"
     assert row_label("omp_after", {"criterion": "movement"}) == "OMP (After), movement"
     assert row_label("omp_after", {"criterion": "wanda", "distribution": "owl"}) == "Wanda (After), OWL"
+
+
+def test_distillation_knobs_make_their_own_rows_relative_to_a_preset(tmp_path):
+    """--distill_hardness 0.5 on the gmp_star preset (whose own hardness is 1) is a separate row; the preset at its
+    own values, and a plain run at the defaults, keep their keys' older form."""
+    star = config_for(tmp_path, "gmp_star", 0.5, 0)
+    mixed = config_for(tmp_path, "gmp_star", 0.5, 0, "--distill_hardness", "0.5")
+    assert args_variant(star.training_args) == {} and args_variant(mixed.training_args) == {"distill_hardness": 0.5}
+    assert run_key(mixed).split("/")[1] == "gmp_star:distill_hardness=0.5" and run_key(star).split("/")[1] == "gmp_star"
+    assert row_label("gmp_star", {"distill_hardness": 0.5}) == "GMP* (During), KD hardness 0.5"
+    assert run_key(config_for(tmp_path, "gmp", 0.5, 0)).split("/")[1] == "gmp"
 
 
 # ---- run keys and sweeps --------------------------------------------------------------------------------

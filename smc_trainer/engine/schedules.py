@@ -8,6 +8,28 @@ from dataclasses import dataclass
 ANCHORS = ("start", "absolute")
 
 
+def halvings(sparsity: float) -> float:
+    """How many times the kept fraction is halved to reach `sparsity`: log2(1 / (1 - s)) (0.5 -> 1, 0.75 -> 2)."""
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"sparsity must be in [0, 1); got {sparsity}")
+    return math.log2(1.0 / (1.0 - sparsity))
+
+
+def sparsity_scaled_end(sparsity: float, start: float, per_halving: float, latest_end: float) -> float:
+    """The end of a pruning window whose length grows with the target sparsity (GMP*, arXiv 2210.06384 and
+    2312.13547, "sparsity-scaled schedules"): `per_halving` of training for every halving of the kept weights,
+    end = min(start + per_halving * log2(1 / (1 - s)), latest_end).
+
+    Why log2: going from 50% to 75% removes as large a share of what is left as going from 0 to 50%, so each
+    halving gets the same number of steps (and, at a fixed `--prune_frequency`, the same number of pruning
+    events); a fixed window crams the hardest halvings of a high target into a few events. `latest_end` keeps
+    room to recover after the last event.
+    """
+    if per_halving < 0.0:
+        raise ValueError(f"the window per halving must be >= 0; got {per_halving}")
+    return max(start, min(start + per_halving * halvings(sparsity), latest_end))
+
+
 @dataclass(frozen=True)
 class CubicSchedule:
     """Zhu & Gupta (2017): s_t = s_f + (s_i - s_f) * (1 - (t - t0) / (tf - t0))^3 for t0 <= t <= tf.

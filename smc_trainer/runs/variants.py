@@ -147,6 +147,11 @@ VARIANT_AXES: tuple[VariantAxis, ...] = (
     VariantAxis("lr_rewind", lambda label, m, v: f"{label} + LR rewind" if v is True else f"{label}, lr_rewind={v}"),
     VariantAxis("gmp_initial_fraction", lambda label, m, v: f"{label}, initial step {format_value(v)}",
                 applies_to=("gmp",)),
+    VariantAxis("gmp_window_per_halving", lambda label, m, v: f"{label}, window {format_value(v)}/halving",
+                applies_to=("gmp",)),
+    # distillation knobs: a run that changes them (against the method's or preset's own value) is its own row
+    VariantAxis("distill_hardness", lambda label, m, v: f"{label}, KD hardness {format_value(v)}"),
+    VariantAxis("distill_temperature", lambda label, m, v: f"{label}, KD T {format_value(v)}"),
 )
 
 

@@ -451,6 +451,12 @@ class SparseTrainingArguments(Seq2SeqTrainingArguments):
         metadata={"help": "GMP: the first pruning event jumps to this fraction of --sparsity in one shot, then the "
                   "cubic schedule continues from there (GMP*: a large first step; 0 = Zhu & Gupta)."},
     )
+    gmp_window_per_halving: float = field(
+        default=0.0,
+        metadata={"help": "GMP: scale the pruning window with the target sparsity (GMP*'s sparsity-scaled "
+                  "schedule): this fraction of training per halving of the kept weights, so the window ends at "
+                  "min(--gmp_start + w * log2(1 / (1 - sparsity)), --gmp_end). 0 = the fixed window."},
+    )
     plugins: str | None = field(
         default=None,
         metadata={"help": "Comma-separated Python files (or module names) registering your own criteria or methods "

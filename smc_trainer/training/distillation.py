@@ -5,6 +5,11 @@ eval mode without gradients, on the student's device and precision, on the very 
 sees. The KL term is summed over the items the task loss averages over (one per example for class
 logits; one per labelled token for token logits, -100 labels left out) and normalized the same way
 as the Trainer normalizes the task loss, so gradient accumulation scales both terms alike.
+
+Models whose logits are not one forward's plain output take part through two optional hooks: a class
+attribute `distillation_teacher_kwargs` (extra forward arguments for the eval-mode teacher; GTS passes
+`decode=False` to get its teacher-forced per-step scores instead of a beam search), and a `logits_mask` in the
+outputs (the steps that count; GTS's scored steps of the gold tree, the same for teacher and student).
 """
 
 from __future__ import annotations
@@ -30,19 +35,29 @@ def output_logits(outputs: Any, model: nn.Module) -> Tensor:
     return logits
 
 
+def output_logits_mask(outputs: Any) -> Tensor | None:
+    """The outputs' `logits_mask` (which rows of the logits are items), if the model gives one."""
+    return outputs.get("logits_mask") if isinstance(outputs, Mapping) else getattr(outputs, "logits_mask", None)
+
+
 def kd_sum(student_logits: Tensor, teacher_logits: Tensor, temperature: float,
-           labels: Tensor | None = None) -> tuple[Tensor, int]:
+           labels: Tensor | None = None, mask: Tensor | None = None) -> tuple[Tensor, int]:
     """(sum over items of KL(softmax(t/T) || softmax(s/T)), number of items).
 
-    Logits are (..., classes); an item is one row of the last dimension. With token logits (B, L, V) and
-    labels (B, L), only positions whose label is not -100 count.
+    Logits are (..., classes); an item is one row of the last dimension. `mask` (the logits' shape without
+    the last dimension) says which rows count; else, with token logits (B, L, V) and labels (B, L), only
+    positions whose label is not -100 count. Classes both models rule out (-inf, or float32's minimum as GTS
+    masks them) add nothing.
     """
     if student_logits.shape != teacher_logits.shape:
         raise UsageError(f"teacher logits {tuple(teacher_logits.shape)} do not match the student's "
                          f"{tuple(student_logits.shape)}: the teacher must be the same architecture and task head")
     s = torch.log_softmax(student_logits.float() / temperature, dim=-1)
     t = torch.log_softmax(teacher_logits.float() / temperature, dim=-1)
-    per_item = (t.exp() * (t - s)).sum(-1)
+    p = t.exp()
+    per_item = torch.where(p > 0, p * (t - s), torch.zeros_like(p)).sum(-1)
+    if mask is not None:
+        return per_item[mask].sum(), int(mask.sum())
     if labels is not None and student_logits.dim() >= 3 and labels.shape == per_item.shape:
         keep = labels != IGNORE_INDEX
         return per_item[keep].sum(), int(keep.sum())
@@ -70,11 +85,14 @@ class Distiller:
 
     @torch.no_grad()
     def teacher_logits(self, inputs: Mapping[str, Any]) -> Tensor:
-        return output_logits(self.teacher(**inputs), self.teacher)
+        """The teacher's logits on the student's batch (with the teacher's `distillation_teacher_kwargs`)."""
+        extra = getattr(self.teacher, "distillation_teacher_kwargs", {})
+        return output_logits(self.teacher(**inputs, **extra), self.teacher)
 
     def loss(self, task_loss: Tensor, outputs: Any, teacher_logits: Tensor, labels: Tensor | None,
              normalizer: float | Tensor | None) -> Tensor:
         """`normalizer`: divide the KL sum by it (the Trainer's `num_items_in_batch`); None: by the local items."""
-        total, items = kd_sum(output_logits(outputs, self.teacher), teacher_logits, self.temperature, labels)
+        total, items = kd_sum(output_logits(outputs, self.teacher), teacher_logits, self.temperature, labels,
+                              output_logits_mask(outputs))
         kd = total / (normalizer if normalizer is not None else max(items, 1))
         return distillation_loss(task_loss, kd, self.hardness, self.temperature)

@@ -256,6 +256,9 @@ class SparseTrainer(Seq2SeqTrainer):
 
         --lr_rewind replaces a task's own schedule (protein's OneCycle, GTS's StepLR), said in the log: it scales
         each parameter group's own rate, so a task's per-module learning rates are kept."""
+        if self.args.lr_rewind and self.lr_scheduler is not None and not getattr(self, "_created_lr_scheduler", False):
+            raise UsageError("--lr_rewind replaces the LR schedule, and a scheduler was passed to the Trainer "
+                             "(optimizers=(optimizer, scheduler)); pass (optimizer, None) or drop --lr_rewind")
         if self.lr_scheduler is None and self.args.lr_rewind:
             if self.lr_scheduler_factory is not None:
                 logger.warning(f"--lr_rewind: the rewinding schedule replaces this task's own "

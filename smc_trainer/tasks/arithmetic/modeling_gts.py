@@ -30,7 +30,7 @@ from transformers.utils import ModelOutput
 from smc_trainer.errors import UsageError
 from smc_trainer.tasks.arithmetic.configuration_gts import GTSConfig
 from smc_trainer.tasks.arithmetic.gts_layers import Generation, Merge, Prediction
-from smc_trainer.tasks.arithmetic.tree_decoding import EncodedProblems, TreeDecoder
+from smc_trainer.tasks.arithmetic.tree_decoding import EncodedProblems, TreeDecoder, gold_log_probs
 
 IGNORE_INDEX = -100
 
@@ -38,9 +38,13 @@ IGNORE_INDEX = -100
 @dataclass
 class GTSOutput(ModelOutput):
     """`loss`: mean teacher-forced negative log-likelihood per gold token (when labels are given);
+    `logits`: the decoder's token scores at each gold step under teacher forcing, B x T x V (with labels, when
+    not decoding), and `logits_mask` the steps scored (B x T), what distillation compares;
     `predictions`: beam-search prefix-token ids, -100 after the end (eval mode only)."""
 
     loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    logits_mask: torch.BoolTensor | None = None
     predictions: torch.LongTensor | None = None
 
 
@@ -56,6 +60,10 @@ class GTSForMathWordProblems(PreTrainedModel):
     leave the pooler (which GTS never reads) and the merge network out of the masks, and its constant embeddings
     are a 3-D parameter, never masked. (Its one-shot and LTH runs masked the pooler and merge: one set for every
     method here; docs/differences.md.)"""
+
+    distillation_teacher_kwargs: ClassVar[dict[str, bool]] = {"decode": False}
+    """What a distillation teacher (eval mode) passes to `forward` to get the teacher-forced `logits` instead of a
+    beam search (`smc_trainer.training.distillation`)."""
 
     def __init__(self, config: GTSConfig, encoder: PreTrainedModel | None = None):
         super().__init__(config)
@@ -131,21 +139,25 @@ class GTSForMathWordProblems(PreTrainedModel):
         labels: Tensor | None = None,
         label_numbers: Tensor | None = None,
         label_answers: Tensor | None = None,
+        decode: bool | None = None,
     ) -> GTSOutput:
         """`labels`: gold prefix-token ids (-100 padding); `number_positions`: the token index of each numberK
         placeholder (-1: absent). `label_numbers` and `label_answers` are not used by the model: they ride along
-        so that the Trainer passes them to `compute_metrics`."""
+        so that the Trainer passes them to `compute_metrics`. `decode`: beam-search `predictions` (None: in eval
+        mode); when not decoding, labels also give the per-step `logits` (a distillation teacher's)."""
         if number_positions is None:
             raise UsageError("GTS needs number_positions (the token index of each numberK placeholder)")
         problems = self.encode(input_ids, attention_mask, token_type_ids, number_positions)
-        loss = None
+        decode = not self.training if decode is None else decode
+        loss = scores = scored = None
         if labels is not None:
-            log_probs, scored = self.tree_decoder.token_log_probs(problems, labels)
-            loss = -log_probs.sum() / scored.sum().clamp(min=1)
+            scores, scored = self.tree_decoder.teacher_forced_scores(problems, labels)
+            loss = -gold_log_probs(scores, labels, scored).sum() / scored.sum().clamp(min=1)
         elif self.training:
             raise UsageError("GTS trains on labels (the gold prefix equations as token ids)")
-        predictions = None if self.training else self._beam_search(problems)[0]
-        return GTSOutput(loss=loss, predictions=predictions)
+        if decode:
+            return GTSOutput(loss=loss, predictions=self._beam_search(problems)[0])
+        return GTSOutput(loss=loss, logits=scores, logits_mask=scored)
 
     @torch.no_grad()
     def decode_equations(self, input_ids: Tensor, number_positions: Tensor, attention_mask: Tensor | None = None,

@@ -63,6 +63,12 @@ def _stack(tensors: Sequence[Tensor]) -> Tensor:
     return torch.stack([t.float() for t in tensors])
 
 
+def gold_log_probs(scores: Tensor, labels: Tensor, scored: Tensor) -> Tensor:
+    """log p of each gold token (B x T) from per-step scores (B x T x V); 0 where a step was not scored."""
+    picked = torch.log_softmax(scores, dim=-1).gather(2, labels.clamp(min=0).unsqueeze(2)).squeeze(2)
+    return torch.where(scored, picked, torch.zeros_like(picked))
+
+
 class TreeDecoder:
     """Teacher forcing and beam search over the GTS prediction, generation and merge networks."""
 
@@ -132,9 +138,19 @@ class TreeDecoder:
     def token_log_probs(self, problems: EncodedProblems, labels: Tensor) -> tuple[Tensor, Tensor]:
         """(log p of each gold token B x T, mask of the scored tokens B x T) with the gold tree built as it
         is scored; label -100 is padding (a row of -100 is a problem with an out-of-vocabulary equation)."""
+        scores, scored = self.teacher_forced_scores(problems, labels)
+        return gold_log_probs(scores, labels, scored), scored
+
+    def teacher_forced_scores(self, problems: EncodedProblems, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """(the decoder's token scores at every gold step B x T x V, mask of the scored steps B x T).
+
+        Teacher forcing: each step scores the next node of the gold tree built so far, so two models given the
+        same labels are scored on the same steps (what distillation compares). Disallowed tokens hold float32's
+        minimum; unscored steps hold zeros."""
         batch, length = labels.shape
         hyps = [Hypothesis([problems.problem[b]]) for b in range(batch)]
-        log_probs = torch.zeros(batch, length, device=labels.device)
+        vocab = problems.allowed.size(1)
+        all_scores = torch.zeros(batch, length, vocab, device=labels.device)
         scored = torch.zeros(batch, length, dtype=torch.bool, device=labels.device)
         for t in range(length):
             active = [b for b in range(batch) if labels[b, t] >= 0 and not hyps[b].finished]
@@ -143,12 +159,10 @@ class TreeDecoder:
             rows = torch.tensor(active, device=labels.device)
             step_hyps = [hyps[b] for b in active]
             scores, goals, contexts = self.scores(problems, rows, step_hyps)
-            targets = labels[rows, t]
-            picked = torch.log_softmax(scores, dim=-1).gather(1, targets.unsqueeze(1)).squeeze(1)
-            log_probs = log_probs.index_put((rows, torch.full_like(rows, t)), picked)
+            all_scores = all_scores.index_put((rows, torch.full_like(rows, t)), scores)
             scored[rows, t] = True
-            self.advance(problems, rows, step_hyps, targets.tolist(), goals, contexts)
-        return log_probs, scored
+            self.advance(problems, rows, step_hyps, labels[rows, t].tolist(), goals, contexts)
+        return all_scores, scored
 
     # ---- beam search -------------------------------------------------------------------------------
 
