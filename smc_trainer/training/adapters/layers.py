@@ -93,7 +93,7 @@ class FusedMaskedLoraLinear(torch.autograd.Function):
     weight and the layer does ONE weight-sized product in the forward pass and two in the backward (the input
     gradient and the masked weight gradient `(g.T @ x) * mask` that A and B need) -- the cost of a full
     fine-tune's linear, against five for the base layer plus a separate `MaskedLowRank` (measured in
-    benchmarks/bench_lora.py). The summed weight is rebuilt in the backward instead of kept, so a layer stores
+    benchmarks/bench_lora_overhead.py). The summed weight is rebuilt in the backward instead of kept, so a layer stores
     no weight-sized activation, and the backward reuses one weight-sized buffer for both products.
 
     `straight_through` (`--adapter_gradient straight_through`) gives A and B the gradient of the unmasked update
@@ -128,7 +128,7 @@ class FusedMaskedLoraLinear(torch.autograd.Function):
             a, b = weight_a.to(dtype), weight_b.to(dtype)
             buffer = None  # one weight-sized tensor: the summed weight, then the weight gradient
             if ctx.needs_input_grad[0]:  # not needed where x comes from frozen layers (the first layer's input)
-                buffer = _summed_weight(weight_oi, a, b, mask_oi, ctx.scaling, dtype)
+                buffer = _summed_weight(weight_oi, weight_a, weight_b, mask_oi, ctx.scaling, dtype)
                 grad_x = (g @ buffer).reshape(x_c.shape).to(ctx.x_dtype)
             if ctx.has_bias and ctx.needs_input_grad[2]:
                 grad_bias = g.sum(0).to(ctx.bias_dtype)
@@ -157,12 +157,14 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
 
 def _summed_weight(weight_oi: Tensor, weight_a: Tensor, weight_b: Tensor, mask_oi: Tensor, scaling: float,
                    dtype: torch.dtype) -> Tensor:
-    """A new (out, in) tensor `W + (s * B @ A) * mask` in `dtype` (one weight-sized allocation).
+    """A new (out, in) tensor `W + (s * B @ A) * mask` in `dtype`.
 
     Computed as `(W + s * B @ A) * mask`, the sum fused into the product (`addmm`) and one pass for the mask: the
-    same tensor because a pruned base weight is exactly zero (the invariant every MaskSet keeps)."""
-    summed = torch.addmm(weight_oi.to(dtype), weight_b.to(dtype) * scaling, weight_a.to(dtype))
-    return summed.mul_(mask_oi)
+    same tensor because a pruned base weight is exactly zero (the invariant every MaskSet keeps). The sum is
+    formed in the base weight's dtype and rounded to `dtype` once, so a small update is not lost to a bf16 W."""
+    w_dtype = weight_oi.dtype
+    summed = torch.addmm(weight_oi, weight_b.to(w_dtype) * scaling, weight_a.to(w_dtype))
+    return summed.mul_(mask_oi).to(dtype)
 
 
 def _masked_delta(weight_a: Tensor, weight_b: Tensor, mask: Tensor, scaling: float) -> Tensor:
