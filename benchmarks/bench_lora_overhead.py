@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import os
 import statistics
@@ -135,14 +136,24 @@ def model_steps(opts: argparse.Namespace, shape: str, device: torch.device) -> d
     times: dict[str, list[float]] = {m: [] for m in MODES}
     for _ in range(opts.rounds):
         for mode in MODES:
-            times[mode].append(timed(lambda: step(mode), device))
+            times[mode].append(timed(functools.partial(step, mode), device))
     return {m: statistics.median(t) for m, t in times.items()}
+
+
+def layer_fns(x, w, a, b, mask, s: float) -> dict:
+    """Forward of one adapted linear in each mode (the same tensors for all)."""
+    from smc_trainer.training.adapters.layers import FusedMaskedLoraLinear, MaskedLowRank
+
+    return {
+        "plain": lambda: torch.nn.functional.linear(x, w) + (x @ a.T) @ b.T * s,
+        "exact": lambda: FusedMaskedLoraLinear.apply(x, w, None, a, b, mask, s, False),
+        "straight_through": lambda: FusedMaskedLoraLinear.apply(x, w, None, a, b, mask, s, True),
+        "unfused": lambda: torch.nn.functional.linear(x, w) + MaskedLowRank.apply(x, a, b, mask, s),
+    }
 
 
 def layer_steps(opts: argparse.Namespace, shape: str, device: torch.device) -> list[dict]:
     """One adapted linear per distinct (in, out) shape of the model, forward + backward, interleaved."""
-    from smc_trainer.training.adapters.layers import FusedMaskedLoraLinear, MaskedLowRank
-
     hidden, ffn = (384, 1536) if shape == "minilm" else (1024, 4096)
     rows = []
     for fan_in, fan_out in ((hidden, hidden), (hidden, ffn), (ffn, hidden)):
@@ -154,22 +165,20 @@ def layer_steps(opts: argparse.Namespace, shape: str, device: torch.device) -> l
         a = torch.randn(opts.rank, fan_in, device=device, requires_grad=True)
         b = torch.randn(fan_out, opts.rank, device=device, requires_grad=True)
         grad = torch.randn(tokens, fan_out, device=device)
-        s = 2.0
-        fns = {
-            "plain": lambda: torch.nn.functional.linear(x, w) + (x @ a.T) @ b.T * s,
-            "exact": lambda: FusedMaskedLoraLinear.apply(x, w, None, a, b, mask, s, False),
-            "straight_through": lambda: FusedMaskedLoraLinear.apply(x, w, None, a, b, mask, s, True),
-            "unfused": lambda: torch.nn.functional.linear(x, w) + MaskedLowRank.apply(x, a, b, mask, s),
-        }
+        fns = layer_fns(x, w, a, b, mask, 2.0)
         times: dict[str, list[float]] = {m: [] for m in MODES}
         for i in range(opts.rounds * 4 + 1):
             for mode, fn in fns.items():
-                t = timed(lambda: fn().backward(grad), device)
+                t = timed(functools.partial(forward_backward, fn, grad), device)
                 if i:
                     times[mode].append(t)
         rows.append({"shape": shape, "in": fan_in, "out": fan_out, "tokens": tokens,
                      **{m: statistics.median(t) for m, t in times.items()}})
     return rows
+
+
+def forward_backward(fn, grad: torch.Tensor) -> None:
+    fn().backward(grad)
 
 
 def main() -> None:
@@ -201,22 +210,25 @@ def main() -> None:
         raise SystemExit(f"--device {opts.device}: no CUDA device here")
     torch.set_num_threads(opts.threads)
     results = {"layers": [], "models": []}
-    print("| shape | linear (in -> out), tokens | plain ms | exact ms | straight-through ms | unfused ms | exact / plain "
-          "| straight-through / plain |\n|---|---|---:|---:|---:|---:|---:|---:|")
+    print("| shape | linear (in -> out), tokens | plain ms | exact ms | straight-through ms | unfused ms "
+          "| exact / plain | straight-through / plain |\n|---|---|---:|---:|---:|---:|---:|---:|")
     for shape in shapes:
         for r in layer_steps(opts, shape, device):
             results["layers"].append(r)
-            print(f"| {shape} | {r['in']} -> {r['out']}, {r['tokens']} | {r['plain'] * 1e3:.1f} | {r['exact'] * 1e3:.1f} | "
-                  f"{r['straight_through'] * 1e3:.1f} | {r['unfused'] * 1e3:.1f} | {r['exact'] / r['plain']:.3f} | "
+            ms = {m: r[m] * 1e3 for m in MODES}
+            print(f"| {shape} | {r['in']} -> {r['out']}, {r['tokens']} | {ms['plain']:.1f} | {ms['exact']:.1f} | "
+                  f"{ms['straight_through']:.1f} | {ms['unfused']:.1f} | {r['exact'] / r['plain']:.3f} | "
                   f"{r['straight_through'] / r['plain']:.3f} |", flush=True)
     print("\n| shape | plain step ms | exact | straight-through | unfused | exact / plain | straight-through / plain "
           "| unfused / plain |\n|---|---:|---:|---:|---:|---:|---:|---:|")
     for shape in shapes:
         t = model_steps(opts, shape, device)
         results["models"].append({"shape": shape, **t})
-        print(f"| {shape} | {t['plain'] * 1e3:,.0f} | {t['exact'] * 1e3:,.0f} | {t['straight_through'] * 1e3:,.0f} | "
-              f"{t['unfused'] * 1e3:,.0f} | **{t['exact'] / t['plain']:.3f}** | **{t['straight_through'] / t['plain']:.3f}** | "
-              f"{t['unfused'] / t['plain']:.3f} |", flush=True)
+        ms = {m: t[m] * 1e3 for m in MODES}
+        ratio = {m: t[m] / t["plain"] for m in MODES}
+        print(f"| {shape} | {ms['plain']:,.0f} | {ms['exact']:,.0f} | {ms['straight_through']:,.0f} | "
+              f"{ms['unfused']:,.0f} | **{ratio['exact']:.3f}** | **{ratio['straight_through']:.3f}** | "
+              f"{ratio['unfused']:.3f} |", flush=True)
     print(json.dumps({"options": vars(opts), **results}))
 
 

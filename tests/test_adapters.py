@@ -37,6 +37,7 @@ from smc_trainer.training.adapters import (
 )
 from smc_trainer.training.adapters.layers import FusedMaskedLoraLinear, MaskedLowRank
 
+
 def _lora_conflict(method: str) -> str | None:
     """Why `method` (with its default criterion) cannot train a frozen base, or None."""
     from smc_trainer.engine.criteria import get_criterion_class

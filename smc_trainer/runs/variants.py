@@ -110,7 +110,8 @@ class VariantAxis:
 
 
 def _criterion_label(label: str, method: str, value: Any) -> str:
-    """`omp_after --criterion wanda` reads as its alias does ("Wanda (After)"); other pairs as "OMP (After), movement"."""
+    """`omp_after --criterion wanda` reads as its alias does ("Wanda (After)"); other pairs as
+    "OMP (After), movement"."""
     phase = {"omp_after": "after", "omp_before": "before"}.get(method)
     alias = f"{format_value(value)}_{phase}" if phase else None
     if alias in PAPER_NAMES and label == paper_name(method):

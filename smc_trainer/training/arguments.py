@@ -1,5 +1,7 @@
 """Argument dataclasses: the single source of configuration, and of the CLI's `--help`.
 
+`ModelArguments` and `DataArguments` live in `smc_trainer.training.task_arguments` and are re-exported here.
+
 `SparseTrainingArguments` extends `transformers.TrainingArguments` with every sparse flag, so a
 user (or a recipe YAML) configures training and sparsity in one place. Validation of the sparse
 flags happens in `__post_init__`, before any model download or training starts.
@@ -16,6 +18,9 @@ from transformers import Seq2SeqTrainingArguments
 from smc_trainer.engine.collapse import check_policy as check_collapse_policy
 from smc_trainer.errors import MissingFileError, UsageError
 from smc_trainer.training.parallel import check_parallel_support
+from smc_trainer.training.task_arguments import DataArguments, ModelArguments
+
+__all__ = ["DataArguments", "ModelArguments", "SparseTrainingArguments"]
 
 DISTRIBUTIONS = ("global", "uniform", "erk", "owl")
 DISTILL_SOURCES = ("none", "dense")  # or a path to a model folder
@@ -29,160 +34,6 @@ LORA_FLAGS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "sp
 
 def _choices_error(flag: str, value: object, choices: tuple[str, ...] | list[str]) -> ValueError:
     return ValueError(f"--{flag} must be one of {', '.join(choices)}; got {value!r}")
-
-
-@dataclass
-class ModelArguments:
-    """Which checkpoint to start from and how to load it."""
-
-    model_name_or_path: str | None = field(
-        default=None,
-        metadata={"help": "Hub id or local folder of the pretrained model. Default: the recipe's checkpoint."},
-    )
-    config_name: str | None = field(
-        default=None, metadata={"help": "Config name or path, if not the same as model_name_or_path."}
-    )
-    tokenizer_name: str | None = field(
-        default=None, metadata={"help": "Tokenizer name or path, if not the same as model_name_or_path."}
-    )
-    model_revision: str = field(default="main", metadata={"help": "Branch, tag or commit of the checkpoint."})
-    cache_dir: str | None = field(default=None, metadata={"help": "Where downloaded models and datasets are cached."})
-    from_scratch: bool = field(
-        default=False,
-        metadata={"help": "Build the model from its config with random weights instead of loading pretrained ones."},
-    )
-
-
-@dataclass
-class DataArguments:
-    """Which benchmark row (recipe) to run and which data to feed it."""
-
-    recipe: str = field(
-        default="quickstart",
-        metadata={
-            "help": "Benchmark row to run: a name from recipes/ (e.g. csqa, quickstart) or a path to a recipe YAML. "
-            "The recipe sets the task, checkpoint, dataset and the paper's hyper-parameters; flags override it."
-        },
-    )
-    dataset_name: str | None = field(default=None, metadata={"help": "Hub dataset id. Default: the recipe's."})
-    dataset_config_name: str | None = field(default=None, metadata={"help": "Hub dataset config name."})
-    train_file: str | None = field(default=None, metadata={"help": "Local training file (json, jsonl or csv)."})
-    validation_file: str | None = field(default=None, metadata={"help": "Local validation file (json, jsonl or csv)."})
-    test_file: str | None = field(default=None, metadata={"help": "Local test file (json, jsonl or csv)."})
-    max_seq_length: int = field(default=128, metadata={"help": "Maximum tokens per (question, choice) input."})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training set (debugging)."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate evaluation sets (debugging)."})
-    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for datasets.map."})
-    overwrite_cache: bool = field(default=False, metadata={"help": "Recompute cached preprocessing."})
-    num_synthetic_examples: int = field(
-        default=2000, metadata={"help": "Quickstart only: how many synthetic training questions to generate."}
-    )
-    data_dir: str | None = field(
-        default=None,
-        metadata={"help": "Folder of local data in the layout the recipe's task documents (e.g. the arithmetic "
-                  "CSV folders); used instead of a Hub dataset."},
-    )
-    # ---- arithmetic (smc_trainer/tasks/arithmetic) -------------------------------------------------
-    fold: int | None = field(
-        default=None,
-        metadata={"help": "Arithmetic: run only this fold of a cross-validated recipe (MAWPS, ASDiv-A: 0-4). "
-                  "Default: every fold, reported pooled (total correct / total problems) and per fold."},
-    )
-    encoder_learning_rate: float = field(
-        default=8e-6,
-        metadata={"help": "Arithmetic: learning rate of the pretrained encoder (paper: 8e-6); --learning_rate is "
-                  "the BiLSTM and tree decoder's (paper: 1e-3)."},
-    )
-    lr_step_epochs: int = field(
-        default=20, metadata={"help": "Arithmetic: StepLR period in epochs (paper: every 20 epochs)."}
-    )
-    lr_step_gamma: float = field(
-        default=0.5, metadata={"help": "Arithmetic: StepLR factor applied every --lr_step_epochs (paper: 0.5)."}
-    )
-    gts_hidden_size: int = field(default=512, metadata={"help": "Arithmetic: GTS hidden size (paper: 512)."})
-    gts_num_layers: int = field(
-        default=2, metadata={"help": "Arithmetic: BiLSTM layers over the encoder states (paper: 2)."}
-    )
-    gts_dropout: float = field(default=0.5, metadata={"help": "Arithmetic: GTS dropout (paper: 0.5)."})
-    gts_encoder_dropout: float = field(
-        default=0.0,
-        metadata={"help": "Arithmetic: dropout on the pretrained encoder's states before the BiLSTM (official code: "
-                  "none, the default; earlier smc-trainer versions used --gts_dropout here)."},
-    )
-    # ---- protein (smc_trainer/tasks/protein) -------------------------------------------------------
-    protein_labels: str | None = field(
-        default=None,
-        metadata={"help": "Protein: comma-separated class names in label-id order (e.g. cold,hot). An integer label "
-                  "in the data is an index into this list; a text label must be one of the names (any case)."},
-    )
-    protein_tm_bins: str | None = field(
-        default=None,
-        metadata={"help": "Protein: ascending melting-temperature thresholds in deg C (comma-separated) that bin a "
-                  "`tm` column into the classes when the data has no label: class i holds bins[i-1] <= tm < "
-                  "bins[i]. The Meltome recipe's 45,80 is UNCONFIRMED (the paper gives no thresholds)."},
-    )
-    protein_max_residues: int = field(
-        default=1022,
-        metadata={"help": "Protein: longer sequences are cropped to their first N (N-terminal) residues and the "
-                  "count is logged. ESM-1b and ESM-2 take at most 1022 residues + 2 special tokens."},
-    )
-    protein_head_learning_rate: float | None = field(
-        default=None,
-        metadata={"help": "Protein: learning rate of the new classification head (paper: 2e-2); --learning_rate is "
-                  "the backbone's (paper: 1e-6). Default: --learning_rate."},
-    )
-    protein_lr_schedule: str = field(
-        default="one_cycle",
-        metadata={"help": "Protein: one_cycle (torch OneCycleLR over all optimizer steps, each parameter group "
-                  "peaking at its own learning rate, as the paper) or trainer (--lr_scheduler_type)."},
-    )
-    protein_dropout: float | None = field(
-        default=None,
-        metadata={"help": "Protein: hidden and attention dropout of the ESM backbone (paper: 0 for ESM-1B). "
-                  "Default: the checkpoint's config."},
-    )
-    protein_validation_percentage: float = field(
-        default=10.0,
-        metadata={"help": "Protein: without a validation file, this percentage of the training set (stratified by "
-                  "class, seeded) becomes the validation split used for checkpoint selection."},
-    )
-    # ---- translation (smc_trainer/tasks/translation) -----------------------------------------------
-    train_languages: str | None = field(
-        default=None,
-        metadata={"help": "Translation: comma-separated languages trained to and from English, both directions mixed "
-                  "(2-to-2: fr,cs; 5-to-5: fr,cs,de,gu,ja; 10-to-10: all ten). Default: the recipe's."},
-    )
-    eval_languages: str | None = field(
-        default=None,
-        metadata={"help": "Translation: comma-separated languages evaluated to and from English, whatever the "
-                  "training set (default: SMC-Bench's ten, fr,cs,de,gu,ja,my,ro,ru,vi,zh = 20 directions)."},
-    )
-    max_source_length: int = field(
-        default=128, metadata={"help": "Translation: training source tokens kept per example (codes included); "
-                               "evaluation sentences are cut only at the model's position limit."}
-    )
-    max_target_length: int = field(
-        default=128, metadata={"help": "Translation: training target tokens kept per example (codes included)."}
-    )
-    lang_code_format: str = field(
-        default="auto",
-        metadata={"help": "Translation: where the language codes go: cc25 (`X </s> <lang>`, decoder starts with the "
-                  "target code: mBART-cc25), mbart50 (`<lang> X </s>`, target code forced as first token: "
-                  "mBART-50), or auto (mbart50 for MBart50 tokenizers, cc25 otherwise)."},
-    )
-    bleu_tokenize: str = field(
-        default="zh=zh,ja=char",
-        metadata={"help": "Translation: sacreBLEU tokenizer per target language (LANG=NAME, comma-separated); other "
-                  "targets use 13a. ja-mecab needs `pip install sacrebleu[ja]`."},
-    )
-    translation_dropout: float | None = field(
-        default=None, metadata={"help": "Translation: the model's dropout (mBART `dropout`; paper 0.3). Default: "
-                                "the checkpoint's."}
-    )
-    translation_attention_dropout: float | None = field(
-        default=None, metadata={"help": "Translation: the model's attention dropout (paper 0.1). Default: the "
-                                "checkpoint's."}
-    )
 
 
 @dataclass

@@ -54,8 +54,8 @@ def _prepare_adapters(model: torch.nn.Module, args: SparseTrainingArguments) -> 
 
         unfrozen = train_head_copies(model)
         if unfrozen:
-            logger.warning(f"your PeftModel's modules_to_save copies had frozen parameters (peft matches those names by "
-                           f"suffix and wraps nested modules of the same name); made them trainable: {unfrozen}")
+            logger.warning("your PeftModel's modules_to_save copies had frozen parameters (peft matches those names "
+                           f"by suffix and wraps nested modules of the same name); made them trainable: {unfrozen}")
         return model
     from smc_trainer.training.adapters import wrap_with_lora
 
