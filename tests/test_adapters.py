@@ -12,6 +12,7 @@ import copy
 import json
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -40,11 +41,7 @@ from smc_trainer.training.adapters.layers import FusedMaskedLoraLinear, MaskedLo
 
 def _lora_conflict(method: str) -> str | None:
     """Why `method` (with its default criterion) cannot train a frozen base, or None."""
-    from smc_trainer.engine.criteria import get_criterion_class
-
-    cls = get_method_class(method)
-    criterion = cls.default_criterion
-    return cls.frozen_base_conflict or (get_criterion_class(criterion).frozen_base_conflict if criterion else None)
+    return get_method_class(method).lora_refusal(SimpleNamespace(criterion=None))
 
 
 FROZEN_OK = [m for m in method_names() if _lora_conflict(m) is None]

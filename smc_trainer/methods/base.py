@@ -99,6 +99,18 @@ class SparseMethod:
         """Raise ValueError for flags this method cannot run with (called before any work starts)."""
 
     @classmethod
+    def lora_refusal(cls, args: Any) -> str | None:
+        """Why this run cannot train a frozen base (`--peft lora`, or a PeftModel): the method's own
+        `frozen_base_conflict`, else its criterion's; None when it can. Names the flag at fault."""
+        if cls.frozen_base_conflict:
+            return f"--sparse_method {cls.name} cannot run with --peft lora: {cls.frozen_base_conflict}"
+        criterion = cls.criterion_name(args)
+        conflict = get_criterion_class(criterion).frozen_base_conflict if criterion else None
+        if conflict:
+            return f"--criterion {criterion} (--sparse_method {cls.name}) cannot run with --peft lora: {conflict}"
+        return None
+
+    @classmethod
     def criterion_name(cls, args: Any) -> str | None:
         """The score this method uses: --criterion, else the method's own (omp_* magnitude, snip snip, ...)."""
         return getattr(args, "criterion", None) or cls.default_criterion

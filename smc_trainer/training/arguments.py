@@ -474,17 +474,8 @@ def check_peft_flags(args: SparseTrainingArguments) -> None:
     if args.lora_release == "adapter" and not args.sparse_adapter:
         raise UsageError("--lora_release adapter needs --sparse_adapter true: a plain adapter re-masked after the "
                          "merge is no longer an adapter; release the merged model (--lora_release merged)")
-    method = get_method_class(args.sparse_method)
-    conflict = method.frozen_base_conflict
-    if conflict:
-        raise UsageError(f"--sparse_method {args.sparse_method} cannot run with --peft lora: {conflict}")
-    criterion = method.criterion_name(args)
-    if criterion is not None:
-        from smc_trainer.engine.criteria import get_criterion_class
-
-        conflict = get_criterion_class(criterion).frozen_base_conflict
-        if conflict:
-            raise UsageError(f"--criterion {criterion} (--sparse_method {args.sparse_method}) cannot run with --peft "
-                             f"lora: {conflict}")
+    refusal = get_method_class(args.sparse_method).lora_refusal(args)
+    if refusal:
+        raise UsageError(refusal)
     if importlib.util.find_spec("peft") is None:
         raise UsageError("--peft lora needs the peft package: pip install 'smc-trainer[peft]'")

@@ -45,10 +45,9 @@ def _is_adapter_model(model: torch.nn.Module) -> bool:
 
 def _prepare_adapters(model: torch.nn.Module, args: SparseTrainingArguments) -> torch.nn.Module:
     """Wrap a plain model for `--peft lora`; refuse a method that must train the frozen base of an adapter model."""
-    conflict = get_method_class(args.sparse_method).frozen_base_conflict
-    if conflict:
-        raise UsageError(f"--sparse_method {args.sparse_method} cannot train a model with frozen base weights "
-                         f"(LoRA): {conflict}")
+    refusal = get_method_class(args.sparse_method).lora_refusal(args)
+    if refusal:
+        raise UsageError(refusal)
     if _is_adapter_model(model):
         from smc_trainer.training.adapters.wrap import train_head_copies
 

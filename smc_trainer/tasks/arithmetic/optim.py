@@ -17,6 +17,7 @@ import math
 import torch
 from torch import nn
 
+from smc_trainer.engine.targets import unwrap_adapters
 from smc_trainer.errors import UsageError
 
 
@@ -33,8 +34,7 @@ def gts_param_groups(model: nn.Module, encoder_lr: float, head_lr: float,
     else (GTS's decoder and merge networks) at `head_lr`], trainable parameters only; empty groups dropped.
 
     The encoder is the plain model's `base_model`, seen through a peft wrapper."""
-    plain = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
-    encoder = {id(p): name for name, p in plain.base_model.named_parameters()}
+    encoder = {id(p): name for name, p in unwrap_adapters(model).base_model.named_parameters()}
     trainable = [p for p in model.parameters() if p.requires_grad]
     adapters = [p for p in trainable if "lora_" in encoder.get(id(p), "")]
     adapter_ids = {id(p) for p in adapters}
