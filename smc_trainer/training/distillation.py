@@ -26,9 +26,14 @@ from smc_trainer.errors import UsageError
 IGNORE_INDEX = -100
 
 
+def _output_field(outputs: Any, name: str) -> Any:
+    """`name` of a model output (ModelOutput or dict by key, else by attribute), None when absent."""
+    return outputs.get(name) if isinstance(outputs, Mapping) else getattr(outputs, name, None)
+
+
 def output_logits(outputs: Any, model: nn.Module) -> Tensor:
     """The `logits` of a model output (ModelOutput, dict or tuple with logits second)."""
-    logits = outputs.get("logits") if isinstance(outputs, Mapping) else getattr(outputs, "logits", None)
+    logits = _output_field(outputs, "logits")
     if logits is None:
         raise UsageError(f"--distill_teacher needs a model whose outputs have logits; {type(model).__name__} returns "
                          f"{type(outputs).__name__} without them")
@@ -37,7 +42,7 @@ def output_logits(outputs: Any, model: nn.Module) -> Tensor:
 
 def output_logits_mask(outputs: Any) -> Tensor | None:
     """The outputs' `logits_mask` (which rows of the logits are items), if the model gives one."""
-    return outputs.get("logits_mask") if isinstance(outputs, Mapping) else getattr(outputs, "logits_mask", None)
+    return _output_field(outputs, "logits_mask")
 
 
 def kd_sum(student_logits: Tensor, teacher_logits: Tensor, temperature: float,
