@@ -36,6 +36,13 @@ from smc_trainer.runs import pipeline  # noqa: E402
 from smc_trainer.runs.config import parse_run_config  # noqa: E402
 
 SPARSITY = 0.59
+TEACHER_SEED = 7
+# one SGD step (no momentum, decay or clipping, so the update is lr x the gradient) of 2 micro-batches of 4 per
+# process, task + KD loss, no dropout: the test replays the 16 examples in one process and must land on the same
+# weights, which holds only if the KD term is normalized alike with one process and with two
+KD_SCALE = dict(sparse_method="omp_before", distill_teacher="dense", distill_hardness=0.5, distill_temperature=2.0,
+                max_steps=1, optim="sgd", learning_rate=0.5, weight_decay=0.0, max_grad_norm=0.0, warmup_steps=0,
+                lr_scheduler_type="constant")
 # every trainer case: 6 optimizer steps of 2 micro-batches of 4 examples per process
 COMMON = dict(max_steps=6, per_device_train_batch_size=4, gradient_accumulation_steps=2, update_interval=2,
               prune_frequency=1, gmp_start=0.0, gmp_end=1.0, snip_batches=2, drop_fraction=0.5)
@@ -53,15 +60,26 @@ TRAINER_CASES: dict[str, dict] = {
     # after DDP has broadcast rank 0's weights, so both prune alike (and SparseGPT updates the weights alike)
     "wanda_before": dict(sparse_method="omp_before", criterion="wanda"),
     "sparsegpt_before": dict(sparse_method="omp_before", criterion="sparsegpt"),
+    # distillation from a frozen teacher (the same on both processes, never wrapped by DDP), alone and with LoRA
+    "gmp_kd": dict(sparse_method="gmp", distill_teacher="dense", distill_hardness=0.5),
+    "lora_gmp_kd": dict(sparse_method="gmp", peft="lora", lora_r=4, distill_teacher="dense", distill_hardness=0.5),
+    # one plain SGD step without dropout, its inputs recorded: the test replays them in one process (KD_SCALE)
+    "kd_scale": dict(KD_SCALE),
     # planted faults: random scores seeded by rank; SNIP gradients from the bare (never all-reduced) model
     "fault_rank_seed": dict(sparse_method="random_before"),
     "fault_local_snip": dict(sparse_method="snip"),
 }
+GTS_FIXTURE = "gts_fixture"  # tests/test_distributed.py writes the tiny GTS encoder, data and recipe here
 PIPELINE_CASES: dict[str, list[str]] = {  # run in this order: the others reuse the dense cache omp_after trains
     "omp_after": ["--sparse_method", "omp_after", "--sparsity", "0.5"],
     "random_after": ["--sparse_method", "random_after", "--sparsity", "0.5"],  # seeded scores, not the rank's RNG
     "lth": ["--sparse_method", "lth", "--sparsity", "0.36"],
     "lrr": ["--sparse_method", "lrr", "--sparsity", "0.36"],  # keeps each round's trained weights (no rewind)
+    # GTS (arithmetic) with distillation from its dense fine-tune: the per-step scores of the tree decoder under
+    # teacher forcing; the dense stage is trained under DDP first (its own cache), then the GMP + KD stage
+    "gts_kd": ["--sparse_method", "gmp", "--sparsity", "0.5", "--distill_teacher", "dense"],
+    "gts_lora_kd": ["--sparse_method", "gmp", "--sparsity", "0.5", "--distill_teacher", "dense", "--peft", "lora",
+                    "--lora_r", "4"],
 }
 CASES = [*TRAINER_CASES, *PIPELINE_CASES]
 
@@ -71,6 +89,20 @@ def digest(tensors: list[torch.Tensor]) -> str:
     for t in tensors:
         h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def no_dropout_bert(seed: int) -> torch.nn.Module:
+    """The tiny BERT classifier without dropout, so one process can replay a DDP step exactly."""
+    from tiny_models import _bert_config
+    from transformers import BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    return BertForSequenceClassification(_bert_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+
+
+def kd_scale_trainer_kwargs(rank: int) -> dict:
+    """Model and teacher of the KD_SCALE case (the DDP run's rank-0 weights, which DDP broadcasts)."""
+    return dict(model=no_dropout_bert(1000 + rank), teacher=no_dropout_bert(TEACHER_SEED))
 
 
 class RecordingTrainer(SparseTrainer):
@@ -98,6 +130,8 @@ class RecordingTrainer(SparseTrainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         self.record["data_digests"].append(digest([inputs["input_ids"]]))
+        if self.case == "kd_scale":  # the micro-batches themselves, for the one-process replay
+            self.inputs_seen = [*getattr(self, "inputs_seen", []), {k: v.detach().cpu() for k, v in inputs.items()}]
         return super().training_step(model, inputs, num_items_in_batch)
 
     def train(self, *args, **kwargs):
@@ -133,6 +167,8 @@ class RecordingTrainer(SparseTrainer):
         tensors.update({f"weight/{n}": p.detach().cpu().clone() for n, p in self.model.named_parameters()})
         # prunable weights under their plain names too (the masks' names; a LoRA model names them differently)
         tensors.update({f"weight/{t.name}": t.param.detach().cpu().clone() for t in targets})
+        for i, batch in enumerate(getattr(self, "inputs_seen", [])):
+            tensors.update({f"input/{i}/{k}": v.contiguous() for k, v in batch.items()})
         base = os.path.join(self.out, f"{self.case}.{stage}.rank{rank}")
         save_file(tensors, base + ".safetensors")
         with open(base + ".json", "w", encoding="utf-8") as fh:
@@ -154,10 +190,14 @@ def run_trainer_case(case: str, out: str) -> None:
     rank = int(os.environ.get("RANK", "0"))
     config = {**COMMON, **TRAINER_CASES[case]}
     args = sparse_args(os.path.join(out, case), config.pop("sparse_method"), SPARSITY, **config)
-    model = make_tiny("bert", seed=1000 + rank)  # differs per process until DDP broadcasts rank 0's weights
+    # the model differs per process until DDP broadcasts rank 0's weights; a teacher is the same on both
+    models = dict(model=make_tiny("bert", seed=1000 + rank),
+                  teacher=make_tiny("bert", seed=TEACHER_SEED) if args.distill_teacher != "none" else None)
+    if case == "kd_scale":
+        models = kd_scale_trainer_kwargs(rank)
     trainer_cls = type(case, (LocalSnipTrainer if case == "fault_local_snip" else RecordingTrainer,),
                        {"case": case, "out": out})
-    trainer = trainer_cls(model=model, args=args, train_dataset=toy_dataset())
+    trainer = trainer_cls(args=args, train_dataset=toy_dataset(), **models)
     original_mix_seed = random_before_module.mix_seed
     if case == "fault_rank_seed":
         random_before_module.mix_seed = lambda seed, *parts: original_mix_seed(seed + rank, *parts)
@@ -167,14 +207,29 @@ def run_trainer_case(case: str, out: str) -> None:
         random_before_module.mix_seed = original_mix_seed
 
 
+def pipeline_argv(case: str, out: str) -> list[str]:
+    """The case's run flags: the tiny synthetic task, or for gts_* the tiny GTS of tests/arithmetic_helpers.py."""
+    if case.startswith("gts_"):
+        from arithmetic_helpers import TINY_GTS_FLAGS
+
+        fixture = os.path.join(out, GTS_FIXTURE)
+        with open(os.path.join(fixture, "paths.json"), encoding="utf-8") as fh:
+            paths = json.load(fh)
+        return ["--recipe", paths["recipe"], "--model_name_or_path", paths["encoder"], "--data_dir", paths["data"],
+                "--fold", "0", "--max_steps", "3", "--per_device_train_batch_size", "2",
+                "--per_device_eval_batch_size", "4", "--generation_max_length", "8", "--save_strategy", "no",
+                "--prune_frequency", "1", "--gmp_start", "0", "--gmp_end", "0.7", "--cache_dir",
+                os.path.join(fixture, "hf"), "--dense_cache_dir", os.path.join(out, "cache_gts"),
+                "--output_dir", os.path.join(out, case), *TINY_GTS_FLAGS, *PIPELINE_CASES[case]]
+    return ["--model_name_or_path", "tiny", "--max_steps", "3", "--num_synthetic_examples", "48",
+            "--max_eval_samples", "16", "--per_device_train_batch_size", "4", "--learning_rate", "1e-2",
+            "--dense_cache_dir", os.path.join(out, "cache"), "--output_dir", os.path.join(out, case),
+            "--report_to", "none", "--disable_tqdm", "true", "--log_level", "warning", "--use_cpu",
+            *PIPELINE_CASES[case]]
+
+
 def run_pipeline_case(case: str, out: str) -> None:
-    config = parse_run_config([
-        "--model_name_or_path", "tiny", "--max_steps", "3", "--num_synthetic_examples", "48",
-        "--max_eval_samples", "16", "--per_device_train_batch_size", "4", "--learning_rate", "1e-2",
-        "--dense_cache_dir", os.path.join(out, "cache"), "--output_dir", os.path.join(out, case),
-        "--report_to", "none", "--disable_tqdm", "true", "--log_level", "warning", "--use_cpu",
-        *PIPELINE_CASES[case],
-    ])
+    config = parse_run_config(pipeline_argv(case, out))
     original = pipeline.SparseTrainer
     pipeline.SparseTrainer = type(case, (RecordingTrainer,), {"case": case, "out": out})
     try:

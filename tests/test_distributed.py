@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from ddp_worker import CASES, PIPELINE_CASES, TRAINER_CASES
+from ddp_worker import CASES, GTS_FIXTURE, KD_SCALE, PIPELINE_CASES, SPARSITY, TEACHER_SEED, TRAINER_CASES
 from safetensors.torch import load_file
 
 from smc_trainer.runs.dense_cache import COMPLETE, INIT_WEIGHTS
@@ -32,7 +32,9 @@ LAUNCH_TIMEOUT_S = 300
 FAULTS = [c for c in TRAINER_CASES if c.startswith("fault_")]
 SOUND_TRAINER_CASES = [c for c in TRAINER_CASES if c not in FAULTS]
 EXPECTED_STAGES = {"omp_after": {"dense", "omp_after"}, "random_after": {"random_after"},  # later: dense cache hits
-                   "lth": {"round-01", "round-02"}, "lrr": {"round-01", "round-02"}}
+                   "lth": {"round-01", "round-02"}, "lrr": {"round-01", "round-02"},
+                   "gts_kd": {"dense", "gts_kd"}, "gts_lora_kd": {"gts_lora_kd"}}  # GTS: a cache of its own
+ONE_STEP_CASES = {"kd_scale"}
 
 
 def free_port() -> int:
@@ -63,9 +65,20 @@ def launch(out: Path) -> tuple[int, str]:
     return proc.returncode, output
 
 
+def write_gts_fixture(out: Path) -> None:
+    """The tiny GTS encoder, CV data and recipe the gts_* cases read (written once, before the launch)."""
+    from arithmetic_helpers import write_cv_data, write_cv_recipe, write_encoder
+
+    root = out / GTS_FIXTURE
+    paths = {"encoder": write_encoder(root / "encoder"), "data": str(write_cv_data(root / "data")),
+             "recipe": write_cv_recipe(root / "cv_tiny.yaml")}
+    (root / "paths.json").write_text(json.dumps(paths))
+
+
 @pytest.fixture(scope="module")
 def ddp_out(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ddp")
+    write_gts_fixture(out)
     for _attempt in range(2):  # the free port can be taken between probe and bind; retry once
         code, output = launch(out)
         if code == 0 or "address already in use" not in output.lower():
@@ -125,7 +138,7 @@ def test_processes_end_with_identical_masks_and_weights_at_exact_sparsity(ddp_ou
         assert sum(k.startswith("mask/") for k in t0) > 0
 
 
-@pytest.mark.parametrize("case", SOUND_TRAINER_CASES)
+@pytest.mark.parametrize("case", sorted(set(SOUND_TRAINER_CASES) - ONE_STEP_CASES))
 def test_schedules_count_optimizer_steps_and_methods_read_all_reduced_gradients(ddp_out, case):
     (_, r0), (_, r1) = ranks(ddp_out, case, case)
     assert r0["sparse_step"] == r0["global_step"] == 6  # 6 optimizer steps of 2 micro-batches each
@@ -140,7 +153,7 @@ def test_schedules_count_optimizer_steps_and_methods_read_all_reduced_gradients(
 def test_lora_runs_train_adapters_on_a_frozen_base_identically(ddp_out):
     """--peft lora under DDP: the masked adapters (identical on both processes) really trained, the frozen base
     kept its pruned zeros, and SNIP scored the frozen base with all-reduced gradients (same masks)."""
-    for case in ("lora_gmp", "lora_snip"):
+    for case in ("lora_gmp", "lora_snip", "lora_gmp_kd"):
         (t0, r0), (t1, _) = ranks(ddp_out, case, case)
         lora_b = [k for k in t0 if k.startswith("weight/") and "lora_B" in k]
         assert lora_b and any(bool(t0[k].abs().sum() > 0) for k in lora_b), f"{case}: adapters never trained"
@@ -148,11 +161,80 @@ def test_lora_runs_train_adapters_on_a_frozen_base_identically(ddp_out):
         assert r0["kept"] == r0["expected_kept"]
 
 
+def replay_kd_step_in_one_process(ddp_out: Path, tmp_path: Path, hardness: float) -> dict[str, torch.Tensor]:
+    """The kd_scale step in one process: the 16 examples both DDP processes trained on, as 2 micro-batches of 8
+    (micro-batch j = rank 0's j-th + rank 1's j-th), from the same initial weights, teacher and mask."""
+    from datasets import Dataset
+    from ddp_worker import kd_scale_trainer_kwargs
+    from sparse_helpers import sparse_args
+    from torch.utils.data import SequentialSampler
+
+    from smc_trainer import SparseTrainer
+
+    (t0, _), (t1, _) = ranks(ddp_out, "kd_scale", "kd_scale")
+    micro = sorted({int(k.split("/")[1]) for k in t0 if k.startswith("input/")})
+    assert micro == [0, 1]
+    columns = {k: [] for k in ("input_ids", "labels")}
+    for j in micro:
+        for t in (t0, t1):
+            for k in columns:
+                columns[k].extend(t[f"input/{j}/{k}"].tolist())
+
+    class InOrder(SparseTrainer):
+        def _get_train_sampler(self, *args, **kwargs):
+            return SequentialSampler(self.train_dataset)
+
+    config = {**KD_SCALE, "distill_hardness": hardness}
+    args = sparse_args(tmp_path / f"replay-{hardness}", config.pop("sparse_method"), SPARSITY,
+                       per_device_train_batch_size=8, gradient_accumulation_steps=2, **config)
+    trainer = InOrder(args=args, train_dataset=Dataset.from_dict(columns), **kd_scale_trainer_kwargs(rank=0))
+    trainer.train()
+    return {f"weight/{n}": p.detach() for n, p in trainer.model.named_parameters()}
+
+
+def test_a_distillation_step_under_ddp_equals_one_process_on_the_union_of_the_batches(ddp_out, tmp_path):
+    """Task + KD loss (hardness 0.5, T = 2) under DDP with gradient accumulation: one plain SGD step lands where one
+    process lands on the same 16 examples, so both terms are normalized alike by DDP's averaging and the
+    Trainer's accumulation. The teacher is the same seed on both processes and DDP never wraps it."""
+    (t0, r0), _ = ranks(ddp_out, "kd_scale", "kd_scale")
+    assert r0["global_step"] == 1 and TEACHER_SEED != 1000
+    replayed = replay_kd_step_in_one_process(ddp_out, tmp_path, hardness=0.5)
+    names = [k for k in replayed if k in t0]
+    assert len(names) == len(replayed) > 0
+    moved = [k for k in names if not torch.equal(t0[k], kd_scale_initial()[k])]
+    assert len(moved) > len(names) // 2, "the step changed almost nothing: the comparison would be vacuous"
+    for k in names:
+        torch.testing.assert_close(replayed[k], t0[k], rtol=1e-5, atol=1e-6, msg=lambda m, k=k: f"{k}: {m}")
+    # the comparison can fail: weighting the KD term differently (as a normalization bug would) is caught
+    other = replay_kd_step_in_one_process(ddp_out, tmp_path, hardness=0.75)
+    assert any(not torch.allclose(other[k], t0[k], rtol=1e-5, atol=1e-6) for k in names)
+
+
+def kd_scale_initial() -> dict[str, torch.Tensor]:
+    from ddp_worker import kd_scale_trainer_kwargs
+
+    model = kd_scale_trainer_kwargs(rank=0)["model"]
+    return {f"weight/{n}": p.detach() for n, p in model.named_parameters()}
+
+
+def test_gts_distillation_runs_under_ddp(ddp_out):
+    """GTS + GMP + KD, alone and with LoRA: the dense stage trained under DDP is the teacher; both processes end
+    with the same masks and weights (the invariant test above) and the adapters of the LoRA run trained."""
+    for case in ("gts_kd", "gts_lora_kd"):
+        (t0, r0), (t1, _) = ranks(ddp_out, case, case)
+        assert r0["method"] == "gmp" and r0["kept"] == r0["expected_kept"]
+        assert differing(t0, t1, "weight/") == []
+    (t0, _), _ = ranks(ddp_out, "gts_lora_kd", "gts_lora_kd")
+    lora_b = [k for k in t0 if k.startswith("weight/") and "lora_B" in k]
+    assert lora_b and any(bool(t0[k].abs().sum() > 0) for k in lora_b), "the GTS adapters never trained"
+
+
 def test_pipeline_stages_share_one_dense_cache_entry(ddp_out):
     for case, expected in EXPECTED_STAGES.items():
         assert stages(ddp_out, case) == expected, f"{case}: stages trained {stages(ddp_out, case)}"
-    entries = [p for p in (ddp_out / "cache").iterdir() if p.is_dir()]
-    assert len(entries) == 1 and (entries[0] / COMPLETE).is_file() and (entries[0] / INIT_WEIGHTS).is_file()
+    for cache in ("cache", "cache_gts"):
+        entries = [p for p in (ddp_out / cache).iterdir() if p.is_dir()]
+        assert len(entries) == 1 and (entries[0] / COMPLETE).is_file() and (entries[0] / INIT_WEIGHTS).is_file()
     (t_dense, _), _ = ranks(ddp_out, "omp_after", "dense")
     assert not any(k.startswith("mask/") for k in t_dense)
 

@@ -23,7 +23,7 @@ from transformers.utils import logging
 
 from smc_trainer.engine.masks import MaskSet
 from smc_trainer.engine.patterns import check_pattern_shapes, parse_pattern
-from smc_trainer.engine.targets import targets_for_args
+from smc_trainer.engine.targets import targets_for_args, unwrap_adapters
 from smc_trainer.errors import UsageError
 from smc_trainer.methods import get_method_class
 from smc_trainer.release.hub import check_push_args, check_release_dir, push_sparse_folder, write_release_files
@@ -32,6 +32,7 @@ from smc_trainer.training.calibration import HookCalibrator, calibration_batches
 from smc_trainer.training.callbacks import SparsityCallback
 from smc_trainer.training.checkpoints import clear_manifest, resolve_resume_checkpoint, write_manifest
 from smc_trainer.training.distillation import Distiller
+from smc_trainer.training.loss_scaling import loss_uses_num_items
 from smc_trainer.training.lr_rewind import rewinding_scheduler
 from smc_trainer.training.parallel import refuse_sharded_backend
 
@@ -98,6 +99,7 @@ class SparseTrainer(Seq2SeqTrainer):
                              "by the task as calibration_dataset= (run_smc.py and smc_trainer.runs.pipeline do this)")
         self.calibration_dataset = calibration_dataset  # --calibration_file's examples (None: the training split)
         super().__init__(model, args, *pos, **kwargs)
+        self._normalize_mean_losses_per_micro_batch()
         if optimizer_cls_and_kwargs is not None:
             if self.optimizer is not None:
                 raise RuntimeError("Passing both `optimizers` and `optimizer_cls_and_kwargs` is incompatible.")
@@ -206,6 +208,15 @@ class SparseTrainer(Seq2SeqTrainer):
             torch.set_rng_state(cpu_rng)
             if cuda_rng is not None:
                 torch.cuda.set_rng_state_all(cuda_rng)
+
+    def _normalize_mean_losses_per_micro_batch(self) -> None:
+        """A model that declares **kwargs but returns a per-micro-batch mean loss (loss_scaling.py) gets the
+        Trainer's documented `model_accepts_loss_kwargs = False`: its loss is then divided by the accumulation
+        steps and averaged over processes like any mean loss, instead of coming out that many times too large."""
+        if self.model_accepts_loss_kwargs and loss_uses_num_items(unwrap_adapters(self.model)) is False:
+            self.model_accepts_loss_kwargs = False
+            logger.info(f"smc-trainer: {type(unwrap_adapters(self.model)).__name__} returns a mean loss and ignores "
+                        "num_items_in_batch (huggingface/transformers#47688): normalizing it per micro-batch")
 
     # ---- distillation (smc_trainer/training/distillation.py) ----------------------------------------------
 
