@@ -223,6 +223,11 @@ def test_query_key_value_sharing_an_input_run_as_one_matrix_also_when_only_some_
     with torch.no_grad():
         assert torch.allclose(model(input_ids=ids).logits, dense, atol=1e-4, rtol=0)
         assert torch.allclose(model(input_ids=ids[:2]).logits, dense[:2], atol=1e-4, rtol=0)  # another batch size
+    with torch.inference_mode():  # inference tensors have no version counter
+        assert torch.allclose(model(input_ids=ids).logits, dense, atol=1e-4, rtol=0)
+    monkeypatch.setattr(si, "MAX_REPEATED_INDICES", 1)  # one sequence per embedding-bag call
+    with torch.no_grad():
+        assert torch.allclose(model(input_ids=ids).logits, dense, atol=1e-4, rtol=0)
 
 
 def test_a_group_member_called_with_another_input_recomputes():

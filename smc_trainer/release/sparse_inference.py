@@ -34,7 +34,9 @@ SEQUENCE_BLOCK_MIN = 64
 """Inputs [..., S, in] with S >= this many tokens are multiplied one sequence at a time: each embedding bag then reads
 an [in, S] table that stays in cache (about 1.6x faster than one [in, all tokens] table on MiniLM shapes at 128
 tokens, BENCHMARKS.md); shorter sequences, and 2-d inputs, run as one table of all tokens."""
-MAX_REPEATED_INDICES = 1 << 22  # past this many bag indices (the CSR indices repeated per sequence), split the batch
+MAX_REPEATED_INDICES = 1 << 19
+"""The bag indices of one call are the CSR indices repeated per sequence, cached with their weights (8 bytes each):
+past this many a batch runs in several calls, so the cache stays under 4 MB per linear."""
 
 
 class _CSRBags:
@@ -47,12 +49,12 @@ class _CSRBags:
         self.out_features, self.in_features = weight.shape
         self.crow, self.col, self.values = weight.crow_indices(), weight.col_indices(), weight.values()
         self.bias = bias
-        self._repeated: tuple[int, torch.dtype, Tensor, Tensor, Tensor] | None = None
+        self._repeated: dict[tuple[int, torch.dtype], tuple[Tensor, Tensor, Tensor]] = {}
 
     def __call__(self, table: Tensor) -> Tensor:
         per_call = max(1, MAX_REPEATED_INDICES // max(1, self.values.numel()))
         if table.shape[0] > per_call:
-            return torch.cat([self(part) for part in table.split(per_call)])
+            return torch.cat([self(part) for part in table.split(per_call)])  # one more copy, past the cap only
         n, _, block = table.shape
         indices, offsets, weights = self._arrays(n, table.dtype)
         bags = F.embedding_bag(indices, table.view(n * self.in_features, block), offsets, mode="sum",
@@ -62,14 +64,17 @@ class _CSRBags:
         return bags
 
     def _arrays(self, n: int, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
-        if self._repeated is None or self._repeated[:2] != (n, dtype):
+        key = (n, dtype)
+        if key not in self._repeated:
+            if len(self._repeated) >= 2:  # a full call and a remainder: keep both, forget older batch sizes
+                self._repeated.clear()
             nnz = self.values.numel()
             index_dtype = torch.int32 if n * max(nnz, self.in_features) < 2**31 else torch.int64  # int32: ~3% faster
             shifts = torch.arange(n)[:, None]
             indices = (self.col[None] + shifts * self.in_features).flatten().to(index_dtype)
             offsets = (self.crow[None, :-1] + shifts * nnz).flatten().to(index_dtype)
-            self._repeated = (n, dtype, indices, offsets, self.values.to(dtype).repeat(n))
-        return self._repeated[2:]
+            self._repeated[key] = (indices, offsets, self.values.to(dtype).repeat(n))
+        return self._repeated[key]
 
 
 def _feature_major_table(x: Tensor, in_features: int, compute: torch.dtype) -> Tensor:
@@ -87,6 +92,10 @@ def _token_major(bags: Tensor, x: Tensor, dtype: torch.dtype, transposed_view: b
     out = bags.transpose(1, 2).to(dtype)
     return out.view(*x.shape[:-1], bags.shape[1]) if transposed_view else \
         out.contiguous().view(*x.shape[:-1], bags.shape[1])
+
+
+def _version(x: Tensor) -> int | None:
+    return None if x.is_inference() else x._version
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
@@ -136,7 +145,10 @@ class SharedInputGroup:
     matrix: one input transpose and one embedding bag instead of one each. The first member called with an input
     computes every member's output; the others, called with that same tensor (same object, unmodified), take theirs
     from it. A member called with any other input recomputes, so a group is never wrong, only slower where its
-    members stop sharing inputs. Not a module: the members stay the model's modules, with their own weights."""
+    members stop sharing inputs (tensors made under `torch.inference_mode` have no version counter: there the same
+    object suffices). Not a module: the members stay the model's modules, with their own weights (the group holds
+    a concatenated copy of their CSR arrays). Threads running one model at once stay correct but may recompute
+    (each thread's input evicts the other's cached outputs)."""
 
     def __init__(self, names: list[str], members: list[CSRLinear]):
         if len({m.in_features for m in members}) != 1:
@@ -160,14 +172,14 @@ class SharedInputGroup:
     def output(self, member: CSRLinear, x: Tensor) -> Tensor:
         i = self._index[id(member)]
         cached = self._cached
-        if cached is not None and cached[0] is x and cached[1] == x._version and i in cached[3]:
+        if cached is not None and cached[0] is x and cached[1] == _version(x) and i in cached[3]:
             cached[3].discard(i)
             if not cached[3]:
                 self._cached = None  # every member served: hold no activations between forwards
             return cached[2][i]
         bags = self._bags(_feature_major_table(x, self._bags.in_features, _compute_dtype(x)))
         outputs = [_token_major(part, x, x.dtype, False) for part in bags.split(self.splits, dim=1)]
-        self._cached = (x, x._version, outputs, set(range(len(outputs))) - {i})
+        self._cached = (x, _version(x), outputs, set(range(len(outputs))) - {i})
         return outputs[i]
 
 
