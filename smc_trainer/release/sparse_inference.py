@@ -24,8 +24,8 @@ from smc_trainer.errors import UsageError
 
 logger = logging.get_logger(__name__)
 
-# end to end on MiniLM, one core, the whole model is no faster below it (BENCHMARKS.md); a single linear breaks even
-# near 70% at 256 tokens, but every converted linear also pays for transposing its input and output
+# measured first as the end-to-end break-even on MiniLM, one core (BENCHMARKS.md); since the per-sequence kernel the
+# whole model breaks even near 60% and gains 1.2x at 70%, 2x at 80%: 0.8 is now a default with a margin
 BREAK_EVEN_SPARSITY = 0.8
 MEASURE_TOKENS = 256  # probe rows for the per-layer micro-benchmark of to_sparse_inference(measure_tokens=...)
 
@@ -43,7 +43,7 @@ class _CSRBags:
     """The CSR arrays of a weight [out, in] as embedding-bag inputs: each output feature a bag whose indices are its
     kept input features and whose per-sample weights are its kept weights. Multiplies tables [n, in, block] (n
     feature-major blocks of tokens) into [n, out, block] in one call, the indices repeated and shifted per block
-    (cached for the last n seen)."""
+    (cached for the last two values of n)."""
 
     def __init__(self, weight: Tensor, bias: Tensor | None):
         self.out_features, self.in_features = weight.shape
