@@ -206,6 +206,7 @@ def test_query_key_value_sharing_an_input_run_as_one_matrix_also_when_only_some_
         query = _qkv(model, 1)[0].weight
         query.copy_(torch.randn_like(query))  # dense again: not converted
     ids = torch.randint(3, 60, (3, 9), generator=torch.Generator().manual_seed(0))
+    weights = [m.weight.detach().clone() for m in _qkv(model, 0)]
     with torch.no_grad():
         dense = model(input_ids=ids).logits
     converted = to_sparse_inference(model, min_sparsity=0.85)
@@ -220,6 +221,10 @@ def test_query_key_value_sharing_an_input_run_as_one_matrix_also_when_only_some_
     grouped = {n for n, m in model.named_modules() if isinstance(m, CSRLinear) and m.shared_input is not None}
     assert all(".attention.self." in n for n in grouped)  # nothing else reads a shared input
     assert "shared_input=" in repr(first[0]) and first[0].weight.layout == torch.sparse_csr
+    group_values = first[0].shared_input.weight.values()
+    for member, weight in zip(first, weights):  # each its own weight, stored once: views of the group's arrays
+        assert torch.equal(member.weight.to_dense(), weight)
+        assert member.weight.values().untyped_storage().data_ptr() == group_values.untyped_storage().data_ptr()
     with torch.no_grad():
         assert torch.allclose(model(input_ids=ids).logits, dense, atol=1e-4, rtol=0)
         assert torch.allclose(model(input_ids=ids[:2]).logits, dense[:2], atol=1e-4, rtol=0)  # another batch size
@@ -298,3 +303,30 @@ def test_cross_attention_groups_only_key_and_value_of_the_encoder_states():
     assert cross.key.shared_input is not layer.attention.self.query.shared_input is not None
     with torch.no_grad():
         assert torch.allclose(model(**example).last_hidden_state, dense, atol=1e-4, rtol=0)
+
+
+def test_loading_other_weights_into_a_converted_model_reaches_every_kernel():
+    """load_state_dict copies into the CSR buffers in place (same sparsity pattern): plain CSRLinears and shared-input
+    groups compute with the new values, not with cached copies; after `.double()` replaces every buffer, the groups
+    join the new weights."""
+    import copy
+
+    model = make_tiny("bert").eval()
+    _prune_linears(model, [0.9])
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        for m in other.modules():
+            if type(m) is torch.nn.Linear:
+                m.weight.mul_(2.0)
+                m.bias.add_(1.0)
+    ids = torch.randint(3, 60, (3, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = other(input_ids=ids).logits
+        to_sparse_inference(model, 0.85)
+        assert model.bert.encoder.layer[0].attention.self.query.shared_input is not None
+        model(input_ids=ids)  # fill the caches
+        to_sparse_inference(other, 0.85)
+        model.load_state_dict(other.state_dict())
+        assert torch.allclose(model(input_ids=ids).logits, expected, atol=1e-4, rtol=0)
+        model.double()
+        assert torch.allclose(model(input_ids=ids).logits.float(), expected, atol=1e-4, rtol=0)

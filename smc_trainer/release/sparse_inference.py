@@ -40,40 +40,39 @@ past this many a batch runs in several calls, so the cache stays under 4 MB per 
 
 
 class _CSRBags:
-    """The CSR arrays of a weight [out, in] as embedding-bag inputs: each output feature a bag whose indices are its
-    kept input features and whose per-sample weights are its kept weights. Multiplies tables [n, in, block] (n
-    feature-major blocks of tokens) into [n, out, block] in one call, the indices repeated and shifted per block
-    (cached for the last two values of n)."""
+    """A CSR weight [out, in] as embedding-bag inputs: each output feature a bag whose indices are its kept input
+    features and whose per-sample weights are its kept weights. Multiplies tables [n, in, block] (n feature-major
+    blocks of tokens) into [n, out, block] in one call, the indices repeated and shifted per block. The repeated
+    arrays are cached for the last two values of n while the weight is the same and unmodified (an in-place
+    `load_state_dict` bumps its version counters)."""
 
-    def __init__(self, weight: Tensor, bias: Tensor | None):
-        self.out_features, self.in_features = weight.shape
-        self.crow, self.col, self.values = weight.crow_indices(), weight.col_indices(), weight.values()
-        self.bias = bias
-        self._repeated: dict[tuple[int, torch.dtype], tuple[Tensor, Tensor, Tensor]] = {}
+    def __init__(self):
+        self._repeated: dict[tuple, tuple[Tensor, Tensor, Tensor]] = {}
 
-    def __call__(self, table: Tensor) -> Tensor:
-        per_call = max(1, MAX_REPEATED_INDICES // max(1, self.values.numel()))
-        if table.shape[0] > per_call:
-            return torch.cat([self(part) for part in table.split(per_call)])  # one more copy, past the cap only
-        n, _, block = table.shape
-        indices, offsets, weights = self._arrays(n, table.dtype)
-        bags = F.embedding_bag(indices, table.view(n * self.in_features, block), offsets, mode="sum",
-                               per_sample_weights=weights).view(n, self.out_features, block)
-        if self.bias is not None:  # on the contiguous [n, out, block] result: adding into a transposed layout is slow
-            bags.add_(self.bias.to(table.dtype)[:, None])
+    def __call__(self, weight: Tensor, bias: Tensor | None, table: Tensor) -> Tensor:
+        per_call = max(1, MAX_REPEATED_INDICES // max(1, weight.values().numel()))
+        if table.shape[0] > per_call:  # one more copy, past the cap only
+            return torch.cat([self(weight, bias, part) for part in table.split(per_call)])
+        (out_features, in_features), (n, _, block) = weight.shape, table.shape
+        indices, offsets, weights = self._arrays(weight, n, table.dtype)
+        bags = F.embedding_bag(indices, table.view(n * in_features, block), offsets, mode="sum",
+                               per_sample_weights=weights).view(n, out_features, block)
+        if bias is not None:  # on the contiguous [n, out, block] result: adding into a transposed layout is slow
+            bags.add_(bias.to(table.dtype)[:, None])
         return bags
 
-    def _arrays(self, n: int, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
-        key = (n, dtype)
+    def _arrays(self, weight: Tensor, n: int, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+        crow, col, values = weight.crow_indices(), weight.col_indices(), weight.values()
+        key = (n, dtype, values.data_ptr(), col.data_ptr(), _version(values), _version(col), _version(crow))
         if key not in self._repeated:
             if len(self._repeated) >= 2:  # a full call and a remainder: keep both, forget older batch sizes
                 self._repeated.clear()
-            nnz = self.values.numel()
-            index_dtype = torch.int32 if n * max(nnz, self.in_features) < 2**31 else torch.int64  # int32: ~3% faster
+            nnz, in_features = values.numel(), weight.shape[1]
+            index_dtype = torch.int32 if n * max(nnz, in_features) < 2**31 else torch.int64  # int32: ~3% faster
             shifts = torch.arange(n)[:, None]
-            indices = (self.col[None] + shifts * self.in_features).flatten().to(index_dtype)
-            offsets = (self.crow[None, :-1] + shifts * nnz).flatten().to(index_dtype)
-            self._repeated[key] = (indices, offsets, self.values.to(dtype).repeat(n))
+            indices = (col[None] + shifts * in_features).flatten().to(index_dtype)
+            offsets = (crow[None, :-1] + shifts * nnz).flatten().to(index_dtype)
+            self._repeated[key] = (indices, offsets, values.to(dtype).repeat(n))
         return self._repeated[key]
 
 
@@ -121,7 +120,7 @@ class CSRLinear(nn.Module):
         self.register_buffer("weight", weight.detach().to_sparse_csr())
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
         self.shared_input: SharedInputGroup | None = None
-        self._bags = _CSRBags(self.weight, self.bias)
+        self._bags = _CSRBags()
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> CSRLinear:
@@ -130,12 +129,13 @@ class CSRLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.shared_input is not None:
             return self.shared_input.output(self, x)
-        bags = self._bags(_feature_major_table(x, self.in_features, _compute_dtype(x)))
+        bags = self._bags(self.weight, self.bias, _feature_major_table(x, self.in_features, _compute_dtype(x)))
         return _token_major(bags, x, x.dtype, self.feature_major_output)
 
     def extra_repr(self) -> str:
         nnz = self.weight.values().numel()
-        fused = "" if self.shared_input is None else f", shared_input={'+'.join(self.shared_input.names)}"
+        fused = "" if self.shared_input is None else \
+            f", shared_input={'+'.join(n.rsplit('.', 1)[-1] for n in self.shared_input.names)}"
         return f"in_features={self.in_features}, out_features={self.out_features}, " \
                f"sparsity={1 - nnz / (self.in_features * self.out_features):.3f}{fused}"
 
@@ -146,28 +146,44 @@ class SharedInputGroup:
     computes every member's output; the others, called with that same tensor (same object, unmodified), take theirs
     from it. A member called with any other input recomputes, so a group is never wrong, only slower where its
     members stop sharing inputs (tensors made under `torch.inference_mode` have no version counter: there the same
-    object suffices). Not a module: the members stay the model's modules, with their own weights (the group holds
-    a concatenated copy of their CSR arrays). Threads running one model at once stay correct but may recompute
-    (each thread's input evicts the other's cached outputs)."""
+    object suffices). Not a module: the members stay the model's modules, each with its own CSR weight and bias,
+    which joining makes views of the group's concatenated arrays (stored once; an in-place `load_state_dict` into a
+    member lands in the group; a member whose weight is replaced, e.g. by `.to()`, makes the group join again).
+    Threads running one model at once stay correct but may recompute (each evicts the other's cached outputs)."""
 
     def __init__(self, names: list[str], members: list[CSRLinear]):
         if len({m.in_features for m in members}) != 1:
             raise ValueError(f"a shared-input group needs one in_features; got {[m.in_features for m in members]}")
-        self.names = names
+        self.names, self.members = names, members
         self.splits = [m.out_features for m in members]
-        weights = [m.weight for m in members]
-        nnz = torch.tensor([0] + [w.values().numel() for w in weights]).cumsum(0)
-        crow = torch.cat([weights[0].crow_indices()[:1]] + [w.crow_indices()[1:] + int(nnz[i])
-                                                             for i, w in enumerate(weights)])
-        weight = torch.sparse_csr_tensor(crow, torch.cat([w.col_indices() for w in weights]),
-                                         torch.cat([w.values() for w in weights]),
-                                         (sum(self.splits), members[0].in_features), check_invariants=True)
-        biases = [m.bias for m in members]
-        bias = None if all(b is None for b in biases) else torch.cat(
-            [torch.zeros(m.out_features, dtype=weight.dtype) if b is None else b for m, b in zip(members, biases)])
-        self._bags = _CSRBags(weight, bias)
         self._index = {id(m): i for i, m in enumerate(members)}
-        self._cached: tuple[Tensor, int, list[Tensor], set[int]] | None = None
+        self._cached: tuple[Tensor, int | None, list[Tensor], set[int]] | None = None
+        self._bags = _CSRBags()
+        self._join()
+        for member in members:
+            member.shared_input = self
+
+    def _join(self) -> None:
+        """Concatenate the members' CSR rows and biases; give each member views of its part back."""
+        weights = [m.weight for m in self.members]
+        nnz = torch.tensor([0] + [w.values().numel() for w in weights]).cumsum(0).tolist()
+        crow = torch.cat([weights[0].crow_indices()[:1]] + [w.crow_indices()[1:] + offset
+                                                             for w, offset in zip(weights, nnz)])
+        self.weight = torch.sparse_csr_tensor(crow, torch.cat([w.col_indices() for w in weights]),
+                                              torch.cat([w.values() for w in weights]),
+                                              (sum(self.splits), self.members[0].in_features), check_invariants=True)
+        biases = [m.bias for m in self.members]
+        self.bias = None if all(b is None for b in biases) else torch.cat(
+            [torch.zeros(m.out_features, dtype=self.weight.dtype) if b is None else b.to(self.weight.dtype)
+             for m, b in zip(self.members, biases)])
+        rows = [0] + torch.tensor(self.splits).cumsum(0).tolist()
+        col, values = self.weight.col_indices(), self.weight.values()
+        for member, first, last, start, end in zip(self.members, rows[:-1], rows[1:], nnz[:-1], nnz[1:]):
+            member.weight = torch.sparse_csr_tensor(crow[first:last + 1] - start, col[start:end], values[start:end],
+                                                    (last - first, member.in_features), check_invariants=True)
+            if member.bias is not None:
+                member.bias = self.bias[first:last]
+        self._joined = [m.weight for m in self.members]
 
     def output(self, member: CSRLinear, x: Tensor) -> Tensor:
         i = self._index[id(member)]
@@ -177,7 +193,10 @@ class SharedInputGroup:
             if not cached[3]:
                 self._cached = None  # every member served: hold no activations between forwards
             return cached[2][i]
-        bags = self._bags(_feature_major_table(x, self._bags.in_features, _compute_dtype(x)))
+        if any(m.weight is not w for m, w in zip(self.members, self._joined)):
+            self._join()
+        table = _feature_major_table(x, self.weight.shape[1], _compute_dtype(x))
+        bags = self._bags(self.weight, self.bias, table)
         outputs = [_token_major(part, x, x.dtype, False) for part in bags.split(self.splits, dim=1)]
         self._cached = (x, _version(x), outputs, set(range(len(outputs))) - {i})
         return outputs[i]
@@ -259,9 +278,7 @@ def _fuse(model: nn.Module, converted: Collection[str], example_inputs: Mapping[
                            "input stay apart (pass example_inputs to fuse them)")
             return
     for names in groups:
-        group = SharedInputGroup(names, [model.get_submodule(n) for n in names])
-        for name in names:
-            model.get_submodule(name).shared_input = group
+        SharedInputGroup(names, [model.get_submodule(n) for n in names])
         logger.info(f"sparse inference: {' + '.join(names)} multiplied as one CSR matrix (shared input)")
 
 
