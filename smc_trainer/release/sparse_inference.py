@@ -32,11 +32,12 @@ MEASURE_TOKENS = 256  # probe rows for the per-layer micro-benchmark of to_spars
 
 SEQUENCE_BLOCK_MIN = 64
 """Inputs [..., S, in] with S >= this many tokens are multiplied one sequence at a time: each embedding bag then reads
-an [in, S] table that stays in cache (about 1.6x faster than one [in, all tokens] table on MiniLM shapes at 128
-tokens, BENCHMARKS.md); shorter sequences, and 2-d inputs, run as one table of all tokens."""
+an [in, S] table that stays in cache (1.3 to 2x faster per bag than one [in, all tokens] table on MiniLM shapes at
+8 x 128 tokens, BENCHMARKS.md); shorter sequences, and 2-d inputs, run as one table of all tokens."""
 MAX_REPEATED_INDICES = 1 << 19
 """The bag indices of one call are the CSR indices repeated per sequence, cached with their weights (8 bytes each):
-past this many a batch runs in several calls, so the cache stays under 4 MB per linear."""
+past this many a batch runs in several calls, so the cache holds at most about 4 MB per linear and batch size (two
+sizes: a full call and a remainder)."""
 
 
 class _CSRBags:
