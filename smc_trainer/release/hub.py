@@ -397,8 +397,9 @@ def load_sparse_pretrained(
     model.sparse.safetensors when the dense weights are absent. `verify` checks that the masks fit.
 
     `sparse_inference` (True, or a minimum sparsity) runs the linears sparse enough to gain as CSR matmuls on the
-    CPU (`smc_trainer.release.sparse_inference`); "measure" converts each linear at least half zeros that a
-    quick micro-benchmark on this machine finds faster sparse. `semi_structured` moves the model to the GPU in
+    CPU (`smc_trainer.release.sparse_inference`; linears reading the same input, such as query/key/value, as one
+    matrix); "measure" converts each linear at least half zeros that a quick micro-benchmark on this machine finds
+    faster sparse. `semi_structured` moves the model to the GPU in
     float16 and runs its 2:4 linears on sparse tensor cores (`smc_trainer.release.semi_structured`; refused where
     they cannot run).
     """
