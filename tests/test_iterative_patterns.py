@@ -135,3 +135,20 @@ def test_sweep_plans_the_pattern_chain_with_its_rounds_marked(tmp_path):
         config = spec.config(configs)
         assert config.training_args.sparsity_pattern == "2:4" and spec.key == run_key(config)
     assert row_label("lrr", {"sparsity_pattern": "2:4"}) == "LRR (After), 2:4"
+
+
+def test_a_sweep_wide_pattern_is_every_sparse_methods_variant(tmp_path):
+    from smc_trainer.runs.sweep import SweepArguments, run_sweep, sweep_wide_pattern
+    from smc_trainer.runs.variants import parse_method_specs
+
+    specs = parse_method_specs("dense,omp_after,lrr:criterion=snip,lth:sparsity_pattern=1:4")
+    methods, argv = sweep_wide_pattern(specs, ["--use_cpu", "--sparsity_pattern=2:4"])
+    assert argv == ["--use_cpu"]
+    assert [s.row for s in methods] == ["dense", "omp_after:sparsity_pattern=2:4",
+                                        "lrr:criterion=snip:sparsity_pattern=2:4", "lth:sparsity_pattern=1:4"]
+    assert sweep_wide_pattern(specs, ["--use_cpu"]) == (specs, ["--use_cpu"])
+    tiny = ["--model_name_or_path", "tiny", "--report_to", "none", "--use_cpu", "--sparsity_pattern", "2:4"]
+    assert run_sweep(SweepArguments(methods="dense,lrr", sparsities="0.5", dry_run=True,
+                                    sweep_dir=str(tmp_path)), tiny) == []
+    with pytest.raises(ValueError, match="--sparse_method gmp cannot keep --sparsity_pattern 2:4"):
+        run_sweep(SweepArguments(methods="gmp,lrr", sparsities="0.5", dry_run=True, sweep_dir=str(tmp_path)), tiny)

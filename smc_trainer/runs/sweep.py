@@ -386,6 +386,30 @@ def check_variants(plan: Plan, bases: dict[str, RunConfig], module_groups: Seque
             base.with_training(**dict(job_overrides(base, job, job.sparsities[-1])))
 
 
+def sweep_wide_pattern(methods: list[MethodSpec], run_argv: list[str]) -> tuple[list[MethodSpec], list[str]]:
+    """A sweep's `--sparsity_pattern N:M` becomes every sparse method's variant (a method's own
+    `:sparsity_pattern=` wins): the shared dense fine-tune stays dense, rows name the pattern, and LTH/LRR plan
+    the pattern's chain. Returns the methods and the run flags without it."""
+    rest, pattern, tokens = [], None, iter(run_argv)
+    for token in tokens:
+        if token == "--sparsity_pattern":
+            pattern = next(tokens, "")
+        elif token.startswith("--sparsity_pattern="):
+            pattern = token.partition("=")[2]
+        else:
+            rest.append(token)
+    if pattern is None:
+        return methods, run_argv
+    parse_pattern(pattern)  # a bad value fails here, naming the flag
+    specs = []
+    for spec in methods:
+        if base_method(spec.method) == "dense" or "sparsity_pattern" in dict(spec.variant):
+            specs.append(spec)
+        else:
+            specs.append(parse_method_spec(f"{row_id(spec.method, dict(spec.variant))}:sparsity_pattern={pattern}"))
+    return specs, rest
+
+
 def run_sweep(sweep_args: SweepArguments, run_argv: list[str], executor: ExecutorArguments | None = None
               ) -> list[dict[str, Any]]:
     """Validate everything, print the plan, run what the ledger lacks (on `executor`), and write the report."""
@@ -395,6 +419,7 @@ def run_sweep(sweep_args: SweepArguments, run_argv: list[str], executor: Executo
         raise UsageError("a sweep takes --recipes (comma-separated), not --recipe")
     recipes = unique(parse_list(sweep_args.recipes, "recipes"))
     methods = parse_method_specs(sweep_args.methods)
+    methods, run_argv = sweep_wide_pattern(methods, run_argv)
     sparsities = parse_sparsities(sweep_args.sparsities)
     seeds = seeds_from(sweep_args.seeds)
     groups = module_groups_from(sweep_args.module_groups)
