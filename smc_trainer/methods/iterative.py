@@ -26,16 +26,14 @@ from smc_trainer.methods.base import SparseContext, SparseMethod, register_metho
 GRID_TOLERANCE = 5e-4  # the paper writes 0.8325 for 1 - 0.8^8 = 0.83223
 
 
-def imp_rounds(rate: float, pattern: NMPattern | None, rounds: int = 10) -> list[float]:
-    """Sparsities of the chain's rounds 1, 2, ...: the grid 1 - (1 - rate)^k (its first `rounds`), or under an N:M
-    pattern the grid rounds below the pattern's sparsity, then the pattern's own as the last round.
+def imp_rounds(rate: float, pattern: NMPattern) -> list[float]:
+    """Sparsities of the rounds 1, 2, ... of a chain onto an N:M pattern: the grid rounds 1 - (1 - rate)^k below
+    the pattern's sparsity, then the pattern's own as the last round.
 
     A grid round within GRID_TOLERANCE of the pattern's sparsity is the pattern round itself (rate 0.5, 2:4); a
     grid round just below it stays a round of its own (0.488 before 0.5 at rate 0.2): the last round then prunes
-    few weights, but every round keeps pruning `rate` of the remaining weights, as the method does.
+    few weights, but no round prunes more than `rate` of the remaining weights (up to that tolerance).
     """
-    if pattern is None:
-        return [imp_sparsity(k, rate) for k in range(1, rounds + 1)]
     below = []
     while imp_sparsity(len(below) + 1, rate) < pattern.sparsity - GRID_TOLERANCE:
         below.append(imp_sparsity(len(below) + 1, rate))
