@@ -231,8 +231,8 @@ def _saved_masks(model: torch.nn.Module, args: SparseTrainingArguments, previous
 
 
 def _iterative_masks(model: torch.nn.Module, args: SparseTrainingArguments, previous: str) -> dict:
-    """Magnitude masks at the round's density (`args.sparsity`, (1 - rate)^k off a pattern) among the weights the
-    previous round kept, spread by --distribution or kept on the --sparsity_pattern's way (`select_masks`)."""
+    """Magnitude masks at the round's sparsity (`args.sparsity`) among the weights the previous round kept, spread
+    by --distribution, under a --sparsity_pattern with its floor or exactly on it (`select_masks`)."""
     targets = targets_for_args(model, args)
     pattern = parse_pattern(args.sparsity_pattern)
     if pattern is not None:  # the trainer checks too, but this round's selection comes first
