@@ -8,6 +8,7 @@ from tiny_models import VOCAB, make_tiny
 from transformers import TrainerCallback
 
 from smc_trainer import SparseTrainer, SparseTrainingArguments, find_targets, get_method_class
+from smc_trainer.engine.patterns import nm_keep_mask, parse_pattern
 from smc_trainer.engine.selection import global_keep_masks
 
 SEQ = 8
@@ -55,14 +56,18 @@ def sparse_args(output_dir, method: str, sparsity: float, **overrides) -> Sparse
 
 
 def make_trainer(arch: str, args: SparseTrainingArguments) -> SparseTrainer:
-    """A SparseTrainer on a tiny model; iterative methods get their round mask (global |w|) as the pipeline does
+    """A SparseTrainer on a tiny model; iterative methods get their round mask (global |w|, or N:M) as the pipeline does
     (unless their criterion prunes inside the trainer), and --distill_teacher gets a tiny teacher (another seed)."""
     model = tiny_classifier(arch)
     initial_masks = None
     method = get_method_class(args.sparse_method)
     if method.phase == "iterative" and not method.prunes_in_trainer(args):
-        weights = {t.name: t.param.detach().abs() for t in find_targets(model)}
-        initial_masks = global_keep_masks(weights, 1.0 - args.sparsity)
+        pattern = parse_pattern(args.sparsity_pattern)
+        targets = find_targets(model)
+        if pattern is None:
+            initial_masks = global_keep_masks({t.name: t.param.detach().abs() for t in targets}, 1.0 - args.sparsity)
+        else:  # one round straight onto the pattern (a chain's last round, from the dense model)
+            initial_masks = {t.name: nm_keep_mask(t.param.detach().abs(), pattern, t.input_dim) for t in targets}
     teacher = None if args.distill_teacher == "none" else tiny_classifier(arch, seed=1)
     return SparseTrainer(model=model, args=args, train_dataset=toy_dataset(), initial_masks=initial_masks,
                          teacher=teacher)

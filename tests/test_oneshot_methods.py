@@ -113,12 +113,16 @@ def test_sparsegpt_calibrates_each_block_on_the_pruned_blocks_before_it():
     assert not torch.allclose(got[name].double(), dense.t() @ dense, rtol=1e-3, atol=1e-3)
 
 
-@pytest.mark.parametrize("method", ["omp_before", "random_before", "snip", "omp_after", "wanda_before",
-                                    "sparsegpt_before", "sparsegpt_after"])
+NM_CASES = [(m, {}) for m in ("omp_before", "random_before", "snip", "omp_after", "wanda_before", "sparsegpt_before",
+                               "sparsegpt_after", "lth", "lrr")] + [  # lth/lrr: a chain's last round (the pattern's)
+    ("lrr", {"criterion": "snip"}), ("lrr", {"criterion": "obert", "obert_num_grads": 4, "obert_block_size": 4})]
+
+
+@pytest.mark.parametrize("method,overrides", NM_CASES, ids=[f"{m}-{o.get('criterion', '')}" for m, o in NM_CASES])
 @pytest.mark.parametrize("arch", ["bert", "gpt2"])
-def test_nm_pattern_holds_in_every_group_through_training(tmp_path, method, arch):
+def test_nm_pattern_holds_in_every_group_through_training(tmp_path, method, overrides, arch):
     pattern = NMPattern(2, 4)
-    trainer = make_trainer(arch, sparse_args(tmp_path, method, 0.5, sparsity_pattern="2:4"))
+    trainer = make_trainer(arch, sparse_args(tmp_path, method, 0.5, sparsity_pattern="2:4", **overrides))
     rec = train_with_recorder(trainer)
     for masks in rec.masks:
         for t in trainer.masks.targets:
@@ -152,8 +156,9 @@ REFUSALS = [
     (dict(sparse_method="sparsegpt_before", sparsity=0.5, prune_embeddings=False), "layer by layer"),
     (dict(sparse_method="gmp", sparsity=0.5, sparsity_pattern="2:4"), "gradual schedule"),
     (dict(sparse_method="rigl", sparsity=0.5, sparsity_pattern="2:4"), "drop-and-grow"),
-    (dict(sparse_method="lth", sparsity=0.36, sparsity_pattern="2:4"), "never land on the pattern's 1 - N/M"),
-    (dict(sparse_method="lrr", sparsity=0.36, sparsity_pattern="2:4"), "keep at least N of every M"),
+    (dict(sparse_method="lth", sparsity=0.36, sparsity_pattern="2:4"), "sparsity 0.5; got --sparsity 0.36"),
+    (dict(sparse_method="lrr", sparsity=0.488, sparsity_pattern="2:4", distribution="erk"), "sparsity 0.5; got"),
+    (dict(sparse_method="lrr", sparsity=0.5, sparsity_pattern="2:4", distribution="erk"), "global or uniform"),
     (dict(sparse_method="omp_before", sparsity=0.3, sparsity_pattern="2:4"), "sparsity 0.5; got --sparsity 0.3"),
     (dict(sparse_method="omp_before", sparsity=0.5, sparsity_pattern="2:4", distribution="erk"), "global or uniform"),
     (dict(sparse_method="omp_before", sparsity=0.5, sparsity_pattern="2:3:4"), "N:M"),
@@ -172,8 +177,9 @@ def test_refusals_name_the_flag_and_the_way_out(tmp_path, kw, message):
         SparseTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", **kw)
 
 
-def test_shapes_not_divisible_by_m_are_refused_before_training(tmp_path):
-    args = sparse_args(tmp_path, "omp_before", 1 - 2 / 32, sparsity_pattern="2:32")
+@pytest.mark.parametrize("method,overrides", [("omp_before", {}), ("lrr", {"criterion": "snip"})])
+def test_shapes_not_divisible_by_m_are_refused_before_training(tmp_path, method, overrides):
+    args = sparse_args(tmp_path, method, 1 - 2 / 32, sparsity_pattern="2:32", **overrides)
     with pytest.raises(ValueError, match=r"divisible by 32.*bert\.embeddings\.word_embeddings\.weight \(64, 16\)"):
         make_trainer("bert", args)
 

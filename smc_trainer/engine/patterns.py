@@ -5,17 +5,23 @@ transposed `Conv1D`; embeddings group along their hidden dimension, dim 1). 2:4 
 tensor cores run (`torch.sparse.to_sparse_semi_structured`). Selection is exact and deterministic: within a
 group the N highest scores are kept, and among equal scores the earlier position wins (as in
 `smc_trainer.engine.selection`).
+
+Iterative pruning (LTH/LRR) reaches a pattern in rounds whose sparsities lie below it: each such round keeps
+its exact budget with at least N of every M (`nm_floor_masks`), so the last round can keep exactly N of every M
+within the mask before it (`nm_keep_mask(..., within=)`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from smc_trainer.engine.selection import LayerScores, select_topk
 from smc_trainer.errors import UsageError
 
 UNSTRUCTURED = "unstructured"
@@ -72,13 +78,64 @@ def _ungrouped(groups: Tensor, shape: torch.Size, input_dim: int) -> Tensor:
     return groups.reshape(shape[1], shape[0]).t().contiguous()
 
 
-def nm_keep_mask(scores: Tensor, pattern: NMPattern, input_dim: int = 1) -> Tensor:
-    """Bool mask keeping the `n` highest scores of every group of `m` (ties: the earlier position)."""
+def nm_keep_mask(scores: Tensor, pattern: NMPattern, input_dim: int = 1, within: Tensor | None = None) -> Tensor:
+    """Bool mask keeping the `n` highest scores of every group of `m` (ties: the earlier position).
+
+    With `within` (a bool mask shaped like `scores`) only its True positions compete, so a mask never regrows;
+    every group must then hold at least `n` of them (an iterative chain's rounds before the last ensure it).
+    """
     groups = _grouped(scores.detach(), pattern.m, input_dim)
-    order = torch.sort(groups, dim=1, descending=True, stable=True).indices[:, : pattern.n]
+    order = torch.sort(groups, dim=1, descending=True, stable=True).indices
+    if within is not None:
+        allowed = _grouped(within.reshape(scores.shape), pattern.m, input_dim)
+        short = int((allowed.sum(dim=1) < pattern.n).sum())
+        if short:
+            raise UsageError(f"N:M {pattern} within the current mask: {short} group(s) of {pattern.m} keep fewer "
+                             f"than {pattern.n} weights, so the pattern cannot be reached without regrowing")
+        # allowed positions first, each part still in descending score order (both sorts are stable)
+        allowed_in_order = allowed.gather(1, order).to(torch.int8)
+        order = order.gather(1, torch.sort(allowed_in_order, dim=1, descending=True, stable=True).indices)
     keep = torch.zeros(groups.shape, dtype=torch.bool, device=groups.device)
-    keep.scatter_(1, order, True)
+    keep.scatter_(1, order[:, : pattern.n], True)
     return _ungrouped(keep, scores.shape, input_dim)
+
+
+def nm_floor_masks(
+    sources: Mapping[str, LayerScores],
+    layouts: Mapping[str, tuple[torch.Size, int]],
+    pattern: NMPattern,
+    keep: int | Mapping[str, int],
+) -> dict[str, Tensor]:
+    """Keep exactly `keep` weights (one budget over all sources, or a count per source) with at least `n` of every
+    group of `m` kept: each group's `n` highest scores (within each source's `within`) first, then the rest of
+    the budget to the highest remaining scores, over all sources together (one int) or per source (a mapping).
+
+    `layouts` gives each source's (shape, input_dim). The rounds of an iterative chain below the pattern's
+    sparsity use it, so the last round can keep exactly `n` of every `m` without regrowing a weight. Returns bool
+    masks shaped like the weights.
+    """
+    forced: dict[str, Tensor] = {}
+    rest: dict[str, LayerScores] = {}
+    for name, src in sources.items():
+        shape, input_dim = layouts[name]
+        within = None if src.within is None else src.within.view(shape)
+        floor = nm_keep_mask(src.values(0, src.numel).view(shape), pattern, input_dim, within).reshape(-1)
+        forced[name] = floor
+        rest[name] = dataclasses.replace(src, within=~floor if src.within is None else src.within & ~floor)
+    if isinstance(keep, int):
+        extra = select_topk(rest, _beyond_floor(keep, sum(int(f.sum()) for f in forced.values()), pattern, "all"))
+    else:
+        extra = {}
+        for name, src in rest.items():
+            extra.update(select_topk({name: src}, _beyond_floor(keep[name], int(forced[name].sum()), pattern, name)))
+    return {name: (forced[name] | extra[name]).view(layouts[name][0]) for name in sources}
+
+
+def _beyond_floor(keep: int, floor: int, pattern: NMPattern, where: str) -> int:
+    if keep < floor:
+        raise UsageError(f"keeping at least {pattern.n} of every {pattern.m} weights needs {floor} kept weights "
+                         f"({where}); the budget is {keep}")
+    return keep - floor
 
 
 def nm_violations(mask: Tensor, pattern: NMPattern, input_dim: int = 1) -> int:

@@ -17,7 +17,7 @@ from smc_trainer.engine.criteria import Criterion, ScoringView, criterion_names,
 from smc_trainer.engine.criteria.base import Calibrator, no_gradient_batches
 from smc_trainer.engine.distributions import layer_counts
 from smc_trainer.engine.masks import MaskSet
-from smc_trainer.engine.patterns import nm_keep_mask, parse_pattern
+from smc_trainer.engine.patterns import NMPattern, nm_floor_masks, nm_keep_mask, parse_pattern
 from smc_trainer.engine.selection import LayerScores, keep_count, magnitude_scores, select_topk
 from smc_trainer.engine.targets import PruneTarget
 from smc_trainer.errors import UsageError
@@ -222,16 +222,15 @@ def select_masks(
     outlier_ratios: Mapping[str, float] | None = None,
 ) -> dict[str, Tensor]:
     """Keep the highest scores at `density`, spread over layers by `--distribution`, or N of every M along each
-    weight's input dimension under `--sparsity_pattern N:M` (which fixes the density at N/M).
+    weight's input dimension under `--sparsity_pattern N:M` (`pattern_masks`).
 
     `density` is relative to the whole prunable set; `outlier_ratios` feed `--distribution owl`. Returns bool
     masks shaped like the weights.
     """
+    distribution = distribution or ctx.args.distribution
     pattern = parse_pattern(getattr(ctx.args, "sparsity_pattern", None))
     if pattern is not None:
-        return {t.name: nm_keep_mask(scores[t.name].values(0, t.numel).view(t.param.shape), pattern, t.input_dim)
-                for t in ctx.targets}
-    distribution = distribution or ctx.args.distribution
+        return pattern_masks(ctx, scores, density, pattern, distribution)
     capacity = {name: src.within_count() for name, src in scores.items()}
     counts = layer_counts(distribution, ctx.shapes(), density, capacity, outlier_ratios=outlier_ratios,
                           owl_lambda=getattr(ctx.args, "owl_lambda", 0.08))
@@ -242,6 +241,28 @@ def select_masks(
         for name, src in scores.items():
             flat.update(select_topk({name: src}, counts[name]))
     return {t.name: flat[t.name].view(t.param.shape) for t in ctx.targets}
+
+
+def pattern_masks(
+    ctx: SparseContext, scores: Mapping[str, LayerScores], density: float, pattern: NMPattern, distribution: str
+) -> dict[str, Tensor]:
+    """Masks under an N:M pattern: exactly N of every M at the pattern's density (within each score's `within`,
+    so an iterative chain's last round never regrows); at a higher density (an iterative round below the
+    pattern's sparsity) exactly the density's budget with at least N of every M, the N highest of each group
+    first and the rest by score: one threshold over all layers (`global`) or each layer at the density
+    (`uniform`), so a round is the unstructured round it would be, plus the floor that keeps the pattern in reach.
+    """
+    if abs(density - pattern.density) <= 1e-9:
+        return {t.name: nm_keep_mask(scores[t.name].values(0, t.numel).view(t.param.shape), pattern, t.input_dim,
+                                     scores[t.name].within) for t in ctx.targets}
+    if density < pattern.density:
+        raise UsageError(f"--sparsity_pattern {pattern} keeps {pattern.density:g} of the weights; cannot select a "
+                         f"density of {density:g} below it")
+    capacity = {name: src.within_count() for name, src in scores.items()}
+    counts = layer_counts(distribution, ctx.shapes(), density, capacity)
+    keep = keep_count(density, ctx.masks.total) if counts is None else counts
+    layouts = {t.name: (t.param.shape, t.input_dim) for t in ctx.targets}
+    return nm_floor_masks({t.name: scores[t.name] for t in ctx.targets}, layouts, pattern, keep)
 
 
 def magnitude_sources(ctx: SparseContext, within_current: bool = False) -> dict[str, LayerScores]:

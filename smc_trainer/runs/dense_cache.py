@@ -48,7 +48,7 @@ _VOLATILE = {
 _OMITTED_AT_DEFAULT = (
     "criterion", "obert_block_size", "obert_dampening", "obert_num_grads", "obert_update", "obert_dtype",
     "distill_teacher", "distill_hardness", "distill_temperature", "lr_rewind", "lr_rewind_final_ratio",
-    "gmp_initial_fraction", "method_preset", "calibration_file", "gmp_window_per_halving",
+    "gmp_initial_fraction", "method_preset", "calibration_file", "gmp_window_per_halving", "imp_round",
 )
 
 

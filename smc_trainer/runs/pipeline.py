@@ -6,7 +6,9 @@
                        schedule; with `--max_steps 0`, prune and evaluate as is (the dense stage keeps its budget)
 - iterative (lth/lrr): rounds k = 1..R, each pruning `--imp_rate` of the remaining weights by global
                        magnitude of the previous round's weights, then retraining (LTH rewinds to
-                       the pretrained weights and initial head; LRR keeps the pruned weights)
+                       the pretrained weights and initial head; LRR keeps the pruned weights); under
+                       `--sparsity_pattern N:M` the rounds below 1 - N/M keep at least N of every M and a
+                       last round lands on N:M (`smc_trainer.methods.iterative.imp_rounds`)
 
 Every fine-tune reports validation and test metrics separately; checkpoint selection (if the
 recipe enables it) uses the split named by `--select_on` (validation by default).
@@ -28,11 +30,12 @@ from transformers import set_seed
 from transformers.utils import logging
 
 from smc_trainer.engine.masks import MASKS_NAME, MaskSet
+from smc_trainer.engine.patterns import check_pattern_shapes, parse_pattern
 from smc_trainer.engine.targets import targets_for_args
 from smc_trainer.errors import UsageError
 from smc_trainer.methods import get_method_class
 from smc_trainer.methods.base import SparseContext, magnitude_sources, select_masks
-from smc_trainer.methods.iterative import imp_round_for, imp_sparsity
+from smc_trainer.methods.iterative import imp_round_for, imp_sparsity, round_changes
 from smc_trainer.release.hub import write_release_files
 from smc_trainer.runs.dense_cache import INIT_WEIGHTS, DenseCache
 from smc_trainer.runs.folds import is_inside, over_folds
@@ -48,7 +51,7 @@ logger = logging.get_logger(__name__)
 # a pattern or OWL would be refused for a dense run)
 DENSE_RESETS = {"criterion": None, "distill_teacher": "none", "lr_rewind": False, "method_preset": None,
                 "sparsity_pattern": "unstructured", "export_semi_structured": False, "distribution": "global",
-                "calibration_file": None}
+                "calibration_file": None, "imp_round": None}
 
 
 def build_task(config: RunConfig):
@@ -87,10 +90,10 @@ def fine_tune(
 ) -> RunOutcome:
     """One fine-tune of `config.training_args.sparse_method` into `output_dir`.
 
-    `prune_from`: a finished run whose weights (and masks) give this run's mask by global magnitude
-    at density (1 - imp_rate)^round (LTH/LRR). `start_from`: weights loaded before training (the dense
-    fine-tune for after-methods, the initial weights for an LTH rewind). A run interrupted earlier
-    resumes from its last checkpoint in `output_dir`.
+    `prune_from`: a finished run whose weights (and masks) give this run's mask by magnitude at this
+    round's sparsity (LTH/LRR; other criteria prune within its mask in the trainer). `start_from`: weights
+    loaded before training (the dense fine-tune for after-methods, the initial weights for an LTH rewind).
+    A run interrupted earlier resumes from its last checkpoint in `output_dir`.
     """
     # stages never push: run_smc.py pushes the user's final run once (smc_trainer.release.hub)
     args = dataclasses.replace(config.training_args, output_dir=output_dir, push_to_hub=False)
@@ -107,7 +110,7 @@ def fine_tune(
         if get_method_class(args.sparse_method).prunes_in_trainer(args):  # the criterion prunes within this mask
             initial_masks = _saved_masks(model, args, prune_from)
         else:
-            initial_masks = _iterative_masks(model, args, prune_from, round_index or 1)
+            initial_masks = _iterative_masks(model, args, prune_from)
     if start_from is not None:
         load_weights(model, start_from)
     if before_train is not None:
@@ -227,14 +230,18 @@ def _saved_masks(model: torch.nn.Module, args: SparseTrainingArguments, previous
     return dict(masks.masks) if masks.load(previous) else None
 
 
-def _iterative_masks(model: torch.nn.Module, args: SparseTrainingArguments, previous: str, k: int) -> dict:
-    """Global magnitude masks at density (1 - rate)^k among the weights the previous round kept."""
+def _iterative_masks(model: torch.nn.Module, args: SparseTrainingArguments, previous: str) -> dict:
+    """Magnitude masks at the round's sparsity (`args.sparsity`) among the weights the previous round kept, spread
+    by --distribution, under a --sparsity_pattern with its floor or exactly on it (`select_masks`)."""
     targets = targets_for_args(model, args)
+    pattern = parse_pattern(args.sparsity_pattern)
+    if pattern is not None:  # the trainer checks too, but this round's selection comes first
+        check_pattern_shapes(targets, pattern)
     masks = MaskSet(targets)
     if os.path.isfile(os.path.join(previous, MASKS_NAME)):
         masks.load(previous)
     ctx = SparseContext(targets, masks, args, total_steps=0, accumulate_gradients=lambda n: None)
-    return select_masks(ctx, magnitude_sources(ctx, within_current=masks.active), 1.0 - imp_sparsity(k, args.imp_rate))
+    return select_masks(ctx, magnitude_sources(ctx, within_current=masks.active), 1.0 - args.sparsity)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,7 +301,8 @@ def run_iterative(
 ) -> list[RunOutcome]:
     """LTH/LRR rounds 1..R in `chain_dir/round-XX`; finished rounds are reused, so a chain resumes."""
     args = config.training_args
-    rounds = rounds if rounds is not None else imp_round_for(args.sparsity, args.imp_rate)
+    pattern = parse_pattern(args.sparsity_pattern)
+    rounds = rounds if rounds is not None else imp_round_for(args.sparsity, args.imp_rate, pattern)
     rewind = get_method_class(args.sparse_method).rewind
     dense_dir, _ = run_dense(config)
     previous, outcomes = dense_dir, []
@@ -304,7 +312,8 @@ def run_iterative(
         if outcome is None:
             # an explicit --resume_from_checkpoint belongs to the round whose folder holds it, not to every round
             resume = args.resume_from_checkpoint if is_inside(args.resume_from_checkpoint, round_dir) else None
-            round_config = config.with_training(sparsity=imp_sparsity(k, args.imp_rate), resume_from_checkpoint=resume)
+            changes = round_changes(imp_sparsity(k, args.imp_rate, pattern), args.imp_rate, pattern)
+            round_config = config.with_training(**changes, resume_from_checkpoint=resume)
             start = os.path.join(dense_dir, INIT_WEIGHTS) if rewind else None
             outcome = fine_tune(round_config, round_dir, start_from=start, prune_from=previous, round_index=k)
         if on_round is not None:

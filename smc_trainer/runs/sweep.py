@@ -20,9 +20,10 @@ from transformers.utils import logging
 
 from smc_trainer.engine.collapse import find_collapsed
 from smc_trainer.engine.module_groups import TABLE1_GROUPS, TABLE1_PRESET, parse_module_group
+from smc_trainer.engine.patterns import parse_pattern
 from smc_trainer.errors import UsageError
 from smc_trainer.methods import get_method_class
-from smc_trainer.methods.iterative import imp_round_for, imp_sparsity
+from smc_trainer.methods.iterative import imp_round_for, imp_rounds, imp_sparsity, round_changes
 from smc_trainer.runs.dense_cache import config_fingerprint, fingerprint_hash
 from smc_trainer.runs.executors import ExecutorArguments, check_available, make_backend
 from smc_trainer.runs.executors.driver import drive
@@ -186,13 +187,21 @@ def make_plan(
                 own_group = dict(spec.variant).get("prune_modules")
                 for group in module_groups if own_group is None else (own_group,):
                     if phase == "iterative":
-                        rounds = max(imp_round_for(s, imp_rate) for s in grid)
-                        jobs.append(Job("chain", recipe, seed, spec.method,
-                                        tuple(imp_sparsity(k, imp_rate) for k in range(1, rounds + 1)), group,
-                                        variant))
+                        jobs.append(Job("chain", recipe, seed, spec.method, chain_sparsities(spec, grid, imp_rate),
+                                        group, variant))
                     else:
                         jobs.extend(Job("single", recipe, seed, spec.method, (s,), group, variant) for s in grid)
     return Plan(jobs)
+
+
+def chain_sparsities(spec: MethodSpec, grid: Sequence[float], imp_rate: float) -> tuple[float, ...]:
+    """The rounds of an LTH/LRR chain: up to the grid's largest sparsity, or, when the variant sets an N:M
+    `sparsity_pattern` (which fixes the sparsity at 1 - N/M), the rounds below the pattern and its last round."""
+    pattern = parse_pattern(dict(spec.variant).get("sparsity_pattern"))
+    if pattern is not None:
+        return tuple(imp_rounds(imp_rate, pattern))
+    rounds = max(imp_round_for(s, imp_rate) for s in grid)
+    return tuple(imp_sparsity(k, imp_rate) for k in range(1, rounds + 1))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,8 +270,14 @@ def make_record(config: RunConfig, outcome: RunOutcome, key: str) -> dict[str, A
 
 def job_overrides(base: RunConfig, job: Job, sparsity: float) -> tuple[tuple[str, Any], ...]:
     """The training arguments one fine-tune of `job` changes: its method (a preset's flags, except those the user
-    gave), the sparsity, and the job's module group and variant values."""
-    return (*method_changes(base, job.method).items(), ("sparsity", sparsity), *job.training_changes().items())
+    gave), the sparsity (with a chain round's `imp_round` below an N:M pattern), and the job's module group and
+    variant values."""
+    changes = job.training_changes()
+    sparse = {"sparsity": sparsity}
+    if job.kind == "chain":
+        pattern = parse_pattern(changes.get("sparsity_pattern", base.training_args.sparsity_pattern))
+        sparse = round_changes(sparsity, base.training_args.imp_rate, pattern)
+    return (*method_changes(base, job.method).items(), *sparse.items(), *changes.items())
 
 
 def build_graph(plan: Plan, config_for: Callable[[str, int], RunConfig], sweep_dir: str) -> SweepGraph:
@@ -320,7 +335,11 @@ def _run_dir(sweep_dir: str, config: RunConfig, job: Job) -> str:
     recipe = config.recipe.name  # not job.recipe, which may be a path to a recipe YAML
     label = job.label.replace(os.sep, "_")  # a variant's value may be a path (a distillation teacher)
     if job.kind == "chain":
-        digest = fingerprint_hash(config_fingerprint(config.with_training(sparsity=0.0), include_sparse=True))
+        # one folder per chain, named by the chain's configuration at sparsity 0 (at its pattern's sparsity
+        # under an N:M pattern, which refuses any other outside the chain's rounds)
+        pattern = parse_pattern(config.training_args.sparsity_pattern)
+        start = {"sparsity": 0.0} if pattern is None else {"sparsity": pattern.sparsity, "imp_round": None}
+        digest = fingerprint_hash(config_fingerprint(config.with_training(**start), include_sparse=True))
         return os.path.join(sweep_dir, "runs", recipe, label, f"chain-seed{job.seed}-{digest[:8]}")
     digest = run_key(config).rsplit("/", 1)[-1]
     return os.path.join(sweep_dir, "runs", recipe, label, f"s{job.sparsities[0]:.4f}-seed{job.seed}-{digest[:8]}")
@@ -367,6 +386,30 @@ def check_variants(plan: Plan, bases: dict[str, RunConfig], module_groups: Seque
             base.with_training(**dict(job_overrides(base, job, job.sparsities[-1])))
 
 
+def sweep_wide_pattern(methods: list[MethodSpec], run_argv: list[str]) -> tuple[list[MethodSpec], list[str]]:
+    """A sweep's `--sparsity_pattern N:M` becomes every sparse method's variant (a method's own
+    `:sparsity_pattern=` wins): the shared dense fine-tune stays dense, rows name the pattern, and LTH/LRR plan
+    the pattern's chain. Returns the methods and the run flags without it."""
+    rest, pattern, tokens = [], None, iter(run_argv)
+    for token in tokens:
+        if token == "--sparsity_pattern":
+            pattern = next(tokens, "")
+        elif token.startswith("--sparsity_pattern="):
+            pattern = token.partition("=")[2]
+        else:
+            rest.append(token)
+    if pattern is None:
+        return methods, run_argv
+    parse_pattern(pattern)  # a bad value fails here, naming the flag
+    specs = []
+    for spec in methods:
+        if base_method(spec.method) == "dense" or "sparsity_pattern" in dict(spec.variant):
+            specs.append(spec)
+        else:
+            specs.append(parse_method_spec(f"{row_id(spec.method, dict(spec.variant))}:sparsity_pattern={pattern}"))
+    return specs, rest
+
+
 def run_sweep(sweep_args: SweepArguments, run_argv: list[str], executor: ExecutorArguments | None = None
               ) -> list[dict[str, Any]]:
     """Validate everything, print the plan, run what the ledger lacks (on `executor`), and write the report."""
@@ -376,6 +419,7 @@ def run_sweep(sweep_args: SweepArguments, run_argv: list[str], executor: Executo
         raise UsageError("a sweep takes --recipes (comma-separated), not --recipe")
     recipes = unique(parse_list(sweep_args.recipes, "recipes"))
     methods = parse_method_specs(sweep_args.methods)
+    methods, run_argv = sweep_wide_pattern(methods, run_argv)
     sparsities = parse_sparsities(sweep_args.sparsities)
     seeds = seeds_from(sweep_args.seeds)
     groups = module_groups_from(sweep_args.module_groups)

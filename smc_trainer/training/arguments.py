@@ -92,7 +92,8 @@ class SparseTrainingArguments(Seq2SeqTrainingArguments):
         default="unstructured",
         metadata={"help": "unstructured, or N:M (e.g. 2:4, 4:8): every group of M consecutive weights along a "
                   "weight's input dimension keeps exactly N (then --sparsity must be 1 - N/M). One-shot methods "
-                  "only (omp/random before/after, snip, wanda_*, sparsegpt_*); masks stay fixed while training."},
+                  "(omp/random before/after, snip, wanda_*, sparsegpt_*) and lth/lrr (rounds below 1 - N/M keep at "
+                  "least N of every M, a last round exactly N); masks stay fixed while training."},
     )
     calibration_samples: int = field(
         default=128,
@@ -168,6 +169,12 @@ class SparseTrainingArguments(Seq2SeqTrainingArguments):
     )
     imp_rate: float = field(
         default=0.2, metadata={"help": "LTH/LRR: fraction of the remaining weights pruned per round (paper: 0.2)."}
+    )
+    imp_round: int | None = field(
+        default=None,
+        metadata={"help": "Set by the pipeline and sweeps on the LTH/LRR rounds of a --sparsity_pattern chain that lie "
+                  "below the pattern's sparsity (the round's index), so those rounds pass the check that a patterned "
+                  "run is at 1 - N/M. Not meant to be passed by hand."},
     )
     dense_cache_dir: str = field(
         default="smc_outputs/dense_cache",
@@ -409,12 +416,17 @@ class SparseTrainingArguments(Seq2SeqTrainingArguments):
                 able = [n for n in method_names() if get_method_class(n).pattern_refusal is None]
                 raise UsageError(f"--sparse_method {self.sparse_method} cannot keep --sparsity_pattern {pattern}: "
                                  f"{method.pattern_refusal}; methods that keep it: {', '.join(able)}")
-            if abs(self.sparsity - pattern.sparsity) > 1e-9:
+            if self.imp_round is None and abs(self.sparsity - pattern.sparsity) > 1e-9:
                 raise UsageError(f"--sparsity_pattern {pattern} keeps {pattern.n} of every {pattern.m} weights, "
                                  f"sparsity {pattern.sparsity:g}; got --sparsity {self.sparsity}")
             if self.distribution not in ("global", "uniform"):
                 raise UsageError(f"--sparsity_pattern {pattern} puts every layer at {pattern.sparsity:g}; "
                                  f"--distribution {self.distribution} cannot apply (use global or uniform)")
+        if self.imp_round is not None and (pattern is None or method.phase != "iterative"):
+            raise UsageError(f"--imp_round {self.imp_round} marks a round of an lth/lrr chain onto a "
+                             "--sparsity_pattern (set by the pipeline, not by hand); --sparse_method "
+                             f"{self.sparse_method} with --sparsity_pattern {self.sparsity_pattern} has no such "
+                             "rounds: leave it unset")
         if self.distribution == "owl" and not method.calibrated(self):
             criterion = method.criterion_name(self)
             raise UsageError(f"--distribution owl reads activation outliers from calibration data, which "

@@ -310,7 +310,10 @@ class SparseTrainer(Seq2SeqTrainer):
             self.sparsity_callback.save(output_dir)
 
     def sparsity_metadata(self) -> dict[str, Any]:
+        """What the release records of its sparsity. An lth/lrr round below its --sparsity_pattern (`imp_round`)
+        is unstructured with a floor of N of every M, so it records that, not the pattern it is on the way to."""
         a = self.args
+        below_pattern = a.imp_round is not None
         return {
             "method": a.sparse_method,
             "target_sparsity": a.sparsity,
@@ -320,8 +323,9 @@ class SparseTrainer(Seq2SeqTrainer):
             "prune_include": a.prune_include,
             "prune_exclude": a.prune_exclude,
             "prune_modules": a.prune_modules,
-            "sparsity_pattern": a.sparsity_pattern,
-            "semi_structured": a.export_semi_structured,
+            "sparsity_pattern": "unstructured" if below_pattern else a.sparsity_pattern,
+            "semi_structured": a.export_semi_structured and not below_pattern,
+            **({"imp_round": a.imp_round, "pattern_floor": a.sparsity_pattern} if below_pattern else {}),
             "optimizer_steps": self.sparsity_callback.step,
             **({"criterion": self.sparse_method.criterion.name} if self.sparse_method.criterion is not None else {}),
             **({"preset": a.method_preset} if a.method_preset else {}),
