@@ -136,3 +136,28 @@ def test_layer_memory_is_accepted_with_sparsegpt(tmp_path):
                                    sparse_method="omp_after", criterion="sparsegpt", prune_embeddings=False,
                                    distribution="uniform", calibration_memory="layer")
     assert args.calibration_memory == "layer"
+
+
+def test_padded_inputs_are_accumulated_in_chunks_equal_to_the_whole_batch_hessian():
+    """More tokens than HESSIAN_CHUNK_TOKENS, with padding: the chunked Hessian equals X^T X over the non-padding
+    rows of the whole batch (to float32 rounding: the sums are grouped differently)."""
+    from smc_trainer.training.calibration import HESSIAN_CHUNK_TOKENS
+
+    model = make_tiny("bert")
+    targets = [t for t in find_targets(model, prune_embeddings=False) if "layer.0.intermediate" in t.name]
+    gen = torch.Generator().manual_seed(3)
+    ids = torch.randint(2, 60, (12, 30), generator=gen)
+    mask = torch.ones(12, 30, dtype=torch.long)
+    mask[1::2, 17:] = 0
+    assert ids.numel() > 2 * HESSIAN_CHUNK_TOKENS
+    inputs = []
+    handle = model.bert.encoder.layer[0].intermediate.dense.register_forward_pre_hook(
+        lambda m, inp: inputs.append(inp[0].reshape(-1, inp[0].shape[-1])[mask.reshape(-1) != 0].double()))
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=mask)
+    handle.remove()
+    got = {}
+    HookCalibrator(model, lambda: iter([{"input_ids": ids, "attention_mask": mask}])).sequential(
+        targets, lambda group, h: got.setdefault(group[0].name, h.clone()))
+    x = inputs[0]
+    assert torch.allclose(got[targets[0].name].double(), x.t() @ x, rtol=1e-5, atol=1e-4)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -32,6 +32,7 @@ from smc_trainer.errors import UsageError
 logger = logging.get_logger(__name__)
 
 CALIBRATION_MEMORY = ("block", "layer")
+HESSIAN_CHUNK_TOKENS = 128  # the hook's float32 copy of a padded (or half-precision) input: 128 tokens at a time
 
 
 class _BlockDone(Exception):
@@ -63,6 +64,25 @@ class HookCalibrator:
         if mask is not None and x.dim() >= 3 and mask.shape[-1] == x.shape[-2] and mask.numel() == rows.shape[0]:
             rows = rows[mask.reshape(-1).to(rows.device) != 0]
         return rows
+
+    def _row_chunks(self, x: Tensor) -> Iterator[Tensor]:
+        """`_rows(x)` in pieces, for the Hessian: the input itself when it is float32 without padding (a view, no
+        copy), else float32 copies of the non-padding rows of HESSIAN_CHUNK_TOKENS tokens at a time, so the hook
+        never holds a float32 copy of the whole batch's input beside the Hessian."""
+        x = x.detach()
+        flat = x.reshape(-1, x.shape[-1])
+        mask = self._token_mask
+        keep = None
+        if mask is not None and x.dim() >= 3 and mask.shape[-1] == x.shape[-2] and mask.numel() == flat.shape[0]:
+            keep = mask.reshape(-1).to(flat.device) != 0
+            keep = None if bool(keep.all()) else keep
+        if keep is None and flat.dtype == torch.float32:
+            yield flat
+            return
+        for start in range(0, flat.shape[0], HESSIAN_CHUNK_TOKENS):
+            rows = flat[start:start + HESSIAN_CHUNK_TOKENS]
+            rows = rows if keep is None else rows[keep[start:start + HESSIAN_CHUNK_TOKENS]]
+            yield rows.float()
 
     def _run(self, hooks: Mapping[nn.Module, Callable[[nn.Module, Tensor], None]],
              stop_after: set[nn.Module] | None = None, limit: int | None = None) -> None:
@@ -164,28 +184,32 @@ class HookCalibrator:
 
     def _hessians(self, groups: Sequence[list[PruneTarget]]) -> dict[int, Tensor]:
         """The Hessian of each input group (by position in `groups`) from one pass, stopped once all their linears
-        have run. A group's first linear accumulates; the others check that they read the very same tensor."""
+        have run. A group's first linear accumulates; the others check that they read the very same tensor. The
+        Hessians are allocated before the pass, not amid its activations, which would fragment the heap."""
         hessians: dict[int, Tensor] = {}
         hooks: dict[nn.Module, Callable[[nn.Module, Tensor], None]] = {}
+        reached: set[int] = set()
         for i, group in enumerate(groups):
+            param = group[0].param
+            n = param.shape[group[0].input_dim]
+            hessians[i] = torch.zeros(n, n, device=param.device)
             first: list[Any] = [None]
-            hooks[module_of(self.model, group[0])] = self._hessian_adder(hessians, i, first)
+            hooks[module_of(self.model, group[0])] = self._hessian_adder(hessians[i], reached, i, first)
             for t in group[1:]:
                 hooks[module_of(self.model, t)] = _same_input_check(first, group[0].name, t.name)
         self._run(hooks, stop_after=set(hooks))
-        _refuse_unreached([g[0].name for i, g in enumerate(groups) if i not in hessians])
+        _refuse_unreached([g[0].name for i, g in enumerate(groups) if i not in reached])
         return hessians
 
-    def _hessian_adder(self, hessians: dict[int, Tensor], key: int, first: list[Any]
+    def _hessian_adder(self, hessian: Tensor, reached: set[int], key: int, first: list[Any]
                        ) -> Callable[[nn.Module, Tensor], None]:
-        """A hook body adding rows^T rows of the input (padding left out) to `hessians[key]`; it keeps a weak
-        reference to the input in `first[0]` for the group's other linears to check against."""
+        """A hook body adding rows^T rows of the input (padding left out) to `hessian` and `key` to `reached`; it
+        keeps a weak reference to the input in `first[0]` for the group's other linears to check against."""
         def add(module: nn.Module, x: Tensor) -> None:
             first[0] = weakref.ref(x)
-            rows = self._rows(x)
-            if key not in hessians:
-                hessians[key] = torch.zeros(rows.shape[1], rows.shape[1], device=rows.device)
-            hessians[key].addmm_(rows.t(), rows)
+            reached.add(key)
+            for rows in self._row_chunks(x):
+                hessian.addmm_(rows.t(), rows)
         return add
 
     @staticmethod
