@@ -163,7 +163,7 @@ class HookCalibrator:
                    memory: str = "block") -> None:
         """For each block in forward order: the Hessian X X^T (float32, summed over the calibration tokens) of each
         of its input groups, with the earlier blocks already pruned and the block itself still dense, handed to
-        `prune(group, hessian)`; `prune` may overwrite the Hessian, which is freed right after it returns.
+        `prune(group, hessian)`; `prune` may overwrite the Hessian, which is freed (or reused) after it returns.
 
         `memory="block"` collects a block's Hessians in one pass and prunes its groups in forward order;
         `memory="layer"` runs one pass per input group, the block's last group first (a group's input does not
@@ -172,27 +172,34 @@ class HookCalibrator:
         per block."""
         if memory not in CALIBRATION_MEMORY:
             raise UsageError(f"--calibration_memory must be one of {', '.join(CALIBRATION_MEMORY)}; got {memory!r}")
-        for block in self.blocks(targets):
+        blocks = self.blocks(targets)
+        buffer = None
+        if memory == "layer":  # one buffer for every group's Hessian: no Hessian-sized free and malloc per group
+            n = max(g[0].param.shape[g[0].input_dim] for block in blocks for g in block)
+            buffer = torch.empty(n * n, device=blocks[0][0][0].param.device)
+        for block in blocks:
             if memory == "block":
                 hessians = self._hessians(block)
                 for i, group in enumerate(block):
                     prune(group, hessians.pop(i))
             else:
                 for group in reversed(block):
-                    prune(group, self._hessians([group]).pop(0))
+                    prune(group, self._hessians([group], buffer).pop(0))
             logger.info(f"calibrated and pruned {block[0][0].group} ({sum(map(len, block))} weights)")
 
-    def _hessians(self, groups: Sequence[list[PruneTarget]]) -> dict[int, Tensor]:
+    def _hessians(self, groups: Sequence[list[PruneTarget]], buffer: Tensor | None = None) -> dict[int, Tensor]:
         """The Hessian of each input group (by position in `groups`) from one pass, stopped once all their linears
         have run. A group's first linear accumulates; the others check that they read the very same tensor. The
-        Hessians are allocated before the pass, not amid its activations, which would fragment the heap."""
+        Hessians are allocated before the pass, not amid its activations, which would fragment the heap; with
+        `buffer` (one group), its Hessian is the zeroed start of that buffer."""
         hessians: dict[int, Tensor] = {}
         hooks: dict[nn.Module, Callable[[nn.Module, Tensor], None]] = {}
         reached: set[int] = set()
         for i, group in enumerate(groups):
             param = group[0].param
             n = param.shape[group[0].input_dim]
-            hessians[i] = torch.zeros(n, n, device=param.device)
+            hessians[i] = (torch.zeros(n, n, device=param.device) if buffer is None
+                           else buffer[:n * n].view(n, n).zero_())
             first: list[Any] = [None]
             hooks[module_of(self.model, group[0])] = self._hessian_adder(hessians[i], reached, i, first)
             for t in group[1:]:
