@@ -94,14 +94,15 @@ def test_sparsegpt_calibrates_each_block_on_the_pruned_blocks_before_it():
     calibrator = HookCalibrator(model, lambda: iter(batches))
     order, got = [], {}
 
-    def prune(t, hessian):
-        order.append(t.group)
-        got[t.name] = hessian.clone()
-        with torch.no_grad():  # prune: zero the smaller half of the weight
-            t.param.mul_(t.param.abs() >= t.param.abs().median())
-        if t.name.endswith("layer.0.output.dense.weight"):  # layer 0 fully pruned: record what layer 1 now sees
-            query = targets_by_name["bert.encoder.layer.1.attention.self.query.weight"]
-            got["expected_next"] = _naive_inputs(model, [query], batches)
+    def prune(group, hessian):
+        for t in group:
+            order.append(t.group)
+            got[t.name] = hessian.clone()
+            with torch.no_grad():  # prune: zero the smaller half of the weight
+                t.param.mul_(t.param.abs() >= t.param.abs().median())
+            if t.name.endswith("layer.0.output.dense.weight"):  # layer 0 fully pruned: record what layer 1 now sees
+                query = targets_by_name["bert.encoder.layer.1.attention.self.query.weight"]
+                got["expected_next"] = _naive_inputs(model, [query], batches)
     targets_by_name = {t.name: t for t in targets}
     dense_inputs = _naive_inputs(make_tiny("bert"), find_targets(make_tiny("bert"), prune_embeddings=False), batches)
     calibrator.sequential(targets, prune)

@@ -54,7 +54,7 @@ def test_new_flags_at_their_defaults_leave_ledger_keys_unchanged(flags):
 
     training = config_fingerprint(parse_run_config(flags), include_sparse=True)["training"]
     new = {"criterion", "obert_block_size", "distill_teacher", "lr_rewind", "gmp_initial_fraction", "plugins",
-           "method_preset", "obert_dtype", "distill_temperature"}
+           "method_preset", "obert_dtype", "distill_temperature", "calibration_memory"}
     assert not new & set(training)
     changed = config_fingerprint(parse_run_config([*flags, "--distill_teacher", "dense"] if flags else
                                                   ["--sparse_method", "gmp", "--distill_teacher", "dense"]),

@@ -42,6 +42,7 @@ _VOLATILE = {
     "log_level_replica", "print_config", "trackio_space_id", "project",
     "dense_cache_dir", "ledger", "overwrite_output_dir", "save_compressed",  # ours: where/how results are written
     "plugins",  # where a plugin's file lies; the criterion or method it registers is keyed by its name
+    "calibration_memory",  # how SparseGPT's Hessians are collected: the same masks and weights either way
 }
 # flags added after ledgers existed: left out of a fingerprint at their default, so every key written before them
 # (and every run that does not use them) stays the same

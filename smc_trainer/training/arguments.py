@@ -118,6 +118,13 @@ class SparseTrainingArguments(Seq2SeqTrainingArguments):
     sparsegpt_dampening: float = field(
         default=0.01, metadata={"help": "SparseGPT: Hessian dampening, a fraction of its mean diagonal (paper: 0.01)."}
     )
+    calibration_memory: str = field(
+        default="block",
+        metadata={"help": "SparseGPT: block (default) collects one block's (transformer layer's) Hessians per "
+                  "forward pass, so memory holds that block's Hessians; layer collects one Hessian per pass (q, k, "
+                  "v share one), holding only one at a time at the cost of one pass per layer group instead of one "
+                  "per block. Masks and weights are identical."},
+    )
     owl_threshold: float = field(
         default=5.0,
         metadata={"help": "OWL's M: a Wanda score above M x its layer's mean is an outlier (paper: 5)."},
@@ -404,6 +411,19 @@ class SparseTrainingArguments(Seq2SeqTrainingArguments):
                          f"{self.sparse_method} ({method.phase}) prunes during training or between retraining "
                          f"rounds, which never happen then; use one of {', '.join(able)}")
 
+    def _check_calibration_memory(self, method) -> None:
+        """--calibration_memory: a known value, and only where SparseGPT collects Hessians."""
+        from smc_trainer.training.calibration import CALIBRATION_MEMORY
+
+        if self.calibration_memory not in CALIBRATION_MEMORY:
+            raise UsageError(f"--calibration_memory must be one of {', '.join(CALIBRATION_MEMORY)}; "
+                             f"got {self.calibration_memory!r}")
+        criterion = method.criterion_name(self)
+        if self.calibration_memory != "block" and (criterion != "sparsegpt" or not method.calibrated(self)):
+            raise UsageError(f"--calibration_memory {self.calibration_memory} sets how SparseGPT collects its layer "
+                             f"Hessians; --sparse_method {self.sparse_method} with --criterion {criterion} collects "
+                             "none: use it with --criterion sparsegpt (or sparsegpt_before/after)")
+
     def _check_pattern_and_calibration(self, method) -> None:
         """--sparsity_pattern, --distribution owl, the OWL flags and --export_semi_structured (docs/oneshot.md)."""
         from smc_trainer.engine.patterns import parse_pattern
@@ -441,6 +461,7 @@ class SparseTrainingArguments(Seq2SeqTrainingArguments):
             from smc_trainer.training.calibration_file import check_calibration_file
 
             check_calibration_file(self.calibration_file)
+        self._check_calibration_memory(method)
         if self.owl_threshold <= 0 or self.owl_lambda < 0:
             raise UsageError(f"--owl_threshold must be > 0 and --owl_lambda >= 0; got {self.owl_threshold}, "
                              f"{self.owl_lambda}")

@@ -5,9 +5,11 @@ linear, what the activation-aware criteria need (`smc_trainer.engine.criteria.wa
   (Wanda's scores and OWL's outlier ratios); memory is one vector per linear.
 - `sequential`: the layer Hessians X X^T one block at a time (targets grouped by their report group: a
   transformer layer, the head, ...), blocks in the order the forward pass reaches them. Each block's statistics
-  are collected with the blocks before it already pruned, the block is pruned, its statistics are freed, and
-  the next block follows (SparseGPT). A forward pass stops as soon as the block's linears have all run, so
-  pruning L blocks costs about (L + 1) / 2 forward passes, and memory stays at one block's Hessians.
+  are collected with the blocks before it already pruned, the block is pruned, and the next block follows
+  (SparseGPT). Linears that read the same input tensor (q, k, v) share one Hessian, and each Hessian is freed
+  as soon as its linears are pruned. A forward pass stops as soon as the linears it collects for have all run,
+  so pruning L blocks costs about (L + 1) / 2 forward passes and memory holds one block's Hessians
+  (`memory="block"`), or one pass per input group and one Hessian at a time (`memory="layer"`).
 
 Padding positions (attention_mask 0) are left out of the statistics wherever a linear's input is laid out as
 the batch's tokens.
@@ -16,7 +18,8 @@ the batch's tokens.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -27,6 +30,9 @@ from smc_trainer.engine.targets import PruneTarget
 from smc_trainer.errors import UsageError
 
 logger = logging.get_logger(__name__)
+
+CALIBRATION_MEMORY = ("block", "layer")
+HESSIAN_CHUNK_TOKENS = 128  # the hook's float32 copy of a padded (or half-precision) input: 128 tokens at a time
 
 
 class _BlockDone(Exception):
@@ -50,24 +56,43 @@ class HookCalibrator:
 
     # ---- running the model -----------------------------------------------------------------------
 
-    def _rows(self, inputs: tuple) -> Tensor:
-        """A linear's input as float32 [tokens, in], without the padding tokens of the current batch."""
-        x = inputs[0].detach()
+    def _rows(self, x: Tensor) -> Tensor:
+        """A linear's input `x` as float32 [tokens, in], without the padding tokens of the current batch."""
+        x = x.detach()
         rows = x.reshape(-1, x.shape[-1]).float()
         mask = self._token_mask
         if mask is not None and x.dim() >= 3 and mask.shape[-1] == x.shape[-2] and mask.numel() == rows.shape[0]:
             rows = rows[mask.reshape(-1).to(rows.device) != 0]
         return rows
 
-    def _run(self, hooks: Mapping[nn.Module, Callable[[Tensor], None]], stop_after: set[nn.Module] | None = None,
-             limit: int | None = None) -> None:
-        """Forward the calibration batches (the first `limit` of them) with `hooks[module](rows)` called on every
-        hooked module's input; with `stop_after`, each pass ends once all those modules have run."""
+    def _row_chunks(self, x: Tensor) -> Iterator[Tensor]:
+        """`_rows(x)` in pieces, for the Hessian: the input itself when it is float32 without padding (a view, no
+        copy), else float32 copies of the non-padding rows of HESSIAN_CHUNK_TOKENS tokens at a time, so the hook
+        never holds a float32 copy of the whole batch's input beside the Hessian."""
+        x = x.detach()
+        flat = x.reshape(-1, x.shape[-1])
+        mask = self._token_mask
+        keep = None
+        if mask is not None and x.dim() >= 3 and mask.shape[-1] == x.shape[-2] and mask.numel() == flat.shape[0]:
+            keep = mask.reshape(-1).to(flat.device) != 0
+            keep = None if bool(keep.all()) else keep
+        if keep is None and flat.dtype == torch.float32:
+            yield flat
+            return
+        for start in range(0, flat.shape[0], HESSIAN_CHUNK_TOKENS):
+            rows = flat[start:start + HESSIAN_CHUNK_TOKENS]
+            rows = rows if keep is None else rows[keep[start:start + HESSIAN_CHUNK_TOKENS]]
+            yield rows.float()
+
+    def _run(self, hooks: Mapping[nn.Module, Callable[[nn.Module, Tensor], None]],
+             stop_after: set[nn.Module] | None = None, limit: int | None = None) -> None:
+        """Forward the calibration batches (the first `limit` of them) with `hooks[module](module, x)` called on
+        every hooked module's input `x`; with `stop_after`, each pass ends once all those modules have run."""
         seen: set[nn.Module] = set()
 
-        def make_hook(fn: Callable[[Tensor], None]):
+        def make_hook(fn: Callable[[nn.Module, Tensor], None]):
             def hook(module: nn.Module, inputs: tuple) -> None:
-                fn(self._rows(inputs))
+                fn(module, inputs[0])
                 if stop_after is not None:
                     seen.add(module)
                     if stop_after <= seen:
@@ -102,60 +127,117 @@ class HookCalibrator:
         modules = self._modules(targets)
         squares: dict[nn.Module, Tensor] = {}
 
-        def add(module: nn.Module) -> Callable[[Tensor], None]:
-            def fn(rows: Tensor) -> None:
-                total = rows.square().sum(dim=0)
-                squares[module] = total if module not in squares else squares[module] + total
-            return fn
+        def add(module: nn.Module, x: Tensor) -> None:
+            total = self._rows(x).square().sum(dim=0)
+            squares[module] = total if module not in squares else squares[module] + total
 
-        self._run({m: add(m) for m in set(modules.values())})
+        self._run(dict.fromkeys(set(modules.values()), add))
         self._check_reached(targets, modules, squares)
         return {t.name: squares[modules[t.name]].sqrt() for t in targets}
 
-    def blocks(self, targets: Sequence[PruneTarget]) -> list[list[PruneTarget]]:
-        """Targets grouped by report group, groups in the order the forward pass first reaches them."""
+    def blocks(self, targets: Sequence[PruneTarget]) -> list[list[list[PruneTarget]]]:
+        """Targets grouped by report group, groups in the order the forward pass first reaches them; inside each
+        block, its input groups in forward order: consecutive linears that read the very same input tensor in the
+        first batch (q, k and v of an attention layer) form one input group, with one Hessian."""
         modules = self._modules(targets)
-        first_call: dict[nn.Module, int] = {}
+        order: dict[nn.Module, int] = {}
+        leader: dict[nn.Module, nn.Module] = {}
+        previous: list[Any] = [None, None]  # a weak reference to the last hooked input, and its module
 
-        def note(module: nn.Module) -> Callable[[Tensor], None]:
-            return lambda rows: first_call.setdefault(module, len(first_call))
+        def note(module: nn.Module, x: Tensor) -> None:
+            if module in order:
+                return
+            order[module] = len(order)
+            same = previous[0] is not None and previous[0]() is x
+            leader[module] = leader[previous[1]] if same else module
+            previous[:] = [weakref.ref(x), module]
 
-        self._run({m: note(m) for m in set(modules.values())}, limit=1)
-        self._check_reached(targets, modules, first_call)
-        groups: dict[str, list[PruneTarget]] = {}
-        for t in sorted(targets, key=lambda t: first_call[modules[t.name]]):
-            groups.setdefault(t.group, []).append(t)
-        return list(groups.values())
+        self._run(dict.fromkeys(set(modules.values()), note), limit=1)
+        self._check_reached(targets, modules, order)
+        blocks: dict[str, dict[nn.Module, list[PruneTarget]]] = {}
+        for t in sorted(targets, key=lambda t: order[modules[t.name]]):
+            blocks.setdefault(t.group, {}).setdefault(leader[modules[t.name]], []).append(t)
+        return [list(groups.values()) for groups in blocks.values()]
 
-    def sequential(self, targets: Sequence[PruneTarget], prune: Callable[[PruneTarget, Tensor], None]) -> None:
-        """For each block in forward order: collect its linears' Hessians X X^T (summed over calibration tokens)
-        with the earlier blocks already pruned, then call `prune(target, hessian)` for each of its targets."""
-        for block in self.blocks(targets):
-            modules = self._modules(block)
-            hessians: dict[nn.Module, Tensor] = {}
-            unique = set(modules.values())
-            self._run({m: _hessian_adder(hessians, m) for m in unique}, stop_after=unique)
-            self._check_reached(block, modules, hessians)
-            for t in block:
-                prune(t, hessians[modules[t.name]])
-            logger.info(f"calibrated and pruned {block[0].group} ({len(block)} weights)")
-            hessians.clear()
+    def sequential(self, targets: Sequence[PruneTarget], prune: Callable[[list[PruneTarget], Tensor], None],
+                   memory: str = "block") -> None:
+        """For each block in forward order: the Hessian X X^T (float32, summed over the calibration tokens) of each
+        of its input groups, with the earlier blocks already pruned and the block itself still dense, handed to
+        `prune(group, hessian)`; `prune` may overwrite the Hessian, which is freed (or reused) after it returns.
+
+        `memory="block"` collects a block's Hessians in one pass and prunes its groups in forward order;
+        `memory="layer"` runs one pass per input group, the block's last group first (a group's input does not
+        depend on the groups after it, so each still sees its block dense before it), holding one Hessian at a
+        time. Both hand `prune` the same Hessians bit for bit; "layer" costs one pass per group instead of one
+        per block."""
+        if memory not in CALIBRATION_MEMORY:
+            raise UsageError(f"--calibration_memory must be one of {', '.join(CALIBRATION_MEMORY)}; got {memory!r}")
+        blocks = self.blocks(targets)
+        buffer = None
+        if memory == "layer":  # one buffer for every group's Hessian: no Hessian-sized free and malloc per group
+            n = max(g[0].param.shape[g[0].input_dim] for block in blocks for g in block)
+            buffer = torch.empty(n * n, device=blocks[0][0][0].param.device)
+        for block in blocks:
+            if memory == "block":
+                hessians = self._hessians(block)
+                for i, group in enumerate(block):
+                    prune(group, hessians.pop(i))
+            else:
+                for group in reversed(block):
+                    prune(group, self._hessians([group], buffer).pop(0))
+            logger.info(f"calibrated and pruned {block[0][0].group} ({sum(map(len, block))} weights)")
+
+    def _hessians(self, groups: Sequence[list[PruneTarget]], buffer: Tensor | None = None) -> dict[int, Tensor]:
+        """The Hessian of each input group (by position in `groups`) from one pass, stopped once all their linears
+        have run. A group's first linear accumulates; the others check that they read the very same tensor. The
+        Hessians are allocated before the pass, not amid its activations, which would fragment the heap; with
+        `buffer` (one group), its Hessian is the zeroed start of that buffer."""
+        hessians: dict[int, Tensor] = {}
+        hooks: dict[nn.Module, Callable[[nn.Module, Tensor], None]] = {}
+        reached: set[int] = set()
+        for i, group in enumerate(groups):
+            param = group[0].param
+            n = param.shape[group[0].input_dim]
+            hessians[i] = (torch.zeros(n, n, device=param.device) if buffer is None
+                           else buffer[:n * n].view(n, n).zero_())
+            first: list[Any] = [None]
+            hooks[module_of(self.model, group[0])] = self._hessian_adder(hessians[i], reached, i, first)
+            for t in group[1:]:
+                hooks[module_of(self.model, t)] = _same_input_check(first, group[0].name, t.name)
+        self._run(hooks, stop_after=set(hooks))
+        _refuse_unreached([g[0].name for i, g in enumerate(groups) if i not in reached])
+        return hessians
+
+    def _hessian_adder(self, hessian: Tensor, reached: set[int], key: int, first: list[Any]
+                       ) -> Callable[[nn.Module, Tensor], None]:
+        """A hook body adding rows^T rows of the input (padding left out) to `hessian` and `key` to `reached`; it
+        keeps a weak reference to the input in `first[0]` for the group's other linears to check against."""
+        def add(module: nn.Module, x: Tensor) -> None:
+            first[0] = weakref.ref(x)
+            reached.add(key)
+            for rows in self._row_chunks(x):
+                hessian.addmm_(rows.t(), rows)
+        return add
 
     @staticmethod
     def _check_reached(targets: Sequence[PruneTarget], modules: Mapping[str, nn.Module], stats: Mapping) -> None:
-        missed = [t.name for t in targets if modules[t.name] not in stats]
-        if missed:
-            raise UsageError(f"no calibration input reached {', '.join(missed[:3])}: a one-shot criterion cannot "
-                             "score weights the forward pass does not use; leave them out with --prune_exclude")
+        _refuse_unreached([t.name for t in targets if modules[t.name] not in stats])
 
 
-def _hessian_adder(hessians: dict[nn.Module, Tensor], module: nn.Module) -> Callable[[Tensor], None]:
-    """A hook body adding rows^T rows of `module`'s input to `hessians[module]`."""
-    def add(rows: Tensor) -> None:
-        if module not in hessians:
-            hessians[module] = torch.zeros(rows.shape[1], rows.shape[1], device=rows.device)
-        hessians[module].addmm_(rows.t(), rows)
-    return add
+def _refuse_unreached(missed: Sequence[str]) -> None:
+    if missed:
+        raise UsageError(f"no calibration input reached {', '.join(missed[:3])}: a one-shot criterion cannot "
+                         "score weights the forward pass does not use; leave them out with --prune_exclude")
+
+
+def _same_input_check(first: list[Any], leader: str, name: str) -> Callable[[nn.Module, Tensor], None]:
+    """A hook body refusing an input other than the one its group's first linear just read (the groups come from
+    the first batch; a model that feeds them different tensors later would get a wrong Hessian)."""
+    def check(module: nn.Module, x: Tensor) -> None:
+        if first[0] is None or first[0]() is not x:
+            raise RuntimeError(f"calibration: {name} read the same input as {leader} in the first batch but not in "
+                               "a later one; their shared Hessian would be wrong")
+    return check
 
 
 def calibration_batches(trainer: Any) -> Iterable[dict[str, Any]]:

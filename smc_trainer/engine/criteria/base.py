@@ -41,8 +41,11 @@ class Calibrator(Protocol):
     def input_norms(self, targets: Sequence[PruneTarget]) -> dict[str, Tensor]:
         """||X_j||_2 per input feature of each target's linear, over the calibration tokens (dense model)."""
 
-    def sequential(self, targets: Sequence[PruneTarget], prune: Callable[[PruneTarget, Tensor], None]) -> None:
-        """Block by block in forward order: each target's Hessian X X^T, with the earlier blocks already pruned."""
+    def sequential(self, targets: Sequence[PruneTarget], prune: Callable[[list[PruneTarget], Tensor], None],
+                   memory: str = "block") -> None:
+        """Block by block in forward order: the Hessian X X^T of each group of targets that read the same input,
+        with the earlier blocks already pruned; `prune(group, hessian)` may overwrite it. `memory` is
+        --calibration_memory (block: a block's Hessians at once; layer: one at a time, more forward passes)."""
 
 
 def register_criterion(name: str) -> Callable[[type[Criterion]], type[Criterion]]:

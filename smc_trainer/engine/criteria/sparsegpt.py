@@ -17,7 +17,7 @@ from smc_trainer.engine.criteria.activation import ActivationCriterion, layer_wa
 from smc_trainer.engine.criteria.base import ScoringView, Selector, register_criterion
 from smc_trainer.engine.distributions import layer_counts
 from smc_trainer.engine.oneshot import as_param_layout, linear_view, write_linear
-from smc_trainer.engine.oneshot.sparsegpt import sparsegpt_prune
+from smc_trainer.engine.oneshot.sparsegpt import sparsegpt_prune_group
 from smc_trainer.engine.patterns import parse_pattern
 from smc_trainer.engine.selection import LayerScores
 from smc_trainer.engine.targets import PruneTarget
@@ -61,12 +61,14 @@ class SparseGPT(ActivationCriterion):
             blocksize = max(pattern.m, blocksize // pattern.m * pattern.m)
         masks: dict[str, Tensor] = {}
 
-        def prune(target: PruneTarget, hessian: Tensor) -> None:
-            weight = linear_view(target.param, target.input_dim)
-            new, keep = sparsegpt_prune(weight, hessian, keep=None if counts is None else counts[target.name],
-                                        pattern=pattern, blocksize=blocksize, dampening=args.sparsegpt_dampening)
-            write_linear(target.param, target.input_dim, new)
-            masks[target.name] = as_param_layout(keep, target.input_dim)
+        def prune(group: list[PruneTarget], hessian: Tensor) -> None:
+            weights = [linear_view(t.param, t.input_dim) for t in group]
+            keeps = [None if counts is None else counts[t.name] for t in group]
+            results = sparsegpt_prune_group(weights, hessian, keeps, pattern=pattern, blocksize=blocksize,
+                                            dampening=args.sparsegpt_dampening)
+            for target, (new, keep) in zip(group, results, strict=True):
+                write_linear(target.param, target.input_dim, new)
+                masks[target.name] = as_param_layout(keep, target.input_dim)
 
-        calibrator.sequential(view.targets, prune)
+        calibrator.sequential(view.targets, prune, memory=args.calibration_memory)
         return masks
