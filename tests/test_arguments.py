@@ -179,3 +179,22 @@ def test_help_lists_sparse_flags():
     text = parser.format_help()
     for flag in ("--sparse_method", "--sparsity", "--distribution", "--init_method", "--select_on", "--recipe"):
         assert flag in text
+
+
+def test_flag_groups_compose_in_order_each_flag_once():
+    """The mixins' fields follow TrainingArguments' in `--help` order (method first, extensions last), and no
+    flag is declared by two groups (a second declaration would silently replace the first's default and help)."""
+    import dataclasses
+
+    from smc_trainer.training import arguments as arguments_package
+
+    groups = ("MethodArguments", "OneShotArguments", "GmpArguments", "DynamicArguments", "IterativeArguments",
+              "OutputArguments", "LoraArguments", "SelectionArguments", "CriterionArguments",
+              "DistillationArguments", "LrRewindArguments", "GmpStarArguments", "ExtensionArguments")
+    declared = [f.name for g in groups for f in dataclasses.fields(getattr(arguments_package, g))]
+    assert len(declared) == len(set(declared))
+    base = {f.name for f in dataclasses.fields(transformers.Seq2SeqTrainingArguments)}
+    names = [f.name for f in dataclasses.fields(SparseTrainingArguments)]
+    assert names[:len(base)] == [f.name for f in dataclasses.fields(transformers.Seq2SeqTrainingArguments)]
+    assert names[len(base):] == [n for n in declared if n not in base]  # an overridden field keeps its place
+    assert names[len(base)] == "sparse_method" and names[-1] == "method_preset"

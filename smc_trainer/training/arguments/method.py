@@ -1,0 +1,94 @@
+"""The method and what it prunes: --sparse_method, --sparsity, --distribution, the prunable set, SNIP."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from smc_trainer.errors import UsageError
+from smc_trainer.training.arguments.common import _choices_error
+
+DISTRIBUTIONS = ("global", "uniform", "erk", "owl")
+
+
+@dataclass
+class MethodArguments:
+    """Which method prunes, how far, how the sparsity is spread over layers, and which weights are prunable."""
+
+    sparse_method: str = field(
+        default="dense",
+        metadata={
+            "help": "Sparse algorithm: dense, omp_after, random_after, lth, lrr, omp_before, random_before, snip, "
+            "gmp, rigl, set; wanda_before/after and sparsegpt_before/after are omp_before/after with --criterion "
+            "wanda/sparsegpt (see README's method table)."
+        },
+    )
+    sparsity: float = field(
+        default=0.0,
+        metadata={"help": "Target fraction of prunable weights set to zero, in [0, 1). The paper grid is 1-0.8^k."},
+    )
+    distribution: str = field(
+        default="global",
+        metadata={
+            "help": "How sparsity is spread over layers: global (one threshold over all prunable weights, as the "
+            "paper), uniform (same sparsity per layer), erk (Erdos-Renyi-Kernel) or owl (outlier-weighted: layers "
+            "with more activation outliers keep more; --criterion wanda or sparsegpt only, see --owl_threshold/"
+            "--owl_lambda)."
+        },
+    )
+    prune_embeddings: bool = field(
+        default=True, metadata={"help": "Include embedding matrices in the prunable set (the paper does)."}
+    )
+    prune_heads: bool = field(
+        default=True, metadata={"help": "Include the task head (weights outside the base model) (the paper does)."}
+    )
+    prune_include: str | None = field(
+        default=None, metadata={"help": "Regex: only parameters whose name matches are prunable (re.search)."}
+    )
+    prune_exclude: str | None = field(
+        default=None, metadata={"help": "Regex: parameters whose name matches are never pruned (re.search)."}
+    )
+    prune_modules: str | None = field(
+        default=None,
+        metadata={
+            "help": "Only these linears of the transformer layers are prunable (BERT/RoBERTa/ESM names): a combination "
+            "of q, k, v, o (attention) and ffn, e.g. qkvo_ffn, qkv, qk (the paper's Table 1). Applied together with "
+            "--prune_include/--prune_exclude."
+        },
+    )
+    snip_batches: int = field(default=1, metadata={"help": "SNIP: training batches whose gradients are summed."})
+
+    def _check_sparsity_and_distribution(self) -> None:
+        if not 0.0 <= self.sparsity < 1.0:
+            raise UsageError(f"--sparsity must be in [0, 1); got {self.sparsity!r}")
+        if self.distribution not in DISTRIBUTIONS:
+            raise _choices_error("distribution", self.distribution, DISTRIBUTIONS)
+
+    def _check_method_and_targets(self) -> None:
+        """--sparse_method names a registered method; --prune_modules and the regexes parse."""
+        from smc_trainer.engine.module_groups import parse_module_group
+        from smc_trainer.methods import method_names
+
+        if self.sparse_method not in method_names():
+            raise _choices_error("sparse_method", self.sparse_method, method_names())
+        if self.prune_modules is not None:
+            parse_module_group(self.prune_modules)
+        for flag in ("prune_include", "prune_exclude"):
+            pattern = getattr(self, flag)
+            if pattern is not None:
+                try:
+                    re.compile(pattern)
+                except re.error as err:
+                    raise UsageError(f"--{flag} is not a valid regular expression: {pattern!r} ({err})") from None
+
+    def _check_no_training(self, method) -> None:
+        """`--max_steps 0`: prune and evaluate without training, which only methods that prune once before
+        training mean something with (before: the pretrained model; after: the cached dense fine-tune)."""
+        if self.max_steps != 0 or method.phase in ("dense", "before", "after"):
+            return
+        from smc_trainer.methods import get_method_class, method_names
+
+        able = [n for n in method_names() if get_method_class(n).phase in ("before", "after")]
+        raise UsageError(f"--max_steps 0 prunes once and evaluates without training; --sparse_method "
+                         f"{self.sparse_method} ({method.phase}) prunes during training or between retraining "
+                         f"rounds, which never happen then; use one of {', '.join(able)}")

@@ -1,0 +1,58 @@
+"""Where and how results are written, and the split that selects checkpoints."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from smc_trainer.engine.collapse import check_policy as check_collapse_policy
+from smc_trainer.training.arguments.common import _choices_error
+
+SELECT_ON = ("validation", "test")
+
+
+@dataclass
+class OutputArguments:
+    """The dense cache, the ledger, the compressed release, output_dir reuse and collapsed layers."""
+
+    dense_cache_dir: str = field(
+        default="smc_outputs/dense_cache",
+        metadata={"help": "Where dense fine-tunes are cached and shared by after-methods, LTH/LRR and the dense row."},
+    )
+    ledger: str | None = field(
+        default=None, metadata={"help": "Append a record of each finished run to this results ledger (JSON lines)."}
+    )
+    save_compressed: bool = field(
+        default=False,
+        metadata={"help": "Also write model.sparse.safetensors: the weights in smc-trainer's bitmask format (packed "
+                  "bits + non-zero values), with its size against the dense file in the model card."},
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Train from scratch even if output_dir holds checkpoints (files there may be replaced)."},
+    )
+    on_layer_collapse: str = field(
+        default="warn",
+        metadata={"help": "When a mask leaves a prunable layer with no weight or fewer than 1 in 100 of them (while "
+                  "the model keeps 10x that share): warn (name the layers and the remedies in the log, the sparsity "
+                  "report and the ledger) or error (stop the run)."},
+    )
+
+    def _check_layer_collapse_policy(self) -> None:
+        check_collapse_policy(self.on_layer_collapse)
+
+
+@dataclass
+class SelectionArguments:
+    """The split that checkpoint selection reads."""
+
+    select_on: str = field(
+        default="validation",
+        metadata={
+            "help": "Split used for checkpoint selection: validation (correct protocol) or test (the original code's "
+            "test-selected protocol, for parity only)."
+        },
+    )
+
+    def _check_select_on(self) -> None:
+        if self.select_on not in SELECT_ON:
+            raise _choices_error("select_on", self.select_on, SELECT_ON)
