@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from sparse_helpers import sparse_args, toy_dataset  # noqa: E402
+from sparse_helpers import no_dropout_bert, sparse_args, toy_dataset  # noqa: E402
 from tiny_models import make_tiny  # noqa: E402
 
 import smc_trainer.engine.criteria.random as random_before_module  # noqa: E402  (random scores: the criterion)
@@ -89,15 +89,6 @@ def digest(tensors: list[torch.Tensor]) -> str:
     for t in tensors:
         h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
-
-
-def no_dropout_bert(seed: int) -> torch.nn.Module:
-    """The tiny BERT classifier without dropout, so one process can replay a DDP step exactly."""
-    from tiny_models import _bert_config
-    from transformers import BertForSequenceClassification
-
-    torch.manual_seed(seed)
-    return BertForSequenceClassification(_bert_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
 
 
 def kd_scale_trainer_kwargs(rank: int) -> dict:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 from datasets import Dataset
-from tiny_models import VOCAB, make_tiny
-from transformers import TrainerCallback
+from tiny_models import VOCAB, _bert_config, make_tiny
+from torch.utils.data import SequentialSampler
+from transformers import BertForSequenceClassification, TrainerCallback
 
 from smc_trainer import SparseTrainer, SparseTrainingArguments, find_targets, get_method_class
 from smc_trainer.engine.patterns import nm_keep_mask, parse_pattern
@@ -32,6 +33,20 @@ def method_argv(method: str) -> list[str]:
 def tiny_classifier(arch: str, seed: int = 0) -> torch.nn.Module:
     """A 2-layer BERT or GPT-2 sequence classifier (see tiny_models.py)."""
     return make_tiny(arch, seed=seed)
+
+
+def no_dropout_bert(seed: int) -> BertForSequenceClassification:
+    """The tiny BERT classifier without dropout, so two training layouts (accumulated or not, DDP or one process)
+    can be compared exactly."""
+    torch.manual_seed(seed)
+    return BertForSequenceClassification(_bert_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+
+
+class InOrderTrainer(SparseTrainer):
+    """A SparseTrainer that takes its batches in dataset order, so two layouts see the same examples."""
+
+    def _get_train_sampler(self, *args, **kwargs):
+        return SequentialSampler(self.train_dataset)
 
 
 def toy_dataset(n: int = 64, seed: int = 0) -> Dataset:

@@ -166,10 +166,7 @@ def replay_kd_step_in_one_process(ddp_out: Path, tmp_path: Path, hardness: float
     (micro-batch j = rank 0's j-th + rank 1's j-th), from the same initial weights, teacher and mask."""
     from datasets import Dataset
     from ddp_worker import kd_scale_trainer_kwargs
-    from sparse_helpers import sparse_args
-    from torch.utils.data import SequentialSampler
-
-    from smc_trainer import SparseTrainer
+    from sparse_helpers import InOrderTrainer, sparse_args
 
     (t0, _), (t1, _) = ranks(ddp_out, "kd_scale", "kd_scale")
     micro = sorted({int(k.split("/")[1]) for k in t0 if k.startswith("input/")})
@@ -180,14 +177,10 @@ def replay_kd_step_in_one_process(ddp_out: Path, tmp_path: Path, hardness: float
             for k in columns:
                 columns[k].extend(t[f"input/{j}/{k}"].tolist())
 
-    class InOrder(SparseTrainer):
-        def _get_train_sampler(self, *args, **kwargs):
-            return SequentialSampler(self.train_dataset)
-
     config = {**KD_SCALE, "distill_hardness": hardness}
     args = sparse_args(tmp_path / f"replay-{hardness}", config.pop("sparse_method"), SPARSITY,
                        per_device_train_batch_size=8, gradient_accumulation_steps=2, **config)
-    trainer = InOrder(args=args, train_dataset=Dataset.from_dict(columns), **kd_scale_trainer_kwargs(rank=0))
+    trainer = InOrderTrainer(args=args, train_dataset=Dataset.from_dict(columns), **kd_scale_trainer_kwargs(rank=0))
     trainer.train()
     return {f"weight/{n}": p.detach() for n, p in trainer.model.named_parameters()}
 

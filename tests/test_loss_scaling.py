@@ -7,25 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 from datasets import Dataset
-from sparse_helpers import sparse_args, toy_dataset
-from tiny_models import _bert_config, make_tiny
-from torch.utils.data import SequentialSampler
-from transformers import BertForSequenceClassification, GPT2LMHeadModel, PreTrainedModel
+from sparse_helpers import InOrderTrainer, no_dropout_bert, sparse_args, toy_dataset
+from tiny_models import make_tiny
+from transformers import GPT2LMHeadModel, PreTrainedModel
 
-from smc_trainer import SparseTrainer
 from smc_trainer.training.loss_scaling import loss_uses_num_items
-
-
-class InOrder(SparseTrainer):
-    """Batches in dataset order, so two accumulation layouts see the same examples."""
-
-    def _get_train_sampler(self, *args, **kwargs):
-        return SequentialSampler(self.train_dataset)
-
-
-def no_dropout_bert(seed: int) -> BertForSequenceClassification:
-    torch.manual_seed(seed)
-    return BertForSequenceClassification(_bert_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
 
 
 def one_sgd_step(tmp_path, hardness: float, batch: int, accumulation: int, data: Dataset) -> dict[str, torch.Tensor]:
@@ -33,8 +19,8 @@ def one_sgd_step(tmp_path, hardness: float, batch: int, accumulation: int, data:
     args = sparse_args(tmp_path / f"{hardness}-{batch}x{accumulation}", "omp_before", 0.5, max_steps=1, optim="sgd",
                        learning_rate=0.5, weight_decay=0.0, max_grad_norm=0.0, lr_scheduler_type="constant",
                        per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation, **kd)
-    trainer = InOrder(model=no_dropout_bert(0), args=args, train_dataset=data,
-                      teacher=no_dropout_bert(7) if hardness else None)
+    trainer = InOrderTrainer(model=no_dropout_bert(0), args=args, train_dataset=data,
+                             teacher=no_dropout_bert(7) if hardness else None)
     assert trainer.model_accepts_loss_kwargs is False  # BERT's head keeps a mean CrossEntropyLoss
     trainer.train()
     return {n: p.detach().clone() for n, p in trainer.model.named_parameters()}

@@ -213,9 +213,10 @@ class SparseTrainer(Seq2SeqTrainer):
         """A model that declares **kwargs but returns a per-micro-batch mean loss (loss_scaling.py) gets the
         Trainer's documented `model_accepts_loss_kwargs = False`: its loss is then divided by the accumulation
         steps and averaged over processes like any mean loss, instead of coming out that many times too large."""
-        if self.model_accepts_loss_kwargs and loss_uses_num_items(unwrap_adapters(self.model)) is False:
+        inner = unwrap_adapters(self.model)
+        if self.model_accepts_loss_kwargs and loss_uses_num_items(inner) is False:
             self.model_accepts_loss_kwargs = False
-            logger.info(f"smc-trainer: {type(unwrap_adapters(self.model)).__name__} returns a mean loss and ignores "
+            logger.info(f"smc-trainer: {type(inner).__name__} returns a mean loss and ignores "
                         "num_items_in_batch (huggingface/transformers#47688): normalizing it per micro-batch")
 
     # ---- distillation (smc_trainer/training/distillation.py) ----------------------------------------------
