@@ -254,8 +254,7 @@ def run_dense(config: RunConfig) -> tuple[str, RunOutcome]:
     cache = DenseCache(config.training_args.dense_cache_dir)
     # a --resume_from_checkpoint names the user's run, never the dense entry (which resumes its own .partial)
     # after-methods with --peft lora recover the pruned *full* dense fine-tune, shared with every other run
-    dense_config = config.with_training(sparse_method="dense", sparsity=0.0, resume_from_checkpoint=None,
-                                        **{**DENSE_RESETS, **full_fine_tuning(), **dense_budget(config)})
+    dense_config = dense_stage_config(config)
     key = cache.key(dense_config)
 
     def train(directory: str) -> None:
@@ -272,6 +271,12 @@ def run_dense(config: RunConfig) -> tuple[str, RunOutcome]:
         raise RuntimeError(f"dense cache entry {directory} has no {RESULT_NAME}")
     # the entry was trained in `<key>.partial` and renamed when complete: report where it is now
     return directory, dataclasses.replace(outcome, output_dir=directory)
+
+
+def dense_stage_config(config: RunConfig) -> RunConfig:
+    """The configuration of `config`'s dense stage: the dense method, every sparse axis reset, full fine-tuning."""
+    return config.with_training(sparse_method="dense", sparsity=0.0, resume_from_checkpoint=None,
+                                **{**DENSE_RESETS, **full_fine_tuning(), **dense_budget(config)})
 
 
 def dense_budget(config: RunConfig) -> dict[str, Any]:
