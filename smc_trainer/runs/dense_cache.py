@@ -18,9 +18,9 @@ import os
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from transformers import Seq2SeqTrainingArguments
 from transformers.utils import logging
 
+from smc_trainer.training.arguments.roles import defaults_where, names_where
 from smc_trainer.training.parallel import decided_by_main, wait_for_all
 from smc_trainer.version import __version__
 
@@ -33,46 +33,46 @@ INIT_WEIGHTS = "init_model.safetensors"  # the model before fine-tuning: LTH's r
 COMPLETE = "COMPLETE"
 KEY_FILE = "cache_key.json"
 
-# training arguments that do not change what the dense fine-tune learns
-_VOLATILE = {
+# TrainingArguments' own fields that do not change what the dense fine-tune learns; our own flags declare their
+# role where they are declared (smc_trainer.training.arguments.roles)
+_VOLATILE_BASE = frozenset({
     "output_dir", "logging_dir", "run_name", "report_to", "disable_tqdm", "logging_steps", "logging_strategy",
     "logging_first_step", "logging_nan_inf_filter", "save_steps", "save_strategy", "save_total_limit",
     "save_only_model", "push_to_hub", "hub_model_id", "hub_strategy", "hub_token", "hub_private_repo",
     "hub_always_push", "hub_revision", "resume_from_checkpoint", "dataloader_num_workers", "log_level",
     "log_level_replica", "print_config", "trackio_space_id", "project",
-    "dense_cache_dir", "ledger", "overwrite_output_dir", "save_compressed",  # ours: where/how results are written
-    "plugins",  # where a plugin's file lies; the criterion or method it registers is keyed by its name
-    "calibration_memory",  # how SparseGPT's Hessians are collected: the same masks and weights either way
-}
-# flags added after ledgers existed: left out of a fingerprint at their default, so every key written before them
-# (and every run that does not use them) stays the same
-_OMITTED_AT_DEFAULT = (
-    "criterion", "obert_block_size", "obert_dampening", "obert_num_grads", "obert_update", "obert_dtype",
-    "distill_teacher", "distill_hardness", "distill_temperature", "lr_rewind", "lr_rewind_final_ratio",
-    "gmp_initial_fraction", "method_preset", "calibration_file", "gmp_window_per_halving", "imp_round",
-)
+})
+
+
+def _volatile() -> set[str]:
+    """Never part of a key: the base fields above and our flags declared `key="never"`."""
+    from smc_trainer.training.arguments import SparseTrainingArguments
+
+    return set(_VOLATILE_BASE) | set(names_where(SparseTrainingArguments, key="never"))
 
 
 def _sparse_fields() -> set[str]:
+    """Part of the run key but not of the dense-cache key: our flags declared `key="run"`."""
     from smc_trainer.training.arguments import SparseTrainingArguments
 
-    base = {f.name for f in dataclasses.fields(Seq2SeqTrainingArguments)}
-    return {f.name for f in dataclasses.fields(SparseTrainingArguments)} - base - {"select_on"}
+    return set(names_where(SparseTrainingArguments, key="run"))
 
 
-def _field_defaults() -> dict[str, Any]:
+def _omitted_defaults() -> dict[str, Any]:
+    """Flags left out of a fingerprint while at their default (declared `omit_at_default=True`): flags added after
+    ledgers existed, so every key written before them (and every run that does not use them) stays the same."""
     from smc_trainer.training.arguments import SparseTrainingArguments
 
-    return {f.name: f.default for f in dataclasses.fields(SparseTrainingArguments) if f.name in _OMITTED_AT_DEFAULT}
+    return defaults_where(SparseTrainingArguments, omit_at_default=True)
 
 
 def config_fingerprint(config: RunConfig, *, include_sparse: bool = False) -> dict[str, Any]:
     """The JSON-able description of a run that cache keys and ledger keys are hashed from."""
     training = config.training_args.to_dict()
-    skip = _VOLATILE | (set() if include_sparse else _sparse_fields())
+    skip = _volatile() | (set() if include_sparse else _sparse_fields())
     training = {k: v for k, v in training.items() if k not in skip and not k.startswith("_")}
-    defaults = _field_defaults()
-    training = {k: v for k, v in training.items() if k not in _OMITTED_AT_DEFAULT or v != defaults[k]}
+    omitted = _omitted_defaults()
+    training = {k: v for k, v in training.items() if k not in omitted or v != omitted[k]}
     return {
         "recipe": config.recipe.name,
         "recipe_args": config.recipe.args,

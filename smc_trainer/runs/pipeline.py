@@ -40,7 +40,8 @@ from smc_trainer.release.hub import write_release_files
 from smc_trainer.runs.dense_cache import INIT_WEIGHTS, DenseCache
 from smc_trainer.runs.folds import is_inside, over_folds
 from smc_trainer.runs.run_config import RESULT_NAME, RunConfig, RunOutcome
-from smc_trainer.training.arguments import LORA_FLAGS, SparseTrainingArguments
+from smc_trainer.training.arguments import SparseTrainingArguments, lora_defaults
+from smc_trainer.training.arguments.roles import defaults_where
 from smc_trainer.training.checkpoints import last_complete_checkpoint
 from smc_trainer.training.parallel import wait_for_all
 from smc_trainer.training.trainer import SparseTrainer
@@ -49,10 +50,6 @@ logger = logging.get_logger(__name__)
 
 # what the dense stage never uses: the sparse axes of the run it serves (none of them is in the dense cache key;
 # a pattern or OWL would be refused for a dense run)
-DENSE_RESETS = {"criterion": None, "distill_teacher": "none", "lr_rewind": False, "method_preset": None,
-                "sparsity_pattern": "unstructured", "export_semi_structured": False, "distribution": "global",
-                "calibration_file": None, "imp_round": None}
-
 
 def build_task(config: RunConfig):
     """Build the task bundle (model, data, metric) for `config`, seeded so the head init is reproducible."""
@@ -276,7 +273,13 @@ def run_dense(config: RunConfig) -> tuple[str, RunOutcome]:
 def dense_stage_config(config: RunConfig) -> RunConfig:
     """The configuration of `config`'s dense stage: the dense method, every sparse axis reset, full fine-tuning."""
     return config.with_training(sparse_method="dense", sparsity=0.0, resume_from_checkpoint=None,
-                                **{**DENSE_RESETS, **full_fine_tuning(), **dense_budget(config)})
+                                **{**dense_resets(), **full_fine_tuning(), **dense_budget(config)})
+
+
+def dense_resets() -> dict[str, Any]:
+    """The flags the dense stage sets back to their defaults (declared `dense_reset=True`): the sparse axes that
+    would otherwise make the dense fine-tune differ from the one every method shares."""
+    return defaults_where(SparseTrainingArguments, dense_reset=True)
 
 
 def dense_budget(config: RunConfig) -> dict[str, Any]:
@@ -288,8 +291,7 @@ def dense_budget(config: RunConfig) -> dict[str, Any]:
 
 def full_fine_tuning() -> dict[str, Any]:
     """The training arguments of full fine-tuning: --peft none and every LoRA flag at its default."""
-    defaults = {f.name: f.default for f in dataclasses.fields(SparseTrainingArguments)}
-    return {"peft": "none", **{name: defaults[name] for name in LORA_FLAGS}}
+    return {"peft": "none", **lora_defaults()}
 
 
 def run_after(config: RunConfig, output_dir: str) -> RunOutcome:

@@ -22,11 +22,11 @@ from smc_trainer.training.arguments.distillation import DISTILL_SOURCES, Distill
 from smc_trainer.training.arguments.extensions import ExtensionArguments
 from smc_trainer.training.arguments.lora import (
     ADAPTER_GRADIENTS,
-    LORA_FLAGS,
     LORA_RELEASES,
     PEFT_CHOICES,
     LoraArguments,
     check_peft_flags,
+    lora_defaults,
 )
 from smc_trainer.training.arguments.lr_rewind import LrRewindArguments
 from smc_trainer.training.arguments.method import DISTRIBUTIONS, MethodArguments
@@ -41,12 +41,12 @@ from smc_trainer.training.arguments.schedules import (
 from smc_trainer.training.parallel import check_parallel_support
 from smc_trainer.training.task_arguments import DataArguments, ModelArguments
 
-# the flag groups and, as before the split, the choices, LORA_FLAGS and check_peft_flags
-__all__ = ["ADAPTER_GRADIENTS", "DISTILL_SOURCES", "DISTRIBUTIONS", "LORA_FLAGS", "LORA_RELEASES", "PEFT_CHOICES",
+# the flag groups and, as before the split, the choices, lora_defaults and check_peft_flags
+__all__ = ["ADAPTER_GRADIENTS", "DISTILL_SOURCES", "DISTRIBUTIONS", "LORA_RELEASES", "PEFT_CHOICES",
            "SELECT_ON", "CriterionArguments", "DataArguments", "DistillationArguments", "DynamicArguments",
            "ExtensionArguments", "GmpArguments", "GmpStarArguments", "IterativeArguments", "LoraArguments",
            "LrRewindArguments", "MethodArguments", "ModelArguments", "OneShotArguments", "OutputArguments",
-           "SelectionArguments", "SparseTrainingArguments", "check_peft_flags"]
+           "SelectionArguments", "SparseTrainingArguments", "check_peft_flags", "lora_defaults"]
 
 
 # A dataclass lists its fields base first, walking the MRO backwards: the mixin named LAST comes first after

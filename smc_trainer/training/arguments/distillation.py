@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 
 from smc_trainer.errors import MissingFileError, UsageError
+from smc_trainer.training.arguments.roles import declare
 
 DISTILL_SOURCES = ("none", "dense")  # or a path to a model folder
 
@@ -14,18 +15,18 @@ DISTILL_SOURCES = ("none", "dense")  # or a path to a model folder
 class DistillationArguments:
     """The teacher and the weight and temperature of its term in the loss."""
 
-    distill_teacher: str = field(
+    distill_teacher: str = declare(field(
         default="none",
         metadata={"help": "Distillation from a teacher: none, dense (the cached dense fine-tune of this configuration, "
                   "trained first if missing) or a path to a fine-tuned model folder of the same architecture."},
-    )
-    distill_hardness: float = field(
+    ), key="run", omit_at_default=True, dense_reset=True)
+    distill_hardness: float = declare(field(
         default=1.0,
         metadata={"help": "Distillation: weight h of the teacher term, loss = (1-h) task + h T^2 KL (oBERT: 1.0)."},
-    )
-    distill_temperature: float = field(
+    ), key="run", omit_at_default=True)
+    distill_temperature: float = declare(field(
         default=2.0, metadata={"help": "Distillation: softmax temperature T of teacher and student (GMP*: 5.5)."}
-    )
+    ), key="run", omit_at_default=True)
 
     def _check_distillation(self, method) -> None:
         """The teacher exists, a sparse method learns from it, and the loss weights are in range."""

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from smc_trainer.training.arguments.roles import declare
+
 
 @dataclass
 class ExtensionArguments:
     """Plugin files loaded before the flags are checked, and the name of the method preset a run came from."""
 
-    plugins: str | None = field(
+    plugins: str | None = declare(field(
         default=None,
         metadata={"help": "Comma-separated Python files (or module names) registering your own criteria or methods "
                   "(@register_criterion / @register_method), imported before the flags are checked. See "
                   "docs/extending.md."},
-    )
-    method_preset: str | None = field(
+    ), key="never")
+    method_preset: str | None = declare(field(
         default=None,
         metadata={"help": "Set by run_smc.py when --sparse_method names a preset (recipes/methods/*.yaml, e.g. obert, "
                   "gmp_star): the preset's name, used to label results. Not meant to be passed by hand."},
-    )
+    ), key="run", omit_at_default=True, dense_reset=True)

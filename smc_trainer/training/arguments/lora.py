@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from smc_trainer.errors import UsageError
 from smc_trainer.training.arguments.common import _choices_error
+from smc_trainer.training.arguments.roles import declare, defaults_where
 
 if TYPE_CHECKING:
     from smc_trainer.training.arguments import SparseTrainingArguments
@@ -14,57 +15,61 @@ if TYPE_CHECKING:
 PEFT_CHOICES = ("none", "lora")
 LORA_RELEASES = ("merged", "adapter")
 ADAPTER_GRADIENTS = ("exact", "straight_through")
-LORA_FLAGS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "sparse_adapter", "lora_release",
-              "lora_learning_rate", "adapter_gradient")
 
 
 @dataclass
 class LoraArguments:
     """--peft none (full fine-tuning) or lora, and the adapters' rank, scale, targets, gradient and release."""
 
-    peft: str = field(
+    peft: str = declare(field(
         default="none",
         metadata={"help": "Which weights are trained: none (all of them, full fine-tuning) or lora (the base model is "
                   "frozen and pruned by the method; LoRA adapters on its prunable linears and the task head are "
                   "trained). See docs/peft.md."},
-    )
-    lora_r: int = field(default=8, metadata={"help": "LoRA: rank of the adapters."})
-    lora_alpha: int = field(default=16, metadata={"help": "LoRA: alpha; the update is scaled by alpha / r."})
-    lora_dropout: float = field(
+    ), key="run")
+    lora_r: int = declare(field(default=8, metadata={"help": "LoRA: rank of the adapters."}), key="run", lora=True)
+    lora_alpha: int = declare(
+        field(default=16, metadata={"help": "LoRA: alpha; the update is scaled by alpha / r."}), key="run", lora=True)
+    lora_dropout: float = declare(field(
         default=0.0,
         metadata={"help": "LoRA: dropout on the adapters' input. With --sparse_adapter, a non-zero dropout costs one "
                   "more weight-sized matrix product per layer and step."},
-    )
-    lora_target_modules: str | None = field(
+    ), key="run", lora=True)
+    lora_target_modules: str | None = declare(field(
         default=None,
         metadata={"help": "LoRA: comma-separated module names (e.g. query,value, or full names) that get adapters. "
                   "Default: every prunable Linear/Conv1D of the model outside the task head."},
-    )
-    lora_learning_rate: float | None = field(
+    ), key="run", lora=True)
+    lora_learning_rate: float | None = declare(field(
         default=None,
         metadata={"help": "LoRA: learning rate of the adapters and head (LoRA usually wants ~10x a full fine-tune's). "
                   "Default: --learning_rate. Kept apart so that after-methods recover the dense fine-tune cached "
                   "at --learning_rate, the one full retraining starts from."},
-    )
-    sparse_adapter: bool = field(
+    ), key="run", lora=True)
+    sparse_adapter: bool = declare(field(
         default=True,
         metadata={"help": "LoRA: mask each adapter's update by its base weight's mask, in training and in the merge, "
                   "so the merged model keeps every zero and computes what was trained. false: plain LoRA, re-masked "
                   "after the merge (measures what the mask costs)."},
-    )
-    adapter_gradient: str = field(
+    ), key="run", lora=True)
+    adapter_gradient: str = declare(field(
         default="exact",
         metadata={"help": "LoRA with --sparse_adapter: the gradient of A and B. exact: the masked update's true "
                   "gradient, which needs one more weight-sized product per layer and step ((g^T x) * mask). "
                   "straight_through: the gradient as if the mask were all ones (low-rank, plain LoRA's cost); "
                   "the forward pass and the merge stay masked exactly. See docs/peft.md for what each costs."},
-    )
-    lora_release: str = field(
+    ), key="run", lora=True)
+    lora_release: str = declare(field(
         default="merged",
         metadata={"help": "LoRA: what a run saves as its model: merged (the adapters merged into a plain sparse "
                   "model, loads with from_pretrained) or adapter (adapter_config.json + adapter_model.safetensors "
                   "+ masks, loaded on the sparse base with smc_trainer.training.adapters.load_sparse_adapter)."},
-    )
+    ), key="run", lora=True)
+
+
+def lora_defaults() -> dict[str, object]:
+    """The LoRA settings (fields declared `lora=True`) and their defaults: full fine-tuning leaves them there."""
+    return defaults_where(LoraArguments, lora=True)
 
 
 def check_peft_flags(args: SparseTrainingArguments) -> None:
@@ -76,8 +81,9 @@ def check_peft_flags(args: SparseTrainingArguments) -> None:
     if args.peft not in PEFT_CHOICES:
         raise UsageError(str(_choices_error("peft", args.peft, PEFT_CHOICES)))
     if args.peft == "none":
-        defaults = {f.name: f.default for f in fields(LoraArguments) if f.name in LORA_FLAGS}
-        given = [f"--{name} {getattr(args, name)}" for name in LORA_FLAGS if getattr(args, name) != defaults[name]]
+        defaults = lora_defaults()
+        given = [f"--{name} {getattr(args, name)}" for name, default in defaults.items()
+                 if getattr(args, name) != default]
         if given:
             raise UsageError(f"{', '.join(given)} configure LoRA, which is off (--peft none); add --peft lora or drop "
                              "them")

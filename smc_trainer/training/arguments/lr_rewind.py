@@ -6,22 +6,23 @@ from dataclasses import dataclass, field
 
 from smc_trainer.errors import UsageError
 from smc_trainer.training.arguments.common import _choices_error
+from smc_trainer.training.arguments.roles import declare
 
 
 @dataclass
 class LrRewindArguments:
     """--lr_rewind and the LR each cycle ends at."""
 
-    lr_rewind: bool = field(
+    lr_rewind: bool = declare(field(
         default=False,
         metadata={"help": "Restart the LR schedule after every pruning event of a gradual method (gmp with any "
                   "criterion): each cycle runs --lr_scheduler_type (linear, cosine, constant) from the peak LR."},
-    )
-    lr_rewind_final_ratio: float = field(
+    ), key="run", omit_at_default=True, dense_reset=True)
+    lr_rewind_final_ratio: float = declare(field(
         default=0.0,
         metadata={"help": "With --lr_rewind: LR at the end of each cycle as a fraction of the peak (oBERT's "
                   "8e-5 -> 8e-6: 0.1)."},
-    )
+    ), key="run", omit_at_default=True)
 
     def _check_lr_rewind(self, method) -> None:
         """Only a gradual method has pruning events to restart at; the schedule must be one that restarts."""

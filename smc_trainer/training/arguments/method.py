@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from smc_trainer.errors import UsageError
 from smc_trainer.training.arguments.common import _choices_error
+from smc_trainer.training.arguments.roles import declare
 
 DISTRIBUTIONS = ("global", "uniform", "erk", "owl")
 
@@ -15,19 +16,19 @@ DISTRIBUTIONS = ("global", "uniform", "erk", "owl")
 class MethodArguments:
     """Which method prunes, how far, how the sparsity is spread over layers, and which weights are prunable."""
 
-    sparse_method: str = field(
+    sparse_method: str = declare(field(
         default="dense",
         metadata={
             "help": "Sparse algorithm: dense, omp_after, random_after, lth, lrr, omp_before, random_before, snip, "
             "gmp, rigl, set; wanda_before/after and sparsegpt_before/after are omp_before/after with --criterion "
             "wanda/sparsegpt (see README's method table)."
         },
-    )
-    sparsity: float = field(
+    ), key="run")
+    sparsity: float = declare(field(
         default=0.0,
         metadata={"help": "Target fraction of prunable weights set to zero, in [0, 1). The paper grid is 1-0.8^k."},
-    )
-    distribution: str = field(
+    ), key="run")
+    distribution: str = declare(field(
         default="global",
         metadata={
             "help": "How sparsity is spread over layers: global (one threshold over all prunable weights, as the "
@@ -35,28 +36,29 @@ class MethodArguments:
             "with more activation outliers keep more; --criterion wanda or sparsegpt only, see --owl_threshold/"
             "--owl_lambda)."
         },
-    )
-    prune_embeddings: bool = field(
+    ), key="run", dense_reset=True)
+    prune_embeddings: bool = declare(field(
         default=True, metadata={"help": "Include embedding matrices in the prunable set (the paper does)."}
-    )
-    prune_heads: bool = field(
+    ), key="run")
+    prune_heads: bool = declare(field(
         default=True, metadata={"help": "Include the task head (weights outside the base model) (the paper does)."}
-    )
-    prune_include: str | None = field(
+    ), key="run")
+    prune_include: str | None = declare(field(
         default=None, metadata={"help": "Regex: only parameters whose name matches are prunable (re.search)."}
-    )
-    prune_exclude: str | None = field(
+    ), key="run")
+    prune_exclude: str | None = declare(field(
         default=None, metadata={"help": "Regex: parameters whose name matches are never pruned (re.search)."}
-    )
-    prune_modules: str | None = field(
+    ), key="run")
+    prune_modules: str | None = declare(field(
         default=None,
         metadata={
             "help": "Only these linears of the transformer layers are prunable (BERT/RoBERTa/ESM names): a combination "
             "of q, k, v, o (attention) and ffn, e.g. qkvo_ffn, qkv, qk (the paper's Table 1). Applied together with "
             "--prune_include/--prune_exclude."
         },
-    )
-    snip_batches: int = field(default=1, metadata={"help": "SNIP: training batches whose gradients are summed."})
+    ), key="run")
+    snip_batches: int = declare(
+        field(default=1, metadata={"help": "SNIP: training batches whose gradients are summed."}), key="run")
 
     def _check_sparsity_and_distribution(self) -> None:
         if not 0.0 <= self.sparsity < 1.0:

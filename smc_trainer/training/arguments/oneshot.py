@@ -6,63 +6,64 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from smc_trainer.errors import UsageError
+from smc_trainer.training.arguments.roles import declare
 
 
 @dataclass
 class OneShotArguments:
     """N:M patterns and the flags of the calibrated criteria (wanda, sparsegpt) and of OWL."""
 
-    sparsity_pattern: str = field(
+    sparsity_pattern: str = declare(field(
         default="unstructured",
         metadata={"help": "unstructured, or N:M (e.g. 2:4, 4:8): every group of M consecutive weights along a "
                   "weight's input dimension keeps exactly N (then --sparsity must be 1 - N/M). One-shot methods "
                   "(omp/random before/after, snip, wanda_*, sparsegpt_*) and lth/lrr (rounds below 1 - N/M keep at "
                   "least N of every M, a last round exactly N); masks stay fixed while training."},
-    )
-    calibration_samples: int = field(
+    ), key="run", dense_reset=True)
+    calibration_samples: int = declare(field(
         default=128,
         metadata={"help": "wanda_*/sparsegpt_*: training examples (a seeded random subset, the same on every "
                   "process) run through the model to collect activation statistics."},
-    )
-    calibration_file: str | None = field(
+    ), key="run")
+    calibration_file: str | None = declare(field(
         default=None,
         metadata={"help": "--criterion wanda/sparsegpt: calibrate on the examples of this file instead of the "
                   "training split (up to --calibration_samples of them, a seeded random subset). The task's own "
                   "training-file schema: arithmetic, a CSV with Question, Numbers, Equation; multiple choice and "
                   "quickstart, JSON / JSON Lines / CSV with question, choices, label (docs/oneshot.md)."},
-    )
-    wanda_compare: str = field(
+    ), key="run", omit_at_default=True, dense_reset=True)
+    wanda_compare: str = declare(field(
         default="row",
         metadata={"help": "Wanda: compare scores within each output row (row, the paper's) at each layer's "
                   "--distribution budget, or across the whole layer / all layers with --distribution global (layer)."},
-    )
-    sparsegpt_blocksize: int = field(
+    ), key="run")
+    sparsegpt_blocksize: int = declare(field(
         default=128, metadata={"help": "SparseGPT: columns per lazy-update block (paper: 128)."}
-    )
-    sparsegpt_dampening: float = field(
+    ), key="run")
+    sparsegpt_dampening: float = declare(field(
         default=0.01, metadata={"help": "SparseGPT: Hessian dampening, a fraction of its mean diagonal (paper: 0.01)."}
-    )
-    calibration_memory: str = field(
+    ), key="run")
+    calibration_memory: str = declare(field(
         default="block",
         metadata={"help": "SparseGPT: block (default) collects one block's (transformer layer's) Hessians per "
                   "forward pass, so memory holds that block's Hessians; layer collects one Hessian per pass (q, k, "
                   "v share one), holding only one at a time at the cost of one pass per layer group instead of one "
                   "per block. Masks and weights are identical."},
-    )
-    owl_threshold: float = field(
+    ), key="never")
+    owl_threshold: float = declare(field(
         default=5.0,
         metadata={"help": "OWL's M: a Wanda score above M x its layer's mean is an outlier (paper: 5)."},
-    )
-    owl_lambda: float = field(
+    ), key="run")
+    owl_lambda: float = declare(field(
         default=0.08,
         metadata={"help": "OWL's lambda: layer densities span target +- lambda around the mean (paper: 0.08)."},
-    )
-    export_semi_structured: bool = field(
+    ), key="run")
+    export_semi_structured: bool = declare(field(
         default=False,
         metadata={"help": "With --sparsity_pattern 2:4: record the release as 2:4 so load_sparse_pretrained("
                   "semi_structured=True) runs its linears through torch.sparse.to_sparse_semi_structured (a CUDA "
                   "GPU of compute capability >= 8.0; refused elsewhere)."},
-    )
+    ), key="run", dense_reset=True)
 
     def _check_pattern_and_calibration(self, method) -> None:
         """--sparsity_pattern, --distribution owl, the OWL flags and --export_semi_structured (docs/oneshot.md)."""

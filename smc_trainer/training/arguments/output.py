@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from smc_trainer.engine.collapse import check_policy as check_collapse_policy
 from smc_trainer.training.arguments.common import _choices_error
+from smc_trainer.training.arguments.roles import declare
 
 SELECT_ON = ("validation", "test")
 
@@ -14,28 +15,28 @@ SELECT_ON = ("validation", "test")
 class OutputArguments:
     """The dense cache, the ledger, the compressed release, output_dir reuse and collapsed layers."""
 
-    dense_cache_dir: str = field(
+    dense_cache_dir: str = declare(field(
         default="smc_outputs/dense_cache",
         metadata={"help": "Where dense fine-tunes are cached and shared by after-methods, LTH/LRR and the dense row."},
-    )
-    ledger: str | None = field(
+    ), key="never")
+    ledger: str | None = declare(field(
         default=None, metadata={"help": "Append a record of each finished run to this results ledger (JSON lines)."}
-    )
-    save_compressed: bool = field(
+    ), key="never")
+    save_compressed: bool = declare(field(
         default=False,
         metadata={"help": "Also write model.sparse.safetensors: the weights in smc-trainer's bitmask format (packed "
                   "bits + non-zero values), with its size against the dense file in the model card."},
-    )
-    overwrite_output_dir: bool = field(
+    ), key="never")
+    overwrite_output_dir: bool = declare(field(
         default=False,
         metadata={"help": "Train from scratch even if output_dir holds checkpoints (files there may be replaced)."},
-    )
-    on_layer_collapse: str = field(
+    ), key="never")
+    on_layer_collapse: str = declare(field(
         default="warn",
         metadata={"help": "When a mask leaves a prunable layer with no weight or fewer than 1 in 100 of them (while "
                   "the model keeps 10x that share): warn (name the layers and the remedies in the log, the sparsity "
                   "report and the ledger) or error (stop the run)."},
-    )
+    ), key="run")
 
     def _check_layer_collapse_policy(self) -> None:
         check_collapse_policy(self.on_layer_collapse)
@@ -45,13 +46,13 @@ class OutputArguments:
 class SelectionArguments:
     """The split that checkpoint selection reads."""
 
-    select_on: str = field(
+    select_on: str = declare(field(
         default="validation",
         metadata={
             "help": "Split used for checkpoint selection: validation (correct protocol) or test (the original code's "
             "test-selected protocol, for parity only)."
         },
-    )
+    ), key="dense")
 
     def _check_select_on(self) -> None:
         if self.select_on not in SELECT_ON:
