@@ -147,11 +147,11 @@ def sweep_command(argv: list[str]) -> dict[str, float]:
     if "-h" in argv or "--help" in argv:
         HfArgumentParser((SweepArguments, ExecutorArguments),
                          description="Sweep flags (any run flag may follow):").print_help()
-        make_parser().print_help()
+        make_parser(argv=argv).print_help()
         return {}
     parser = HfArgumentParser((SweepArguments, ExecutorArguments))
     sweep_args, executor_args, run_argv = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
-    if make_parser().parse_known_args(run_argv)[0].push_to_hub:
+    if make_parser(argv=run_argv).parse_known_args(run_argv)[0].push_to_hub:
         raise UsageError("--push_to_hub uploads one run and a sweep holds many; push the run you want after the "
                          "sweep with `python run_smc.py push SWEEP_DIR/runs/... --hub_model_id ...`")
     if not any(a.startswith("--disable_tqdm") for a in run_argv):

@@ -11,6 +11,7 @@ from transformers import BertForSequenceClassification, TrainerCallback
 from smc_trainer import SparseTrainer, SparseTrainingArguments, find_targets, get_method_class
 from smc_trainer.engine.patterns import nm_keep_mask, parse_pattern
 from smc_trainer.engine.selection import global_keep_masks
+from smc_trainer.training.arguments.plugin_arguments import arguments_class
 
 SEQ = 8
 # flags a method needs beyond the defaults: the calibrated one-shot methods prune linears only (no embeddings)
@@ -67,7 +68,7 @@ def sparse_args(output_dir, method: str, sparsity: float, **overrides) -> Sparse
     )
     kw.update(method_flags(method, overrides.get("criterion")))
     kw.update(overrides)
-    return SparseTrainingArguments(**kw)
+    return arguments_class()(**kw)  # with the flags of the plugins loaded so far
 
 
 def make_trainer(arch: str, args: SparseTrainingArguments) -> SparseTrainer:

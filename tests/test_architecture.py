@@ -16,8 +16,8 @@ import pytest
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / "smc_trainer"
 
 # lowest first; a module may import its own layer and the layers before it, never one after it
-LAYERS = (("version", "errors", "plugins"), ("engine",), ("methods",), ("release",), ("training",), ("metrics",),
-          ("tasks",), ("runs",))
+LAYERS = (("version", "errors", "plugins", "registry"), ("engine",), ("methods",), ("release",), ("training",),
+          ("metrics",), ("tasks",), ("runs",), ("reference_docs",))
 LAYER_OF = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 # old flat paths kept as re-exports for one release (CHANGELOG.md): above everything, imported by nothing
 COMPAT_SHIMS = ("arguments", "callbacks", "hub", "masks", "pipeline", "selection", "targets", "trainer")

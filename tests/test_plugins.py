@@ -10,15 +10,17 @@ from sparse_helpers import make_trainer, sparse_args, train_with_recorder
 
 from smc_trainer.engine.criteria import criterion_names
 from smc_trainer.engine.selection import keep_count
-from smc_trainer.errors import MissingFileError
+from smc_trainer.errors import MissingFileError, UsageError
+from smc_trainer.methods import get_method_class
 from smc_trainer.plugins import load_plugins
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "plugins" / "taylor_criterion.py"
 
 
 def test_the_extending_example_registers_and_prunes_by_its_score(tmp_path):
-    args = sparse_args(tmp_path, "omp_before", 0.59, plugins=str(EXAMPLE), criterion="taylor", snip_batches=2,
-                       max_steps=2)
+    taylor_config = load_plugins(str(EXAMPLE))[0].TaylorConfig
+    args = sparse_args(tmp_path, "omp_before", 0.59, plugins=str(EXAMPLE), criterion="taylor", max_steps=2,
+                       criterion_config=taylor_config(batches=2))
     assert "taylor" in criterion_names()
     trainer = make_trainer("bert", args)
     # the reference: (w * g_b)^2 summed over the batches the criterion saw, recorded by a spy, then exact top-k
@@ -53,8 +55,13 @@ def test_a_plugin_criterion_in_a_sweep_plan_and_cli_parse(tmp_path):
     from smc_trainer.runs.config import parse_run_config
 
     config = parse_run_config(["--plugins", str(EXAMPLE), "--sparse_method", "gmp", "--criterion", "taylor",
-                               "--sparsity", "0.5", "--output_dir", str(tmp_path / "run")])
+                               "--taylor_batches", "3", "--sparsity", "0.5", "--output_dir", str(tmp_path / "run")])
     assert config.training_args.criterion == "taylor"
+    method = get_method_class("gmp")(config.training_args)
+    assert method.criterion.config.batches == 3  # the criterion's own flag, read into its config
+    with pytest.raises(UsageError, match="--taylor_batches must be >= 1; got 0"):
+        parse_run_config(["--plugins", str(EXAMPLE), "--sparse_method", "gmp", "--criterion", "taylor",
+                          "--taylor_batches", "0", "--sparsity", "0.5", "--output_dir", str(tmp_path / "run")])
 
 
 def test_the_extending_method_example_trains(tmp_path):

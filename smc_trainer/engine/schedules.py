@@ -54,7 +54,7 @@ class CubicSchedule:
         initial_sparsity: float = 0.0,
     ) -> CubicSchedule:
         if anchor not in ANCHORS:
-            raise ValueError(f"--gmp_anchor must be one of {', '.join(ANCHORS)}; got {anchor!r}")
+            raise ValueError(f"anchor must be one of {', '.join(ANCHORS)}; got {anchor!r}")
         t0 = round(start * total_steps)
         tf = max(t0, round(end * total_steps))
         return cls(final_sparsity, t0, tf, frequency, anchor, initial_sparsity)

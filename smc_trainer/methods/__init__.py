@@ -1,38 +1,23 @@
-"""Sparse methods, one module each, registered by name with `@register_method`.
+"""Sparse methods, one module each, registered by name with `@register_method` (one `Registry`, `METHODS`).
 
 Modules in this package are discovered automatically, so adding a method means adding one file
-(plus its test); nothing else needs editing.
+(plus its test); nothing else needs editing. A method's own hyper-parameters are a `HyperParameters` dataclass
+registered with it: their flags, keys and docs are generated from it.
 """
 
 from __future__ import annotations
 
-from smc_trainer.errors import UsageError
-from smc_trainer.methods.base import METHOD_REGISTRY, SparseMethod, register_method
-from smc_trainer.plugins import import_registry_modules
-
-_loaded = False
-
-
-def _load_all() -> None:
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True  # before importing: a plugin that reads the registry while loading must not start over
-    import_registry_modules(__path__, __name__)
+from smc_trainer.methods.base import METHODS, SparseMethod, register_method
 
 
 def method_names() -> list[str]:
     """Registered method names, in a stable order (dense first)."""
-    _load_all()
-    return sorted(METHOD_REGISTRY, key=lambda n: (METHOD_REGISTRY[n].order, n))
+    return METHODS.names()
 
 
 def get_method_class(name: str) -> type[SparseMethod]:
-    """The class registered as `name`; ValueError naming the valid choices otherwise."""
-    _load_all()
-    if name not in METHOD_REGISTRY:
-        raise UsageError(f"--sparse_method must be one of {', '.join(method_names())}; got {name!r}")
-    return METHOD_REGISTRY[name]
+    """The class registered as `name`; a UsageError naming the valid choices otherwise."""
+    return METHODS.get(name)
 
 
-__all__ = ["METHOD_REGISTRY", "SparseMethod", "get_method_class", "method_names", "register_method"]
+__all__ = ["METHODS", "SparseMethod", "get_method_class", "method_names", "register_method"]

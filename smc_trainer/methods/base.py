@@ -7,6 +7,7 @@ them (zeroing weights and optimizer state) and the callback decides when each ho
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -16,29 +17,26 @@ from torch import Tensor
 from smc_trainer.engine.criteria import Criterion, ScoringView, criterion_names, get_criterion_class
 from smc_trainer.engine.criteria.base import Calibrator, no_gradient_batches
 from smc_trainer.engine.distributions import layer_counts
+from smc_trainer.engine.hyperparameters import HyperParameters, NoHyperParameters
 from smc_trainer.engine.masks import MaskSet
 from smc_trainer.engine.patterns import NMPattern, nm_floor_masks, nm_keep_mask, parse_pattern
 from smc_trainer.engine.selection import LayerScores, keep_count, magnitude_scores, select_topk
 from smc_trainer.engine.targets import PruneTarget
 from smc_trainer.errors import UsageError
+from smc_trainer.registry import Registry
 
 if TYPE_CHECKING:
     from smc_trainer.training.arguments import SparseTrainingArguments
 
-METHOD_REGISTRY: dict[str, type[SparseMethod]] = {}
+METHODS: Registry[type[SparseMethod]] = Registry("sparse method", "--sparse_method", [os.path.dirname(__file__)],
+                                                 "smc_trainer.methods")
 
 
-def register_method(name: str) -> Callable[[type[SparseMethod]], type[SparseMethod]]:
-    """Class decorator: make a method available as `--sparse_method name`."""
-
-    def wrap(cls: type[SparseMethod]) -> type[SparseMethod]:
-        if name in METHOD_REGISTRY and METHOD_REGISTRY[name] is not cls:
-            raise UsageError(f"sparse method {name!r} is registered twice")
-        cls.name = name
-        METHOD_REGISTRY[name] = cls
-        return cls
-
-    return wrap
+def register_method(name: str, config: type[HyperParameters] | None = None
+                    ) -> Callable[[type[SparseMethod]], type[SparseMethod]]:
+    """Class decorator: make a method available as `--sparse_method name`, with its own hyper-parameters
+    (`config`, a `HyperParameters` dataclass whose fields become flags)."""
+    return METHODS.register(name, config)
 
 
 @dataclass
@@ -89,14 +87,23 @@ class SparseMethod:
     """Why the method needs to train the weights it prunes, so it is refused with `--peft lora` (None: it works
     on a frozen base, the adapters and head doing the training)."""
 
+    config_class: ClassVar[type[HyperParameters]] = NoHyperParameters
+    """The method's own hyper-parameters (`register_method(name, config=...)`); `self.config` holds their values."""
+
     def __init__(self, args: SparseTrainingArguments):
         self.args = args
+        self.config = self.config_class.from_flags(args)
         name = self.criterion_name(args)
         self.criterion: Criterion | None = None if name is None else get_criterion_class(name)(args)
 
     @classmethod
     def validate_args(cls, args: SparseTrainingArguments) -> None:
         """Raise ValueError for flags this method cannot run with (called before any work starts)."""
+
+    @classmethod
+    def validate_config(cls, args: Any) -> None:
+        """Check the method's own hyper-parameters, read from the flags (errors name the flags)."""
+        cls.config_class.from_flags(args).validate()
 
     @classmethod
     def lora_refusal(cls, args: Any) -> str | None:
@@ -133,6 +140,7 @@ class SparseMethod:
             raise UsageError(f"--criterion {name} needs {_NEEDS_TEXT[criterion.needs]}, which --sparse_method "
                              f"{cls.name} ({cls.phase}) never has; with {cls.name} use one of {', '.join(fits)}, "
                              f"or {other}")
+        criterion.config_class.from_flags(args).validate()
         criterion.validate_args(args)
 
     @classmethod

@@ -13,44 +13,74 @@ it ends at min(gmp_start + w log2(1 / (1 - sparsity)), gmp_end) (`engine.schedul
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
+from smc_trainer.engine.hyperparameters import HyperParameters
 from smc_trainer.engine.schedules import ANCHORS, CubicSchedule, sparsity_scaled_end
-from smc_trainer.methods.base import SparseContext, SparseMethod, register_method, require
+from smc_trainer.methods.base import SparseContext, SparseMethod, register_method
 
 
-@register_method("gmp")
+@dataclass
+class GmpConfig(HyperParameters):
+    """GMP's pruning window, its events, and GMP*'s large first step and sparsity-scaled window."""
+
+    prefix = "gmp_"
+
+    start: float = field(default=0.1, metadata={
+        "help": "GMP: fraction of training steps at which pruning starts (paper: 0.1)."})
+    end: float = field(default=0.8, metadata={
+        "help": "GMP: fraction of training steps at which the target sparsity is reached (paper: 0.8)."})
+    frequency: int = field(default=100, metadata={
+        "flag": "prune_frequency", "help": "GMP: optimizer steps between pruning events (paper: 500-4000)."})
+    anchor: str = field(default="start", metadata={
+        "choices": ANCHORS,
+        "help": "GMP: where pruning events fall: start (every --prune_frequency steps from the first pruning step) "
+                "or absolute (at multiples of --prune_frequency, as the official code). Both add a last event at "
+                "--gmp_end that reaches the exact target."})
+    initial_fraction: float = field(default=0.0, metadata={
+        "omit_at_default": True, "variant": "{label}, initial step {value}", "variant_order": 90,
+        "help": "GMP: the first pruning event jumps to this fraction of --sparsity in one shot, then the cubic "
+                "schedule continues from there (GMP*: a large first step; 0 = Zhu & Gupta)."})
+    window_per_halving: float = field(default=0.0, metadata={
+        "omit_at_default": True, "variant": "{label}, window {value}/halving", "variant_order": 100,
+        "help": "GMP: scale the pruning window with the target sparsity (GMP*'s sparsity-scaled schedule): this "
+                "fraction of training per halving of the kept weights, so the window ends at "
+                "min(--gmp_start + w * log2(1 / (1 - sparsity)), --gmp_end). 0 = the fixed window."})
+
+    def validate(self) -> None:
+        super().validate()
+        start, end = self.param("start"), self.param("end")
+        self.require(0.0 <= self.start <= self.end <= 1.0,
+                     f"{start} and {end} must satisfy 0 <= start <= end <= 1; got {self.start}, {self.end}")
+        self.require(self.frequency >= 1, f"{self.param('frequency')} must be >= 1; got {self.frequency}")
+        self.require(0.0 <= self.initial_fraction <= 1.0,
+                     f"{self.param('initial_fraction')} must be in [0, 1]; got {self.initial_fraction}")
+        self.require(0.0 <= self.window_per_halving <= 1.0,
+                     f"{self.param('window_per_halving')} must be in [0, 1] (a fraction of training per halving of "
+                     f"the kept weights; 0 = the fixed window {start}..{end}); got {self.window_per_halving}")
+
+
+@register_method("gmp", config=GmpConfig)
 class GMP(SparseMethod):
     phase = "during"
     order = 20
     pattern_refusal = "its gradual schedule passes through sparsities no N:M pattern has"
     default_criterion = "magnitude"
     criterion_needs = ("weights", "gradients", "training")
-
-    @classmethod
-    def validate_args(cls, args) -> None:
-        require(0.0 <= args.gmp_start <= args.gmp_end <= 1.0,
-                f"--gmp_start and --gmp_end must satisfy 0 <= start <= end <= 1; got {args.gmp_start}, {args.gmp_end}")
-        require(args.prune_frequency >= 1, f"--prune_frequency must be >= 1; got {args.prune_frequency}")
-        require(args.gmp_anchor in ANCHORS,
-                f"--gmp_anchor must be one of {', '.join(ANCHORS)}; got {args.gmp_anchor!r}")
-        fraction = getattr(args, "gmp_initial_fraction", 0.0)
-        require(0.0 <= fraction <= 1.0, f"--gmp_initial_fraction must be in [0, 1]; got {fraction}")
-        per_halving = getattr(args, "gmp_window_per_halving", 0.0)
-        require(0.0 <= per_halving <= 1.0, f"--gmp_window_per_halving must be in [0, 1] (a fraction of training per "
-                f"halving of the kept weights; 0 = the fixed window --gmp_start..--gmp_end); got {per_halving}")
+    config: GmpConfig
 
     def schedule(self, total_steps: int) -> CubicSchedule:
-        a = self.args
-        initial = a.sparsity * getattr(a, "gmp_initial_fraction", 0.0)
-        return CubicSchedule.from_fractions(a.sparsity, total_steps, a.gmp_start, self.window_end(),
-                                            a.prune_frequency, a.gmp_anchor, initial_sparsity=initial)
+        c = self.config
+        initial = self.args.sparsity * c.initial_fraction
+        return CubicSchedule.from_fractions(self.args.sparsity, total_steps, c.start, self.window_end(), c.frequency,
+                                            c.anchor, initial_sparsity=initial)
 
     def window_end(self) -> float:
         """--gmp_end, or the sparsity-scaled end (at most --gmp_end) with --gmp_window_per_halving."""
-        a = self.args
-        per_halving = getattr(a, "gmp_window_per_halving", 0.0)
-        if per_halving <= 0.0 or a.sparsity >= 1.0:
-            return a.gmp_end
-        return sparsity_scaled_end(a.sparsity, a.gmp_start, per_halving, a.gmp_end)
+        c, sparsity = self.config, self.args.sparsity
+        if c.window_per_halving <= 0.0 or sparsity >= 1.0:
+            return c.end
+        return sparsity_scaled_end(sparsity, c.start, c.window_per_halving, c.end)
 
     def pruning_steps(self, total_steps: int) -> list[int]:
         return self.schedule(total_steps).events()

@@ -10,9 +10,12 @@ comes from `--init_method` (omp_before, random_before or snip), giving the paper
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 from torch import Tensor
 
+from smc_trainer.engine.hyperparameters import HyperParameters
 from smc_trainer.engine.schedules import CosineDropSchedule
 from smc_trainer.engine.selection import (
     LayerScores,
@@ -22,13 +25,43 @@ from smc_trainer.engine.selection import (
     select_topk,
     tensor_scores,
 )
-from smc_trainer.methods.base import SparseContext, SparseMethod, register_method, require
+from smc_trainer.methods.base import SparseContext, SparseMethod, register_method
 
 INIT_METHODS = ("omp_before", "random_before", "snip")
 SET_GROWTH_STREAM = 0x534554
 
 
-@register_method("rigl")
+@dataclass
+class DynamicConfig(HyperParameters):
+    """RigL/SET: mask updates during training and the initial mask (flags named as the fields)."""
+
+    update_interval: int = field(default=100, metadata={
+        "help": "RigL/SET: optimizer steps between mask updates (paper: GMP's frequency)."})
+    drop_fraction: float = field(default=0.5, metadata={
+        "help": "RigL/SET: initial fraction of active weights swapped per update (cosine decay)."})
+    update_end: float = field(default=1.0, metadata={
+        "help": "RigL/SET: fraction of training steps after which the mask is frozen."})
+    drop_fraction_floor: float = field(default=0.0, metadata={
+        "help": "RigL/SET: the value the cosine decay of --drop_fraction ends at (0, as RigL; the official SMC-Bench "
+                "code: 0.005)."})
+    init_method: str = field(default="omp_before", metadata={
+        "choices": INIT_METHODS,
+        "help": "RigL/SET: method giving the initial mask: omp_before, random_before or snip."})
+
+    def validate(self) -> None:
+        super().validate()
+        self.require(self.update_interval >= 1, f"{self.param('update_interval')} must be >= 1; "
+                     f"got {self.update_interval}")
+        self.require(0.0 < self.drop_fraction < 1.0, f"{self.param('drop_fraction')} must be in (0, 1); "
+                     f"got {self.drop_fraction}")
+        self.require(0.0 < self.update_end <= 1.0, f"{self.param('update_end')} must be in (0, 1]; "
+                     f"got {self.update_end}")
+        self.require(0.0 <= self.drop_fraction_floor <= self.drop_fraction,
+                     f"{self.param('drop_fraction_floor')} must be in [0, {self.param('drop_fraction')} "
+                     f"{self.drop_fraction}]; got {self.drop_fraction_floor}")
+
+
+@register_method("rigl", config=DynamicConfig)
 class RigL(SparseMethod):
     phase = "dynamic"
     order = 30
@@ -42,27 +75,22 @@ class RigL(SparseMethod):
         super().__init__(args)
         from smc_trainer.methods import get_method_class
 
-        self.init = get_method_class(args.init_method)(args)
+        self.init = get_method_class(self.config.init_method)(args)
         self._grad_scores: dict[str, Tensor] | None = None
+
+    config: DynamicConfig
 
     @classmethod
     def validate_args(cls, args) -> None:
-        require(args.init_method in INIT_METHODS,
-                f"--init_method must be one of {', '.join(INIT_METHODS)}; got {args.init_method!r}")
-        require(args.update_interval >= 1, f"--update_interval must be >= 1 for {cls.name}; got {args.update_interval}")
-        require(0.0 < args.drop_fraction < 1.0, f"--drop_fraction must be in (0, 1); got {args.drop_fraction}")
-        require(0.0 < args.update_end <= 1.0, f"--update_end must be in (0, 1]; got {args.update_end}")
-        require(0.0 <= args.drop_fraction_floor <= args.drop_fraction,
-                f"--drop_fraction_floor must be in [0, --drop_fraction {args.drop_fraction}]; "
-                f"got {args.drop_fraction_floor}")
+        """The initial mask's method checks the flags it reads too (the config checked its own values)."""
         from smc_trainer.methods import get_method_class
 
         get_method_class(args.init_method).validate_args(args)
 
     def schedule(self, total_steps: int) -> CosineDropSchedule:
-        a = self.args
-        return CosineDropSchedule.from_fractions(a.drop_fraction, a.update_interval, total_steps, a.update_end,
-                                                 a.drop_fraction_floor)
+        c = self.config
+        return CosineDropSchedule.from_fractions(c.drop_fraction, c.update_interval, total_steps, c.update_end,
+                                                 c.drop_fraction_floor)
 
     def initial_masks(self, ctx: SparseContext):
         return self.init.initial_masks(ctx)
@@ -113,7 +141,7 @@ class RigL(SparseMethod):
         return new
 
 
-@register_method("set")
+@register_method("set", config=DynamicConfig)
 class SET(RigL):
     """SET (Mocanu et al. 2018): like RigL, but regrowth is uniformly random instead of by gradient."""
 

@@ -20,15 +20,30 @@ from smc_trainer.release.provenance import override_flags
 from smc_trainer.runs.presets import given_flags, is_preset, load_preset
 from smc_trainer.runs.recipes import Recipe, load_recipe
 from smc_trainer.runs.run_config import RunConfig
-from smc_trainer.training.arguments import DataArguments, ModelArguments, SparseTrainingArguments
+from smc_trainer.training.arguments import DataArguments, ModelArguments
+from smc_trainer.training.arguments.plugin_arguments import arguments_class
 from smc_trainer.training.calibration_file import check_task_support
 
 CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
+# argparse prints the usage above each of its errors: one line, not the hundreds of flags (--help lists them)
+USAGE = "run_smc.py [sweep | report | push] [--recipe NAME] [--sparse_method NAME] [FLAG VALUE ...] (--help: all flags)"
 DEFAULT_RECIPE = DataArguments.recipe
 
 
-def make_parser(description: str | None = None) -> HfArgumentParser:
-    return HfArgumentParser((ModelArguments, DataArguments, SparseTrainingArguments), description=description)
+def make_parser(description: str | None = None, argv: list[str] | None = None) -> HfArgumentParser:
+    """The run's flags: model, data, and training arguments with the flags of every registered method's and
+    criterion's config, the plugins' too (those named by `--plugins` in `argv` are loaded first)."""
+    if argv is not None:
+        load_plugins_of(argv)
+    return HfArgumentParser((ModelArguments, DataArguments, arguments_class()), description=description,
+                            prog="run_smc.py", usage=USAGE)
+
+
+def load_plugins_of(argv: list[str]) -> None:
+    """Import the plugins `--plugins` names in `argv` (before any flag is parsed: they add flags and names)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--plugins", default=None)
+    load_plugins(pre.parse_known_args(argv)[0].plugins)
 
 
 def read_config_file(path: str) -> dict[str, Any]:
@@ -50,24 +65,23 @@ def is_config_file(argv: list[str]) -> bool:
 
 def parse_run_config(argv: list[str], description: str | None = None) -> RunConfig:
     """Flags (or one config file) over recipe defaults over dataclass defaults, plus the recipe itself."""
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--plugins", default=None)
-    load_plugins(pre.parse_known_args(argv)[0].plugins)  # a plugin's method or criterion is a valid name below
+    load_plugins_of(argv)  # a plugin's method or criterion is a valid name below, its flags are flags
     parser = make_parser(description)
     file_values: dict[str, Any] = {}
     if is_config_file(argv):
         file_values = read_config_file(argv[0])
-        dests = {a.dest for a in parser._actions}
-        unknown = sorted(set(file_values) - dests)
+        load_plugins(file_values.get("plugins"))
+        parser = make_parser(description)  # with the flags of the file's plugins
+        unknown = sorted(set(file_values) - {a.dest for a in parser._actions})
         if unknown:
             raise UsageError(f"config file {argv[0]}: unknown flag(s) {', '.join(unknown)}; see run_smc.py --help")
         argv = []
-        load_plugins(file_values.get("plugins"))
         recipe_name = str(file_values.get("recipe", DEFAULT_RECIPE))
         method_name = file_values.get("sparse_method")
         flags = override_flags(file_values)
         given = set(file_values)
     else:
+        pre = argparse.ArgumentParser(add_help=False)
         pre.add_argument("--recipe", default=DEFAULT_RECIPE)
         pre.add_argument("--sparse_method", default=None)
         known = pre.parse_known_args(argv)[0]

@@ -44,34 +44,29 @@ _VOLATILE_BASE = frozenset({
 })
 
 
-def _volatile() -> set[str]:
+def _volatile(cls: type) -> set[str]:
     """Never part of a key: the base fields above and our flags declared `key="never"`."""
-    from smc_trainer.training.arguments import SparseTrainingArguments
-
-    return set(_VOLATILE_BASE) | set(names_where(SparseTrainingArguments, key="never"))
+    return set(_VOLATILE_BASE) | set(names_where(cls, key="never"))
 
 
-def _sparse_fields() -> set[str]:
+def _sparse_fields(cls: type) -> set[str]:
     """Part of the run key but not of the dense-cache key: our flags declared `key="run"`."""
-    from smc_trainer.training.arguments import SparseTrainingArguments
-
-    return set(names_where(SparseTrainingArguments, key="run"))
+    return set(names_where(cls, key="run"))
 
 
-def _omitted_defaults() -> dict[str, Any]:
+def _omitted_defaults(cls: type) -> dict[str, Any]:
     """Flags left out of a fingerprint while at their default (declared `omit_at_default=True`): flags added after
     ledgers existed, so every key written before them (and every run that does not use them) stays the same."""
-    from smc_trainer.training.arguments import SparseTrainingArguments
-
-    return defaults_where(SparseTrainingArguments, omit_at_default=True)
+    return defaults_where(cls, omit_at_default=True)
 
 
 def config_fingerprint(config: RunConfig, *, include_sparse: bool = False) -> dict[str, Any]:
     """The JSON-able description of a run that cache keys and ledger keys are hashed from."""
     training = config.training_args.to_dict()
-    skip = _volatile() | (set() if include_sparse else _sparse_fields())
+    cls = type(config.training_args)  # with a plugin's flags, a subclass (training.arguments.generated)
+    skip = _volatile(cls) | (set() if include_sparse else _sparse_fields(cls))
     training = {k: v for k, v in training.items() if k not in skip and not k.startswith("_")}
-    omitted = _omitted_defaults()
+    omitted = _omitted_defaults(cls)
     training = {k: v for k, v in training.items() if k not in omitted or v != omitted[k]}
     return {
         "recipe": config.recipe.name,

@@ -24,6 +24,7 @@ from smc_trainer.engine.patterns import parse_pattern
 from smc_trainer.errors import UsageError
 from smc_trainer.methods import get_method_class
 from smc_trainer.methods.iterative import imp_round_for, imp_rounds, imp_sparsity, round_changes
+from smc_trainer.runs.config import load_plugins_of
 from smc_trainer.runs.dense_cache import config_fingerprint, fingerprint_hash
 from smc_trainer.runs.executors import ExecutorArguments, check_available, make_backend
 from smc_trainer.runs.executors.driver import drive
@@ -417,6 +418,7 @@ def run_sweep(sweep_args: SweepArguments, run_argv: list[str], executor: Executo
     check_available(executor)
     if any(a == "--recipe" or a.startswith("--recipe=") for a in run_argv):
         raise UsageError("a sweep takes --recipes (comma-separated), not --recipe")
+    load_plugins_of(run_argv)  # a plugin's methods and knobs are valid in --methods
     recipes = unique(parse_list(sweep_args.recipes, "recipes"))
     methods = parse_method_specs(sweep_args.methods)
     methods, run_argv = sweep_wide_pattern(methods, run_argv)

@@ -1,10 +1,11 @@
 """Method variants: the flags besides `--sparse_method` that make a different report row.
 
 SMC-Bench reports OMP+RigL, SNIP+RigL and Random+RigL as three rows of one method. A *variant axis* is a
-training flag that tells such rows apart; `VARIANT_AXES` declares each one once (the flag, the methods it
-applies to, how a value reads in the paper's words) and sweeps, ledger records, run keys and reports all
-go through it. Adding an axis is one entry here; an axis whose flag `SparseTrainingArguments` does not
-have (yet) is skipped everywhere. An axis's default is the flag's own dataclass default.
+training flag that tells such rows apart; each is declared once (the flag, the methods it applies to, how a
+value reads in the paper's words, its place in row ids) and sweeps, ledger records, run keys and reports all
+go through it. A method's or criterion's own knob declares its axis in its config (`config_axes`, plugins'
+too); the axes that belong to no one method are `VARIANT_AXES`. An axis whose flag the training arguments do
+not have is skipped everywhere. An axis's default is the flag's own dataclass default.
 
 A run's *variant* is the dict of its applicable axes whose value differs from the default, and its *row*
 is the stable id `method[:flag=value]...` (axes in declared order), which is also the `--methods` syntax
@@ -25,7 +26,8 @@ from smc_trainer.engine.module_groups import parse_module_group
 from smc_trainer.errors import UsageError
 from smc_trainer.methods import get_method_class, method_names
 from smc_trainer.runs.presets import base_method, is_preset, load_preset, preset_names
-from smc_trainer.training.arguments import DISTRIBUTIONS, SparseTrainingArguments
+from smc_trainer.training.arguments import DISTRIBUTIONS
+from smc_trainer.training.arguments.plugin_arguments import arguments_class
 
 Variant = dict[str, Any]
 _SPEC_PARTS = re.compile(r":(?=[^:=]*=)")  # a ':' that starts `key=`; values may hold ':' (an N:M pattern)
@@ -96,6 +98,10 @@ class VariantAxis:
     """Raises UsageError for a bad value (used when `choices` is None)."""
     label_default: bool = False
     """Label the default value too (RigL's default initial mask is OMP: its row reads "OMP + RigL")."""
+    order: float = 1000.0
+    """Place in row ids (`method:a=1:b=2` lists axes by order): fixed, so the ids stored in ledgers stay the same."""
+    aliases: tuple[str, ...] = ()
+    """Other keys `--methods` accepts for the axis (a config knob's own name: `mymethod:alpha=0.1`)."""
 
     def applies(self, method: str) -> bool:
         method = base_method(method)  # a preset varies like the method it runs
@@ -134,36 +140,74 @@ def _rigl_init_methods() -> Sequence[str]:
     return INIT_METHODS
 
 
+# The axes that belong to no single method or criterion. A method's or criterion's own knob declares its axis in
+# its config (`metadata={"variant": "{label}, window {value}/halving", "variant_order": 100}`; a plugin's knobs
+# are axes unless they say `"variant": False`), read by `config_axes`.
 VARIANT_AXES: tuple[VariantAxis, ...] = (
     VariantAxis("init_method", _init_label, applies_to=("rigl", "set"), choices=_rigl_init_methods,
-                label_default=True),
-    VariantAxis("prune_modules", lambda label, m, v: f"{label} [{v}]", check=parse_module_group),
-    VariantAxis("criterion", lambda label, m, v: _criterion_label(label, m, v)),
-    VariantAxis("distribution", lambda label, m, v: f"{label}, {_word(v)}", choices=lambda: DISTRIBUTIONS),
-    VariantAxis("sparsity_pattern", lambda label, m, v: f"{label}, {_word(v)}"),
-    VariantAxis("distill_teacher", _teacher_label),
-    VariantAxis("peft", lambda label, m, v: f"{label} + {_word(v)}"),
+                label_default=True, order=0),
+    VariantAxis("prune_modules", lambda label, m, v: f"{label} [{v}]", check=parse_module_group, order=10),
+    VariantAxis("criterion", lambda label, m, v: _criterion_label(label, m, v), order=20),
+    VariantAxis("distribution", lambda label, m, v: f"{label}, {_word(v)}", choices=lambda: DISTRIBUTIONS,
+                order=30),
+    VariantAxis("sparsity_pattern", lambda label, m, v: f"{label}, {_word(v)}", order=40),
+    VariantAxis("distill_teacher", _teacher_label, order=50),
+    VariantAxis("peft", lambda label, m, v: f"{label} + {_word(v)}", order=60),
     VariantAxis("sparse_adapter", lambda label, m, v: f"{label} (adapter not masked, re-masked after merge)"
-                if v is False else label),
-    VariantAxis("lr_rewind", lambda label, m, v: f"{label} + LR rewind" if v is True else f"{label}, lr_rewind={v}"),
-    VariantAxis("gmp_initial_fraction", lambda label, m, v: f"{label}, initial step {format_value(v)}",
-                applies_to=("gmp",)),
-    VariantAxis("gmp_window_per_halving", lambda label, m, v: f"{label}, window {format_value(v)}/halving",
-                applies_to=("gmp",)),
+                if v is False else label, order=70),
+    VariantAxis("lr_rewind", lambda label, m, v: f"{label} + LR rewind" if v is True else f"{label}, lr_rewind={v}",
+                order=80),
+    # 90, 100: GMP*'s knobs (GmpConfig)
     # distillation knobs: a run that changes them (against the method's or preset's own value) is its own row
-    VariantAxis("distill_hardness", lambda label, m, v: f"{label}, KD hardness {format_value(v)}"),
-    VariantAxis("distill_temperature", lambda label, m, v: f"{label}, KD T {format_value(v)}"),
+    VariantAxis("distill_hardness", lambda label, m, v: f"{label}, KD hardness {format_value(v)}", order=110),
+    VariantAxis("distill_temperature", lambda label, m, v: f"{label}, KD T {format_value(v)}", order=120),
 )
 
 
-@cache
+def _template_label(template: str) -> Callable[[str, str, Any], str]:
+    return lambda label, method, value: template.format(label=label, method=method, value=format_value(value))
+
+
+def config_axes() -> list[VariantAxis]:
+    """The axes declared by the registered methods' and criteria's configs (a method's apply to it alone)."""
+    from smc_trainer.engine.criteria import CRITERIA
+    from smc_trainer.methods import METHODS
+    from smc_trainer.training.arguments.plugin_arguments import plugin_configs
+
+    plugins = {config for _, config in plugin_configs()}
+    found = []
+    for registry, own in ((METHODS, True), (CRITERIA, False)):
+        for entry, config in registry.configs().items():
+            for knob in config.fields():
+                template = knob.metadata.get("variant", config in plugins)
+                if template is False:
+                    continue
+                flag = config.flag_of(knob.name)
+                if template is True:
+                    template = f"{{label}}, {flag} {{value}}"
+                choices = knob.metadata.get("choices")
+                found.append(VariantAxis(
+                    flag, _template_label(template), applies_to=(entry,) if own else None,
+                    choices=None if choices is None else (lambda c=tuple(choices): c),
+                    order=knob.metadata.get("variant_order", 1000.0), aliases=(knob.name,) if own else ()))
+    return found
+
+
 def _flag_fields() -> dict[str, dataclasses.Field]:
-    return {f.name: f for f in dataclasses.fields(SparseTrainingArguments)}
+    """The fields of the training arguments, with the plugins' flags (loaded so far)."""
+    return _fields_of(arguments_class())
+
+
+@cache
+def _fields_of(cls: type) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls)}
 
 
 def axes() -> list[VariantAxis]:
-    """The declared axes whose flag exists, in declared order (that order names rows)."""
-    return [axis for axis in VARIANT_AXES if axis.flag in _flag_fields()]
+    """Every axis whose flag exists, in row-id order (the built-in ones, then those the configs declare)."""
+    fields = _flag_fields()
+    every = sorted((*VARIANT_AXES, *config_axes()), key=lambda axis: axis.order)
+    return [axis for axis in every if axis.flag in fields]
 
 
 def axis_names() -> list[str]:
@@ -264,10 +308,12 @@ def parse_method_spec(text: str) -> MethodSpec:
         raise UsageError(f"--sparse_method must be one of {', '.join(method_names())}, or a method preset "
                          f"({', '.join(preset_names()) or 'none'}); got {method!r} in --methods {text!r}")
     known = {axis.flag: axis for axis in axes()}
+    aliases = {alias: axis.flag for axis in known.values() if axis.applies(method) for alias in axis.aliases}
     variant: Variant = {}
     for part in parts:
         flag, _, raw = part.partition("=")
         flag, raw = flag.strip(), raw.strip()
+        flag = flag if flag in known else aliases.get(flag, flag)
         if flag not in known:
             raise UsageError(f"--methods {text!r}: unknown variant key {flag!r}; valid keys: "
                              f"{', '.join(known) or 'none'} (syntax: method:key=value[:key=value])")

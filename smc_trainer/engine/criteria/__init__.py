@@ -8,34 +8,17 @@ plugins (`--plugins FILE`, the `smc_trainer.plugins` entry-point group) may regi
 
 from __future__ import annotations
 
-from smc_trainer.engine.criteria.base import CRITERION_REGISTRY, Criterion, ScoringView, register_criterion
-from smc_trainer.errors import UsageError
-from smc_trainer.plugins import import_registry_modules
-
-_loaded = False
-
-
-def _load_all() -> None:
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    import_registry_modules(__path__, __name__)
+from smc_trainer.engine.criteria.base import CRITERIA, Criterion, ScoringView, register_criterion
 
 
 def criterion_names() -> list[str]:
     """Registered criterion names, in a stable order (magnitude first)."""
-    _load_all()
-    return sorted(CRITERION_REGISTRY, key=lambda n: (CRITERION_REGISTRY[n].order, n))
+    return CRITERIA.names()
 
 
 def get_criterion_class(name: str) -> type[Criterion]:
-    """The class registered as `name`; UsageError naming the valid choices otherwise."""
-    _load_all()
-    if name not in CRITERION_REGISTRY:
-        raise UsageError(f"--criterion must be one of {', '.join(criterion_names())}; got {name!r}")
-    return CRITERION_REGISTRY[name]
+    """The class registered as `name`; a UsageError naming the valid choices otherwise."""
+    return CRITERIA.get(name)
 
 
-__all__ = ["CRITERION_REGISTRY", "Criterion", "ScoringView", "criterion_names", "get_criterion_class",
-           "register_criterion"]
+__all__ = ["CRITERIA", "Criterion", "ScoringView", "criterion_names", "get_criterion_class", "register_criterion"]

@@ -18,17 +18,19 @@ overrides `select`.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 from torch import Tensor
 
+from smc_trainer.engine.hyperparameters import HyperParameters, NoHyperParameters
 from smc_trainer.engine.selection import LayerScores
 from smc_trainer.engine.targets import PruneTarget
 from smc_trainer.errors import UsageError
+from smc_trainer.registry import Registry
 
-CRITERION_REGISTRY: dict[str, type[Criterion]] = {}
 NEEDS = ("weights", "gradients", "training", "calibration")
 
 Selector = Callable[[Mapping[str, LayerScores], Mapping[str, float] | None], dict[str, Tensor]]
@@ -48,19 +50,20 @@ class Calibrator(Protocol):
         --calibration_memory (block: a block's Hessians at once; layer: one at a time, more forward passes)."""
 
 
-def register_criterion(name: str) -> Callable[[type[Criterion]], type[Criterion]]:
-    """Class decorator: make a criterion available as `--criterion name`."""
+def _check_needs(name: str, cls: type[Criterion]) -> None:
+    if cls.needs not in NEEDS:
+        raise UsageError(f"criterion {name!r}: needs must be one of {', '.join(NEEDS)}; got {cls.needs!r}")
 
-    def wrap(cls: type[Criterion]) -> type[Criterion]:
-        if name in CRITERION_REGISTRY and CRITERION_REGISTRY[name] is not cls:
-            raise UsageError(f"criterion {name!r} is registered twice")
-        if cls.needs not in NEEDS:
-            raise UsageError(f"criterion {name!r}: needs must be one of {', '.join(NEEDS)}; got {cls.needs!r}")
-        cls.name = name
-        CRITERION_REGISTRY[name] = cls
-        return cls
 
-    return wrap
+CRITERIA: Registry[type[Criterion]] = Registry("criterion", "--criterion", [os.path.dirname(__file__)],
+                                               "smc_trainer.engine.criteria", check=_check_needs)
+
+
+def register_criterion(name: str, config: type[HyperParameters] | None = None
+                       ) -> Callable[[type[Criterion]], type[Criterion]]:
+    """Class decorator: make a criterion available as `--criterion name`, with its own hyper-parameters
+    (`config`, a `HyperParameters` dataclass whose fields become flags)."""
+    return CRITERIA.register(name, config)
 
 
 def no_gradient_batches(n: int | None) -> Iterator[None]:
@@ -104,8 +107,12 @@ class Criterion:
     frozen_base_conflict: ClassVar[str | None] = None
     """Why the criterion cannot prune a base model that LoRA wraps (None: it can)."""
 
+    config_class: ClassVar[type[HyperParameters]] = NoHyperParameters
+    """The criterion's own hyper-parameters (`register_criterion(name, config=...)`); values in `self.config`."""
+
     def __init__(self, args: Any):
         self.args = args
+        self.config = self.config_class.from_flags(args)
 
     @classmethod
     def validate_args(cls, args: Any) -> None:

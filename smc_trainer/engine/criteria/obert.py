@@ -18,11 +18,13 @@ in float32 (or float64), so only the stored inverse grows with B.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from smc_trainer.engine.criteria.base import Criterion, ScoringView, register_criterion
+from smc_trainer.engine.hyperparameters import HyperParameters
 from smc_trainer.engine.selection import LayerScores, tensor_scores
 from smc_trainer.errors import UsageError
 
@@ -84,10 +86,44 @@ class BlockFisherInverse:
         return delta.reshape(-1)[: self.numel]
 
 
-@register_criterion("obert")
+@dataclass
+class ObertConfig(HyperParameters):
+    """The optimal-BERT-surgeon (oBERT) settings: the block Fisher, its gradients, the OBS update, its storage."""
+
+    prefix = "obert_"
+
+    block_size: int = field(default=50, metadata={
+        "omit_at_default": True,
+        "help": "oBERT: consecutive weights per Fisher block B (oBERT paper: 50; SMC-Bench's official run: 1, a "
+                "diagonal Fisher). The inverse Fisher takes N x B values for N prunable weights."})
+    dampening: float = field(default=1e-7, metadata={
+        "omit_at_default": True, "help": "oBERT: dampening lambda of F = lambda I + mean g g^T (paper: 1e-7)."})
+    num_grads: int = field(default=64, metadata={
+        "omit_at_default": True,
+        "help": "oBERT: training-batch gradients per Fisher (oBERT paper: 1024); 0 = one full pass over the training "
+                "data (SMC-Bench's official run)."})
+    update: bool = field(default=True, metadata={
+        "omit_at_default": True,
+        "help": "oBERT: after each pruning step, update the kept weights of every block by the OBS formula (the oBERT "
+                "paper; SMC-Bench's official run did not). No effect with block size 1."})
+    dtype: str = field(default="float32", metadata={
+        "omit_at_default": True, "choices": tuple(DTYPES),
+        "help": "oBERT: dtype the inverse Fisher is stored in: float32, bfloat16 or float16 (half the memory), "
+                "float64 (tests)."})
+
+    def validate(self) -> None:
+        super().validate()
+        self.require(self.block_size >= 1, f"{self.param('block_size')} must be >= 1; got {self.block_size}")
+        self.require(self.dampening > 0.0, f"{self.param('dampening')} must be > 0; got {self.dampening}")
+        self.require(self.num_grads >= 0, f"{self.param('num_grads')} must be >= 1, or 0 for one full pass; "
+                     f"got {self.num_grads}")
+
+
+@register_criterion("obert", config=ObertConfig)
 class OBERT(Criterion):
     needs = "gradients"
     order = 5
+    config: ObertConfig
 
     def __init__(self, args):
         super().__init__(args)
@@ -95,26 +131,18 @@ class OBERT(Criterion):
 
     @classmethod
     def validate_args(cls, args) -> None:
-        if args.obert_block_size < 1:
-            raise UsageError(f"--obert_block_size must be >= 1; got {args.obert_block_size}")
-        if not args.obert_dampening > 0.0:
-            raise UsageError(f"--obert_dampening must be > 0; got {args.obert_dampening}")
-        if args.obert_num_grads < 0:
-            raise UsageError(f"--obert_num_grads must be >= 1, or 0 for one full pass; got {args.obert_num_grads}")
-        if args.obert_dtype not in DTYPES:
-            raise UsageError(f"--obert_dtype must be one of {', '.join(DTYPES)}; got {args.obert_dtype!r}")
         if getattr(args, "fp16", False):
             raise UsageError("--criterion obert builds a Fisher from gradients, which --fp16 scales by a changing "
                              "loss scale; use --bf16 or fp32")
 
     def fisher_inverses(self, view: ScoringView) -> dict[str, BlockFisherInverse]:
         """Block Fisher inverses of every prunable weight from `--obert_num_grads` batch gradients."""
-        a = self.args
-        m = a.obert_num_grads or view.batches_per_pass
+        c = self.config
+        m = c.num_grads or view.batches_per_pass
         if m < 1:
             raise UsageError("--obert_num_grads 0 asks for one full pass, but the training data has no batches")
-        inverses = {t.name: BlockFisherInverse(t.numel, a.obert_block_size, a.obert_dampening, m,
-                                               DTYPES[a.obert_dtype], t.param.device) for t in view.targets}
+        inverses = {t.name: BlockFisherInverse(t.numel, c.block_size, c.dampening, m, DTYPES[c.dtype],
+                                               t.param.device) for t in view.targets}
         seen = 0
         for _ in view.gradient_batches(m):
             for t in view.targets:
@@ -139,7 +167,7 @@ class OBERT(Criterion):
     @torch.no_grad()
     def after_selection(self, view: ScoringView, masks: Mapping[str, Tensor]) -> None:
         inverses, self._inverses = self._inverses, None
-        if not self.args.obert_update or inverses is None or self.args.obert_block_size == 1:
+        if not self.config.update or inverses is None or self.config.block_size == 1:
             return  # a block of one has no other weight to update
         for t in view.targets:
             delta = inverses[t.name].obs_delta(t.param.detach().reshape(-1), masks[t.name].reshape(-1))

@@ -13,11 +13,14 @@ Validation runs in `__post_init__`, before any model download or training starts
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import InitVar, dataclass
 
 from transformers import Seq2SeqTrainingArguments
 
-from smc_trainer.training.arguments.criterion import CriterionArguments
+from smc_trainer.engine.hyperparameters import HyperParameters
+from smc_trainer.errors import UsageError
+from smc_trainer.training.arguments.criterion import CriterionArguments, ObertArguments
 from smc_trainer.training.arguments.distillation import DISTILL_SOURCES, DistillationArguments
 from smc_trainer.training.arguments.extensions import ExtensionArguments
 from smc_trainer.training.arguments.lora import (
@@ -35,18 +38,17 @@ from smc_trainer.training.arguments.output import SELECT_ON, OutputArguments, Se
 from smc_trainer.training.arguments.schedules import (
     DynamicArguments,
     GmpArguments,
-    GmpStarArguments,
     IterativeArguments,
 )
 from smc_trainer.training.parallel import check_parallel_support
 from smc_trainer.training.task_arguments import DataArguments, ModelArguments
 
 # the flag groups and, as before the split, the choices, lora_defaults and check_peft_flags
-__all__ = ["ADAPTER_GRADIENTS", "DISTILL_SOURCES", "DISTRIBUTIONS", "LORA_RELEASES", "PEFT_CHOICES",
-           "SELECT_ON", "CriterionArguments", "DataArguments", "DistillationArguments", "DynamicArguments",
-           "ExtensionArguments", "GmpArguments", "GmpStarArguments", "IterativeArguments", "LoraArguments",
-           "LrRewindArguments", "MethodArguments", "ModelArguments", "OneShotArguments", "OutputArguments",
-           "SelectionArguments", "SparseTrainingArguments", "check_peft_flags", "lora_defaults"]
+__all__ = ["ADAPTER_GRADIENTS", "DISTILL_SOURCES", "DISTRIBUTIONS", "LORA_RELEASES", "PEFT_CHOICES", "SELECT_ON",
+           "CriterionArguments", "DataArguments", "DistillationArguments", "DynamicArguments", "ExtensionArguments",
+           "GmpArguments", "IterativeArguments", "LoraArguments", "LrRewindArguments", "MethodArguments",
+           "ModelArguments", "ObertArguments", "OneShotArguments", "OutputArguments", "SelectionArguments",
+           "SparseTrainingArguments", "check_peft_flags", "lora_defaults"]
 
 
 # A dataclass lists its fields base first, walking the MRO backwards: the mixin named LAST comes first after
@@ -55,9 +57,9 @@ __all__ = ["ADAPTER_GRADIENTS", "DISTILL_SOURCES", "DISTRIBUTIONS", "LORA_RELEAS
 @dataclass
 class SparseTrainingArguments(
     ExtensionArguments,
-    GmpStarArguments,
     LrRewindArguments,
     DistillationArguments,
+    ObertArguments,
     CriterionArguments,
     SelectionArguments,
     LoraArguments,
@@ -74,11 +76,50 @@ class SparseTrainingArguments(
     It derives from `Seq2SeqTrainingArguments` (a `TrainingArguments` with the generation flags
     `--predict_with_generate`, `--generation_max_length`, `--generation_num_beams`), so generative
     tasks (translation, arithmetic equations) evaluate by decoding with the same trainer.
+
+    A method's or criterion's own hyper-parameters may be handed over as their config instead of as flags:
+    `SparseTrainingArguments(..., sparse_method="gmp", method_config=GmpConfig(start=0.1, end=0.8))` sets the
+    flags the config stands for (`--gmp_start`, `--gmp_end`, ...), then checks them with everything else.
     """
 
-    def __post_init__(self) -> None:
+    method_config: InitVar[HyperParameters | None] = None
+    criterion_config: InitVar[HyperParameters | None] = None
+
+    def __post_init__(self, method_config: HyperParameters | None = None,
+                      criterion_config: HyperParameters | None = None) -> None:
+        self._apply_configs(method_config, criterion_config)
         self.validate_sparse_flags()
         super().__post_init__()
+
+    def _apply_configs(self, method_config: HyperParameters | None, criterion_config: HyperParameters | None) -> None:
+        """Set the flags of the configs given in Python, after checking each belongs to the method or criterion."""
+        from smc_trainer.engine.criteria import get_criterion_class
+        from smc_trainer.methods import get_method_class
+        from smc_trainer.plugins import load_plugins
+
+        if method_config is None and criterion_config is None:
+            return
+        load_plugins(self.plugins)
+        method = get_method_class(self.sparse_method)
+        given = ((method_config, method.config_class, f"sparse_method {self.sparse_method!r}"),
+                 (criterion_config, get_criterion_class(method.criterion_name(self) or "magnitude").config_class,
+                  f"criterion {method.criterion_name(self)!r}"))
+        for config, expected, owner in given:
+            if config is None:
+                continue
+            if type(config) is not expected:
+                raise UsageError(f"{type(config).__name__} is not the config of {owner}, which takes "
+                                 f"{expected.__name__}")
+            config.validate()  # in its own words (the parameters), before they become flags
+            flags = config.to_flags()
+            missing = sorted(set(flags) - {f.name for f in dataclasses.fields(self)})
+            if missing:  # a plugin's config: its flags are fields of `arguments_class()` only
+                raise UsageError(f"{type(config).__name__}'s flags ({', '.join(missing)}) are not fields of "
+                                 f"{type(self).__name__}; build the arguments with "
+                                 "smc_trainer.training.arguments.plugin_arguments.arguments_class() once the plugin is "
+                                 "loaded")
+            for flag, value in flags.items():
+                setattr(self, flag, value)
 
     def validate_sparse_flags(self) -> None:
         """Reject bad sparse flags with the flag, the value and the valid choices, before anything runs.
@@ -97,6 +138,7 @@ class SparseTrainingArguments(
         method = get_method_class(self.sparse_method)
         self._check_pattern_and_calibration(method)
         self._check_no_training(method)
+        method.validate_config(self)
         method.validate_args(self)
         method.validate_criterion(self)
         self.validate_training_variants(method)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 
 from smc_trainer.training.arguments.roles import declare
@@ -17,8 +18,8 @@ class ExtensionArguments:
                   "(@register_criterion / @register_method), imported before the flags are checked. See "
                   "docs/extending.md."},
     ), key="never")
+    # internal state, not a flag (hidden from --help): set by run_smc.py when --sparse_method names a preset
+    # (recipes/methods/*.yaml, e.g. obert, gmp_star): the preset's name, used to label results
     method_preset: str | None = declare(field(
-        default=None,
-        metadata={"help": "Set by run_smc.py when --sparse_method names a preset (recipes/methods/*.yaml, e.g. obert, "
-                  "gmp_star): the preset's name, used to label results. Not meant to be passed by hand."},
+        default=None, metadata={"help": argparse.SUPPRESS},
     ), key="run", omit_at_default=True, dense_reset=True)

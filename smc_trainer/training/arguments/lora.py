@@ -23,7 +23,8 @@ class LoraArguments:
 
     peft: str = declare(field(
         default="none",
-        metadata={"help": "Which weights are trained: none (all of them, full fine-tuning) or lora (the base model is "
+        metadata={"choices": PEFT_CHOICES,
+                  "help": "Which weights are trained: none (all of them, full fine-tuning) or lora (the base model is "
                   "frozen and pruned by the method; LoRA adapters on its prunable linears and the task head are "
                   "trained). See docs/peft.md."},
     ), key="run")
@@ -54,14 +55,16 @@ class LoraArguments:
     ), key="run", lora=True)
     adapter_gradient: str = declare(field(
         default="exact",
-        metadata={"help": "LoRA with --sparse_adapter: the gradient of A and B. exact: the masked update's true "
+        metadata={"choices": ADAPTER_GRADIENTS,
+                  "help": "LoRA with --sparse_adapter: the gradient of A and B. exact: the masked update's true "
                   "gradient, which needs one more weight-sized product per layer and step ((g^T x) * mask). "
                   "straight_through: the gradient as if the mask were all ones (low-rank, plain LoRA's cost); "
                   "the forward pass and the merge stay masked exactly. See docs/peft.md for what each costs."},
     ), key="run", lora=True)
     lora_release: str = declare(field(
         default="merged",
-        metadata={"help": "LoRA: what a run saves as its model: merged (the adapters merged into a plain sparse "
+        metadata={"choices": LORA_RELEASES,
+                  "help": "LoRA: what a run saves as its model: merged (the adapters merged into a plain sparse "
                   "model, loads with from_pretrained) or adapter (adapter_config.json + adapter_model.safetensors "
                   "+ masks, loaded on the sparse base with smc_trainer.training.adapters.load_sparse_adapter)."},
     ), key="run", lora=True)

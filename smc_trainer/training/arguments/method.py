@@ -5,11 +5,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from smc_trainer.engine.distributions import DISTRIBUTIONS
 from smc_trainer.errors import UsageError
 from smc_trainer.training.arguments.common import _choices_error
 from smc_trainer.training.arguments.roles import declare
-
-DISTRIBUTIONS = ("global", "uniform", "erk", "owl")
 
 
 @dataclass
@@ -30,7 +29,7 @@ class MethodArguments:
     ), key="run")
     distribution: str = declare(field(
         default="global",
-        metadata={
+        metadata={"choices": DISTRIBUTIONS,
             "help": "How sparsity is spread over layers: global (one threshold over all prunable weights, as the "
             "paper), uniform (same sparsity per layer), erk (Erdos-Renyi-Kernel) or owl (outlier-weighted: layers "
             "with more activation outliers keep more; --criterion wanda or sparsegpt only, see --owl_threshold/"

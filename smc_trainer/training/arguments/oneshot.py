@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from smc_trainer.engine.criteria.wanda import WANDA_COMPARE
 from smc_trainer.errors import UsageError
 from smc_trainer.training.arguments.roles import declare
+from smc_trainer.training.calibration import CALIBRATION_MEMORY
 
 
 @dataclass
@@ -34,7 +36,8 @@ class OneShotArguments:
     ), key="run", omit_at_default=True, dense_reset=True)
     wanda_compare: str = declare(field(
         default="row",
-        metadata={"help": "Wanda: compare scores within each output row (row, the paper's) at each layer's "
+        metadata={"choices": WANDA_COMPARE,
+                  "help": "Wanda: compare scores within each output row (row, the paper's) at each layer's "
                   "--distribution budget, or across the whole layer / all layers with --distribution global (layer)."},
     ), key="run")
     sparsegpt_blocksize: int = declare(field(
@@ -45,7 +48,8 @@ class OneShotArguments:
     ), key="run")
     calibration_memory: str = declare(field(
         default="block",
-        metadata={"help": "SparseGPT: block (default) collects one block's (transformer layer's) Hessians per "
+        metadata={"choices": CALIBRATION_MEMORY,
+                  "help": "SparseGPT: block (default) collects one block's (transformer layer's) Hessians per "
                   "forward pass, so memory holds that block's Hessians; layer collects one Hessian per pass (q, k, "
                   "v share one), holding only one at a time at the cost of one pass per layer group instead of one "
                   "per block. Masks and weights are identical."},

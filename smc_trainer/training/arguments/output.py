@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from smc_trainer.engine.collapse import COLLAPSE_POLICIES
 from smc_trainer.engine.collapse import check_policy as check_collapse_policy
 from smc_trainer.training.arguments.common import _choices_error
 from smc_trainer.training.arguments.roles import declare
@@ -33,7 +34,8 @@ class OutputArguments:
     ), key="never")
     on_layer_collapse: str = declare(field(
         default="warn",
-        metadata={"help": "When a mask leaves a prunable layer with no weight or fewer than 1 in 100 of them (while "
+        metadata={"choices": COLLAPSE_POLICIES,
+                  "help": "When a mask leaves a prunable layer with no weight or fewer than 1 in 100 of them (while "
                   "the model keeps 10x that share): warn (name the layers and the remedies in the log, the sparsity "
                   "report and the ledger) or error (stop the run)."},
     ), key="run")
@@ -48,7 +50,7 @@ class SelectionArguments:
 
     select_on: str = declare(field(
         default="validation",
-        metadata={
+        metadata={"choices": SELECT_ON,
             "help": "Split used for checkpoint selection: validation (correct protocol) or test (the original code's "
             "test-selected protocol, for parity only)."
         },
