@@ -19,8 +19,6 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1] / "smc_trainer"
 LAYERS = (("version", "errors", "plugins", "registry"), ("engine",), ("methods",), ("release",), ("training",),
           ("metrics",), ("tasks",), ("runs",), ("reference_docs",))
 LAYER_OF = {name: rank for rank, names in enumerate(LAYERS) for name in names}
-# old flat paths kept as re-exports for one release (CHANGELOG.md): above everything, imported by nothing
-COMPAT_SHIMS = ("arguments", "callbacks", "hub", "masks", "pipeline", "selection", "targets", "trainer")
 HEAVY = ("transformers", "datasets", "accelerate", "evaluate", "peft")
 
 
@@ -80,8 +78,6 @@ def layer_of(module: str) -> int:
     parts = module.split(".")
     if len(parts) == 1:
         return len(LAYERS)  # the package itself: the public names of every layer (loaded lazily)
-    if parts[1] in COMPAT_SHIMS:
-        return len(LAYERS)
     if parts[1] not in LAYER_OF:
         raise AssertionError(f"{module} belongs to no layer; add it to one (docs/ARCHITECTURE.md)")
     return LAYER_OF[parts[1]]
@@ -150,9 +146,9 @@ def test_the_checks_catch_what_they_are_for(tmp_path):
     """The checker itself: a planted upward import and a planted cycle are reported."""
     graph = {"smc_trainer.engine.masks": {"smc_trainer.training.trainer"},
              "smc_trainer.training.trainer": {"smc_trainer.engine.masks"},
-             "smc_trainer.runs.sweep": {"smc_trainer.trainer"}}
+             "smc_trainer.runs.sweep": {"smc_trainer.reference_docs"}}
     assert upward_imports(graph) == ["smc_trainer.engine.masks -> smc_trainer.training.trainer",
-                                     "smc_trainer.runs.sweep -> smc_trainer.trainer"]
+                                     "smc_trainer.runs.sweep -> smc_trainer.reference_docs"]
     assert cycles(graph) == [["smc_trainer.engine.masks", "smc_trainer.training.trainer"]]
     source = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import smc_trainer.runs\n" \
              "def f():\n    from smc_trainer.runs import sweep\n"
@@ -190,15 +186,8 @@ def test_public_names_resolve_lazily():
         smc_trainer.no_such_name  # noqa: B018
 
 
-@pytest.mark.parametrize("old", COMPAT_SHIMS)
-def test_old_import_paths_still_work(old):
-    import importlib
-
-    code = (f"import warnings; warnings.simplefilter('error')\n"
-            f"try:\n    import smc_trainer.{old}\nexcept DeprecationWarning as w:\n    print(w)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
-    assert f"smc_trainer.{old} moved to" in out.stdout
-    with pytest.warns(DeprecationWarning):
-        sys.modules.pop(f"smc_trainer.{old}", None)
-        moved = importlib.import_module(f"smc_trainer.{old}")
-    assert moved.__name__.endswith(f".{old}") and moved.__name__ != f"smc_trainer.{old}"
+def test_the_package_root_holds_only_its_own_modules():
+    """The flat re-export modules of the unreleased 0.1.0 (`smc_trainer.trainer`, `.masks`, ...) are gone: the
+    root holds the layer-0 modules, the generated-docs module and the layer packages only."""
+    root = {p.stem for p in PACKAGE_DIR.glob("*.py")} - {"__init__"}
+    assert root == {"version", "errors", "plugins", "registry", "reference_docs"}
