@@ -52,6 +52,6 @@ setup(
         "tqdm",
     ],
     extras_require=extras,
-    entry_points={"console_scripts": ["smc-train=run_smc:cli"]},
+    entry_points={"console_scripts": ["smc-train=smc_trainer.cli:cli"]},
     license="MIT",
 )

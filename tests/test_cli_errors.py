@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import run_smc
+import smc_trainer.cli
 from smc_trainer.errors import MissingFileError, OfflineError, UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,7 +59,7 @@ def test_bugs_still_raise(monkeypatch):
     def broken(argv):
         raise RuntimeError("a bug of ours")
 
-    monkeypatch.setattr(run_smc, "main", broken)
+    monkeypatch.setattr(smc_trainer.cli, "main", broken)
     with pytest.raises(RuntimeError, match="a bug of ours"):
         run_smc.cli(["--recipe", "quickstart"])
 
