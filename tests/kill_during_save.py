@@ -2,7 +2,7 @@
 
 With SMC_TEST_HANG_AT_STEP=N and SMC_TEST_HANG_FLAG=PATH in the environment, the checkpoint save at
 optimizer step N writes the model, masks and method state, then (before the optimizer, scheduler, RNG
-and trainer state) touches PATH and waits forever, so tests/test_checkpoints.py can SIGKILL it at a
+and trainer state) touches PATH and waits forever, so tests/training/test_checkpoints.py can SIGKILL it at a
 known point of the save. The hook lives here, not in the library.
 """
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
 import torch
 from datasets import Dataset
 from tiny_models import VOCAB, _bert_config, make_tiny
@@ -11,6 +14,8 @@ from transformers import BertForSequenceClassification, TrainerCallback
 from smc_trainer import SparseTrainer, SparseTrainingArguments, find_targets, get_method_class
 from smc_trainer.engine.patterns import nm_keep_mask, parse_pattern
 from smc_trainer.engine.selection import global_keep_masks
+from smc_trainer.runs.config import parse_run_config
+from smc_trainer.runs.run_config import RunConfig
 from smc_trainer.training.arguments.plugin_arguments import arguments_class
 
 SEQ = 8
@@ -162,3 +167,27 @@ def train_with_recorder(trainer: SparseTrainer) -> StepRecorder:
     trainer.add_callback(recorder)
     trainer.train()
     return recorder
+
+
+def round_half_up(x: float) -> int:
+    """The rounding the keep counts use (`round(density x N)` with halves up, not Python's banker's rounding)."""
+    return int(math.floor(x + 0.5))
+
+
+def quickstart_config(tmp_path: Path, method: str, sparsity: float, *flags: str, recipe: str = "quickstart",
+                      seed: int = 42) -> RunConfig:
+    """A parsed run configuration of a recipe (no training): for plans, keys, records and reports."""
+    return parse_run_config(["--recipe", recipe, "--sparse_method", method, "--sparsity", str(sparsity),
+                             "--seed", str(seed), "--output_dir", str(tmp_path / "out"), "--report_to", "none",
+                             *flags])
+
+
+def tiny_config(tmp_path: Path, method: str, sparsity: float, *extra: str) -> RunConfig:
+    """A quickstart run on the tiny from-scratch model, 3 steps, its own dense cache: for runs that train."""
+    return parse_run_config([
+        "--model_name_or_path", "tiny", "--max_steps", "3", "--num_synthetic_examples", "48",
+        "--max_eval_samples", "16", "--per_device_train_batch_size", "8", "--learning_rate", "1e-2",
+        "--dense_cache_dir", str(tmp_path / "cache"), "--output_dir", str(tmp_path / "out"),
+        "--sparse_method", method, "--sparsity", str(sparsity), "--report_to", "none", "--disable_tqdm", "true",
+        "--log_level", "warning", "--use_cpu", *extra,
+    ])

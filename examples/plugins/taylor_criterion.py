@@ -6,7 +6,7 @@ Use it without editing the package:
         --taylor_batches 4
     python run_smc.py sweep --plugins examples/plugins/taylor_criterion.py --methods gmp --criterion taylor ...
 
-docs/extending.md walks through this file; tests/test_plugins.py runs it.
+docs/extending.md walks through this file; tests/methods/test_plugins.py runs it.
 """
 
 from __future__ import annotations

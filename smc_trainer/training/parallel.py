@@ -3,7 +3,7 @@
 DDP (`accelerate launch --multi_gpu --num_processes N`, `torchrun`) supports every method: each
 process holds whole weights, DDP all-reduces the gradients inside the last backward of an optimizer
 step, and every mask is computed from inputs that are identical on all processes (DESIGN invariant
-5; tests/test_distributed.py).
+5; tests/training/test_distributed.py).
 
 The sharded back-ends support no sparse method, so they are refused for all but `dense`:
 

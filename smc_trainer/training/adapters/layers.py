@@ -9,7 +9,7 @@ It is built from peft's public extension points, without patching peft: `SparseL
 `peft.tuners.lora.Linear` that peft creates through `LoraConfig._register_custom_module` (peft's dispatch of
 custom LoRA layers), and whose `lora_variants` map a plain LoRA config to `MaskedLoraVariant`, a
 `LoraVariant` (the mechanism of DoRA and aLoRA) that owns the forward pass, the merge and the unmerge.
-`tests/test_adapters.py::test_peft_mechanism` fails if a peft release changes either mechanism.
+`tests/training/test_adapters.py::test_peft_mechanism` fails if a peft release changes either mechanism.
 """
 
 from __future__ import annotations

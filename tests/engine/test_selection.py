@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+from sparse_helpers import round_half_up
 
 from smc_trainer.engine import selection
 from smc_trainer.engine.selection import (
@@ -30,10 +31,6 @@ INF = float("inf")
 # ---------------------------------------------------------------------------------------------
 # Brute-force oracles (independent of smc_trainer)
 # ---------------------------------------------------------------------------------------------
-
-
-def round_half_up(x: float) -> int:
-    return int(math.floor(x + 0.5))
 
 
 def brute_keep_flat(flat_scores: list[torch.Tensor], k: int, within: list[torch.Tensor | None] | None = None):

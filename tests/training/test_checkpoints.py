@@ -29,7 +29,7 @@ from smc_trainer.training.checkpoints import (
     write_manifest,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SAVING = dict(max_steps=4, save_strategy="steps", save_steps=2, prune_frequency=1, gmp_start=0.0, gmp_end=1.0)
 
 

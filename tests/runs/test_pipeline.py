@@ -7,22 +7,12 @@ import os
 import pytest
 import torch
 from safetensors.torch import load_file
+from sparse_helpers import tiny_config
 
 from smc_trainer.engine.masks import MASKS_NAME
 from smc_trainer.engine.selection import keep_count
 from smc_trainer.runs import pipeline
-from smc_trainer.runs.config import parse_run_config
 from smc_trainer.runs.dense_cache import INIT_WEIGHTS, DenseCache
-
-
-def tiny_config(tmp_path, method: str, sparsity: float, *extra: str):
-    return parse_run_config([
-        "--model_name_or_path", "tiny", "--max_steps", "3", "--num_synthetic_examples", "48",
-        "--max_eval_samples", "16", "--per_device_train_batch_size", "8", "--learning_rate", "1e-2",
-        "--dense_cache_dir", str(tmp_path / "cache"), "--output_dir", str(tmp_path / "out"),
-        "--sparse_method", method, "--sparsity", str(sparsity), "--report_to", "none", "--disable_tqdm", "true",
-        "--log_level", "warning", "--use_cpu", *extra,
-    ])
 
 
 @pytest.fixture

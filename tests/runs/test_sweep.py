@@ -14,7 +14,7 @@ import pytest
 from smc_trainer.runs.ledger import Ledger
 from smc_trainer.runs.sweep import PAPER_GRID, SweepArguments, make_plan, module_groups_from, run_sweep
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PAPER_METHODS = ["omp_after", "random_after", "lth", "lrr", "gmp", "omp_before", "random_before", "snip", "rigl",
                  "set"]
 TINY = ["--model_name_or_path", "tiny", "--max_steps", "3", "--num_synthetic_examples", "48",

@@ -10,7 +10,6 @@ import random
 from types import SimpleNamespace
 
 import datasets
-import huggingface_hub
 import numpy as np
 import pytest
 import torch
@@ -491,7 +490,7 @@ def test_recipes_build_the_papers_gts_optimizer_schedule_and_beam(shipped, tmp_p
 
 @pytest.mark.parametrize(("recipe", "method"), [("mawps", "omp_after"), ("asdiv_a", "dense"), ("svamp", "dense")])
 def test_shipped_recipes_also_run_the_other_of_dense_and_sparse(shipped, tmp_path, recipe, method):
-    """With tests/test_arithmetic_pipeline.py (mawps dense, asdiv_a gmp, svamp snip), every arithmetic recipe runs
+    """With tests/tasks/test_arithmetic_pipeline.py (mawps dense, asdiv_a gmp, svamp snip), every arithmetic recipe runs
     end to end offline both dense and sparse, and reports its pooled-ready answer accuracy on the test split."""
     sparsity = 0.0 if method == "dense" else 0.5
     config = parse_run_config(shipped_flags(
@@ -569,11 +568,6 @@ def test_folds_pool_total_correct_over_total_problems():
 
 # ---- errors before anything heavy ----------------------------------------------------------------------------
 
-
-@pytest.fixture
-def hub_offline(monkeypatch):
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
 
 
 def test_offline_hub_model_error_names_the_id_and_the_local_flags(hub_offline, tmp_path):

@@ -8,8 +8,6 @@ import dataclasses
 import json
 from pathlib import Path
 
-import datasets
-import huggingface_hub.constants
 import numpy as np
 import pytest
 import torch
@@ -349,12 +347,6 @@ def test_pooled_accuracy_weights_subsets_by_size():
 
 # ---- the Hub ids, offline ---------------------------------------------------------------------------------
 
-
-@pytest.fixture
-def hub_offline(monkeypatch):
-    """Offline mode for huggingface_hub and datasets even if the environment does not set it: no download."""
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
 
 
 @pytest.mark.parametrize("recipe_name", ["csqa", "winogrande", "race"])

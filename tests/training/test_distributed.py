@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 
 from smc_trainer.runs.dense_cache import COMPLETE, INIT_WEIGHTS
 
-WORKER = Path(__file__).with_name("ddp_worker.py")
+WORKER = Path(__file__).resolve().parents[1] / "ddp_worker.py"
 REPO = WORKER.parent.parent
 WORKER_TIMEOUT_S = 200
 LAUNCH_TIMEOUT_S = 300

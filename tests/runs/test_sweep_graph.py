@@ -1,5 +1,5 @@
 """The sweep as a graph of fine-tunes and the driver that releases it to a backend: dependencies, the
-failure policy, the `--executor` flags. No training here (tests/test_executors.py runs real sweeps)."""
+failure policy, the `--executor` flags. No training here (tests/runs/test_executors.py runs real sweeps)."""
 
 from __future__ import annotations
 

@@ -8,10 +8,10 @@ import random
 from pathlib import Path
 
 import pytest
+from sparse_helpers import quickstart_config
 
 import smc_trainer.runs.sweep as sweep
 import smc_trainer.runs.variants as variants
-from smc_trainer.runs.config import parse_run_config
 from smc_trainer.runs.ledger import Ledger
 from smc_trainer.runs.report import figure, summarize, to_markdown, write_report
 from smc_trainer.runs.run_config import RunOutcome
@@ -36,9 +36,7 @@ TINY = ["--model_name_or_path", "tiny", "--max_steps", "3", "--num_synthetic_exa
 
 
 def config_for(tmp_path: Path, method: str, sparsity: float, seed: int, *flags: str):
-    return parse_run_config(["--recipe", "quickstart", "--sparse_method", method, "--sparsity", str(sparsity),
-                             "--seed", str(seed), "--output_dir", str(tmp_path / "out"), "--report_to", "none",
-                             "--update_interval", "1", *flags])
+    return quickstart_config(tmp_path, method, sparsity, "--update_interval", "1", *flags, seed=seed)
 
 
 def outcome(config, value: float) -> RunOutcome:

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from run_smc import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def tiny_run(output_dir: Path, *extra: str) -> list[str]:

@@ -13,7 +13,7 @@ import run_smc
 import smc_trainer.cli
 from smc_trainer.errors import MissingFileError, OfflineError, UsageError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _cli_error(capsys, argv: list[str]) -> str:

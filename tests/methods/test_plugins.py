@@ -14,7 +14,7 @@ from smc_trainer.errors import MissingFileError, UsageError
 from smc_trainer.methods import get_method_class
 from smc_trainer.plugins import load_plugins
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "plugins" / "taylor_criterion.py"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "plugins" / "taylor_criterion.py"
 
 
 def test_the_extending_example_registers_and_prunes_by_its_score(tmp_path):
@@ -68,7 +68,7 @@ def test_the_extending_method_example_trains(tmp_path):
     """The method example of docs/extending.md, as a plugin file: prunes half-way and at the end, exact counts."""
     import re
 
-    text = (Path(__file__).resolve().parents[1] / "docs" / "extending.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "docs" / "extending.md").read_text()
     code = re.findall(r"```python\n(.*?)```", text, re.S)[1]
     path = tmp_path / "gmp_twice.py"
     path.write_text(code)

@@ -23,7 +23,7 @@ from smc_trainer.runs.executors.slurm import JOBS_FILE, read_jobs
 from smc_trainer.runs.ledger import Ledger
 from smc_trainer.runs.run_config import RESULT_NAME
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RUNS = 5  # dense, omp_after, random_after, LTH rounds 1 and 2
 TINY = ["--model_name_or_path", "tiny", "--max_steps", "3", "--num_synthetic_examples", "48",
         "--max_eval_samples", "16", "--per_device_train_batch_size", "8", "--report_to", "none", "--use_cpu",

@@ -8,8 +8,8 @@ import statistics
 from pathlib import Path
 
 import pytest
+from sparse_helpers import quickstart_config
 
-from smc_trainer.runs.config import parse_run_config
 from smc_trainer.runs.ledger import Ledger
 from smc_trainer.runs.report import plot, summarize, to_markdown, write_report
 from smc_trainer.runs.run_config import RunOutcome
@@ -20,9 +20,8 @@ SEEDS = (1, 2)
 
 
 def config_for(recipe: str, method: str, sparsity: float, seed: int, tmp_path: Path):
-    return parse_run_config(["--recipe", recipe, "--sparse_method", method, "--sparsity", str(sparsity),
-                             "--seed", str(seed), "--output_dir", str(tmp_path / "out"), "--report_to", "none",
-                             "--prune_frequency", "1", "--update_interval", "1"])
+    return quickstart_config(tmp_path, method, sparsity, "--prune_frequency", "1", "--update_interval", "1",
+                             recipe=recipe, seed=seed)
 
 
 def ledger_records(tmp_path: Path, with_test: bool = True) -> list[dict]:

@@ -6,15 +6,12 @@ import math
 
 import pytest
 import torch
+from sparse_helpers import round_half_up
 
 from smc_trainer.engine.distributions import allocate_counts, erk_densities, layer_counts, uniform_densities
 
 # an embedding, square and wide linears, and a small classification head
 BERTISH = {"embed": (1000, 32), "attn": (32, 32), "ffn": (128, 32), "head": (2, 32)}
-
-
-def round_half_up(x: float) -> int:
-    return int(math.floor(x + 0.5))
 
 
 def numels_of(shapes):

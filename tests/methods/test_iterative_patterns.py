@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
-from test_pipeline import tiny_config
+from sparse_helpers import tiny_config
 
 from smc_trainer import SparseTrainingArguments
 from smc_trainer.engine.masks import MASKS_NAME, REPORT_NAME
