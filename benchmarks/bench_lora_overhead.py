@@ -63,7 +63,7 @@ def flags_for(mode: str, rank: int) -> SimpleNamespace:
 def lora_model(base: torch.nn.Module, masks: dict[str, torch.Tensor], mode: str, rank: int) -> torch.nn.Module:
     """A LoRA model of `mode` over a deep copy of the pruned `base`, its adapters initialised identically."""
     from smc_trainer.engine.masks import MaskSet
-    from smc_trainer.engine.targets import targets_for_args
+    from smc_trainer.engine.sparsity import SparsityConfig
     from smc_trainer.training.adapters import bind_masks, wrap_with_lora
 
     flags = flags_for(mode, rank)
@@ -72,7 +72,7 @@ def lora_model(base: torch.nn.Module, masks: dict[str, torch.Tensor], mode: str,
     for name, param in model.named_parameters():  # B = 0 would hide the update's cost behind nothing
         if "lora_B" in name:
             torch.nn.init.normal_(param, std=1e-3)
-    owner = MaskSet(targets_for_args(model, flags))
+    owner = MaskSet(SparsityConfig.from_flags(flags).targets(model))
     owner.set_masks(masks)
     bind_masks(model, owner, straight_through=mode == "straight_through")
     if mode == "unfused":
@@ -86,9 +86,9 @@ def lora_model(base: torch.nn.Module, masks: dict[str, torch.Tensor], mode: str,
 def global_magnitude_masks(model: torch.nn.Module, sparsity: float) -> dict[str, torch.Tensor]:
     """Keep-masks of the prunable weights (embeddings and head dense) by one global magnitude threshold; the
     weights are zeroed."""
-    from smc_trainer.engine.targets import targets_for_args
+    from smc_trainer.engine.sparsity import SparsityConfig
 
-    weights = {t.name: t.param for t in targets_for_args(model, flags_for("exact", 8))}
+    weights = {t.name: t.param for t in SparsityConfig.from_flags(flags_for("exact", 8)).targets(model)}
     scores = torch.cat([p.detach().abs().flatten() for p in weights.values()])
     threshold = scores.kthvalue(int(sparsity * scores.numel())).values
     masks = {n: p.detach().abs() > threshold for n, p in weights.items()}

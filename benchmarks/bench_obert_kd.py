@@ -52,7 +52,7 @@ def obert_event(model, device, grads: int, block: int) -> dict:
                 t.param.grad = torch.randn(t.param.shape, generator=gen, device=device) * 1e-3
             yield
 
-    crit = get_criterion_class("obert")(args)
+    crit = get_criterion_class("obert").from_args(args)
     view = ScoringView(targets, {}, 1, batches, batches_per_pass=grads)
     start = clock(device)
     scores = crit.scores(view)

@@ -86,6 +86,17 @@ class NoHyperParameters(HyperParameters):
     """The config of a method or criterion without hyper-parameters of its own."""
 
 
+def checked_config(owner: type, config: HyperParameters | None) -> HyperParameters:
+    """`config` if it is `owner.config_class`'s (None: the defaults), else a TypeError that says what to pass."""
+    expected = owner.config_class
+    if config is None:
+        return expected()
+    if type(config) is not expected:
+        raise TypeError(f"{owner.__name__} takes a {expected.__name__} as its config, not a {type(config).__name__}; "
+                        f"from training arguments build it with {owner.__name__}.from_args(args)")
+    return config
+
+
 def _default(spec: dataclasses.Field) -> Any:
     if spec.default is not dataclasses.MISSING:
         return spec.default

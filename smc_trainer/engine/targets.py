@@ -182,14 +182,6 @@ def find_targets(
     return targets
 
 
-def targets_for_args(model: nn.Module, args) -> list[PruneTarget]:
-    """`find_targets` configured by the --prune_embeddings/--prune_heads/--prune_include/--prune_exclude/
-    --prune_modules flags."""
-    return find_targets(model, prune_embeddings=args.prune_embeddings, prune_heads=args.prune_heads,
-                        include=args.prune_include, exclude=args.prune_exclude,
-                        modules=getattr(args, "prune_modules", None))
-
-
 def _apply_regex(
     targets: list[PruneTarget], candidates: list[PruneTarget], pattern: str | None, flag: str, keep_matches: bool
 ) -> list[PruneTarget]:

@@ -1,8 +1,9 @@
 """The method interface: a few small hooks, no Trainer internals.
 
-A method sees the run through a `SparseContext` (targets, current masks, arguments, step budget
-and a way to get gradients from training batches). It returns new masks; the MaskSet installs
-them (zeroing weights and optimizer state) and the callback decides when each hook runs.
+A method sees the run through a `SparseContext` (targets, current masks, the shared sparsity settings, step
+budget and a way to get gradients from training batches); its own hyper-parameters are `self.config`. It returns
+new masks; the MaskSet installs them (zeroing weights and optimizer state) and the callback decides when each hook
+runs.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from torch import Tensor
 from smc_trainer.engine.criteria import Criterion, ScoringView, criterion_names, get_criterion_class
 from smc_trainer.engine.criteria.base import Calibrator, no_gradient_batches
 from smc_trainer.engine.distributions import layer_counts
-from smc_trainer.engine.hyperparameters import HyperParameters, NoHyperParameters
+from smc_trainer.engine.hyperparameters import HyperParameters, NoHyperParameters, checked_config
 from smc_trainer.engine.masks import MaskSet
-from smc_trainer.engine.patterns import NMPattern, nm_floor_masks, nm_keep_mask, parse_pattern
+from smc_trainer.engine.patterns import NMPattern, nm_floor_masks, nm_keep_mask
 from smc_trainer.engine.selection import LayerScores, keep_count, magnitude_scores, select_topk
+from smc_trainer.engine.sparsity import SparsityConfig
 from smc_trainer.engine.targets import PruneTarget
 from smc_trainer.errors import UsageError
 from smc_trainer.registry import Registry
@@ -41,11 +43,12 @@ def register_method(name: str, config: type[HyperParameters] | None = None
 
 @dataclass
 class SparseContext:
-    """What a method may look at: the prunable weights, their masks, the flags and the step budget."""
+    """What a method may look at: the prunable weights, their masks, the shared sparsity settings and the step
+    budget."""
 
     targets: list[PruneTarget]
     masks: MaskSet
-    args: SparseTrainingArguments
+    sparsity: SparsityConfig
     total_steps: int
     accumulate_gradients: Callable[[int], None]
     """Run `n` training batches forward and backward; leaves the summed dense gradients in `.grad`."""
@@ -90,11 +93,24 @@ class SparseMethod:
     config_class: ClassVar[type[HyperParameters]] = NoHyperParameters
     """The method's own hyper-parameters (`register_method(name, config=...)`); `self.config` holds their values."""
 
-    def __init__(self, args: SparseTrainingArguments):
-        self.args = args
-        self.config = self.config_class.from_flags(args)
-        name = self.criterion_name(args)
-        self.criterion: Criterion | None = None if name is None else get_criterion_class(name)(args)
+    def __init__(self, config: HyperParameters | None = None, sparsity: SparsityConfig | None = None,
+                 criterion: Criterion | None = None):
+        """A method from its own config (None: the defaults), the shared sparsity settings and its criterion (None:
+        the method's own, `default_criterion`, with its defaults). From training arguments: `from_args(args)`."""
+        self.config = checked_config(type(self), config)
+        self.sparsity = sparsity if sparsity is not None else SparsityConfig()
+        if criterion is None and self.default_criterion is not None:
+            criterion = get_criterion_class(self.default_criterion)(sparsity=self.sparsity)
+        self.criterion: Criterion | None = criterion
+
+    @classmethod
+    def from_args(cls, args: SparseTrainingArguments | Any) -> SparseMethod:
+        """The method the flags configure: its config, the shared sparsity settings, its criterion (--criterion or
+        the method's own) with the criterion's config."""
+        sparsity = SparsityConfig.from_flags(args)
+        name = cls.criterion_name(args)
+        criterion = None if name is None else get_criterion_class(name).from_args(args, sparsity)
+        return cls(cls.config_class.from_flags(args), sparsity, criterion)
 
     @classmethod
     def validate_args(cls, args: SparseTrainingArguments) -> None:
@@ -235,13 +251,13 @@ def select_masks(
     `density` is relative to the whole prunable set; `outlier_ratios` feed `--distribution owl`. Returns bool
     masks shaped like the weights.
     """
-    distribution = distribution or ctx.args.distribution
-    pattern = parse_pattern(getattr(ctx.args, "sparsity_pattern", None))
+    distribution = distribution or ctx.sparsity.distribution
+    pattern = ctx.sparsity.nm
     if pattern is not None:
         return pattern_masks(ctx, scores, density, pattern, distribution)
     capacity = {name: src.within_count() for name, src in scores.items()}
     counts = layer_counts(distribution, ctx.shapes(), density, capacity, outlier_ratios=outlier_ratios,
-                          owl_lambda=getattr(ctx.args, "owl_lambda", 0.08))
+                          owl_lambda=ctx.sparsity.owl_lambda)
     if counts is None:
         flat = select_topk(scores, keep_count(density, ctx.masks.total))
     else:
@@ -264,7 +280,7 @@ def pattern_masks(
         return {t.name: nm_keep_mask(scores[t.name].values(0, t.numel).view(t.param.shape), pattern, t.input_dim,
                                      scores[t.name].within) for t in ctx.targets}
     if density < pattern.density:
-        raise UsageError(f"--sparsity_pattern {pattern} keeps {pattern.density:g} of the weights; cannot select a "
+        raise UsageError(f"sparsity pattern {pattern} keeps {pattern.density:g} of the weights; cannot select a "
                          f"density of {density:g} below it")
     capacity = {name: src.within_count() for name, src in scores.items()}
     counts = layer_counts(distribution, ctx.shapes(), density, capacity)

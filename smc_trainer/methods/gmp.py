@@ -71,13 +71,13 @@ class GMP(SparseMethod):
 
     def schedule(self, total_steps: int) -> CubicSchedule:
         c = self.config
-        initial = self.args.sparsity * c.initial_fraction
-        return CubicSchedule.from_fractions(self.args.sparsity, total_steps, c.start, self.window_end(), c.frequency,
-                                            c.anchor, initial_sparsity=initial)
+        target = self.sparsity.sparsity
+        return CubicSchedule.from_fractions(target, total_steps, c.start, self.window_end(), c.frequency,
+                                            c.anchor, initial_sparsity=target * c.initial_fraction)
 
     def window_end(self) -> float:
         """--gmp_end, or the sparsity-scaled end (at most --gmp_end) with --gmp_window_per_halving."""
-        c, sparsity = self.config, self.args.sparsity
+        c, sparsity = self.config, self.sparsity.sparsity
         if c.window_per_halving <= 0.0 or sparsity >= 1.0:
             return c.end
         return sparsity_scaled_end(sparsity, c.start, c.window_per_halving, c.end)

@@ -17,8 +17,10 @@ within the mask before it (`imp_rounds`; selection in `smc_trainer.methods.base.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
+from smc_trainer.engine.hyperparameters import HyperParameters
 from smc_trainer.engine.patterns import NMPattern, parse_pattern
 from smc_trainer.errors import UsageError
 from smc_trainer.methods.base import SparseContext, SparseMethod, register_method, require
@@ -82,15 +84,30 @@ def round_changes(sparsity: float, rate: float, pattern: NMPattern | None) -> di
     return changes
 
 
+@dataclass
+class ImpConfig(HyperParameters):
+    """Iterative magnitude pruning's knob: the fraction of the remaining weights each round removes."""
+
+    prefix = "imp_"
+
+    rate: float = field(default=0.2, metadata={
+        "help": "LTH/LRR: fraction of the remaining weights pruned per round (paper: 0.2)."})
+
+    def validate(self) -> None:
+        super().validate()
+        self.require(0.0 < self.rate < 1.0, f"{self.param('rate')} must be in (0, 1); got {self.rate}")
+
+
 class IterativeMethod(SparseMethod):
     phase = "iterative"
     rewind: bool = False
     pattern_refusal = None  # rounds below the pattern keep at least N of every M, the last round exactly N
     default_criterion = "magnitude"
+    config: ImpConfig
 
     @classmethod
     def validate_args(cls, args) -> None:
-        require(0.0 < args.imp_rate < 1.0, f"--imp_rate must be in (0, 1); got {args.imp_rate}")
+        """The round an --imp_round claims is the one --sparsity is (the config checked --imp_rate itself)."""
         pattern = parse_pattern(args.sparsity_pattern)
         round_index = imp_round_for(args.sparsity, args.imp_rate, pattern)
         given = getattr(args, "imp_round", None)
@@ -106,14 +123,14 @@ class IterativeMethod(SparseMethod):
         return cls.criterion_name(args) != "magnitude"
 
     def initial_masks(self, ctx: SparseContext):
-        if not self.prunes_in_trainer(self.args):
+        if self.criterion is None or self.criterion.name == "magnitude":
             raise UsageError(f"--sparse_method {self.name} runs round by round through smc_trainer.runs.pipeline "
                              "(run_smc.py does this); SparseTrainer alone needs the round's mask as initial_masks=")
         # the previous round's mask, if any, is installed already: prune within it to this round's sparsity
-        return self.prune(ctx, 1.0 - self.args.sparsity, step=0, within_current=ctx.masks.active)
+        return self.prune(ctx, self.sparsity.density, step=0, within_current=ctx.masks.active)
 
 
-@register_method("lth")
+@register_method("lth", config=ImpConfig)
 class LTH(IterativeMethod):
     rewind = True
     order = 3
@@ -122,7 +139,7 @@ class LTH(IterativeMethod):
                             "a frozen base is never trained, so there is nothing to rewind (use omp_after)")
 
 
-@register_method("lrr")
+@register_method("lrr", config=ImpConfig)
 class LRR(IterativeMethod):
     rewind = False
     order = 4

@@ -18,4 +18,4 @@ class OMPBefore(SparseMethod):
     criterion_needs = ("weights", "gradients", "calibration")
 
     def initial_masks(self, ctx: SparseContext):
-        return self.prune(ctx, 1.0 - self.args.sparsity, step=0, within_current=False)
+        return self.prune(ctx, self.sparsity.density, step=0, within_current=False)

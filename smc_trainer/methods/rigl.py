@@ -11,10 +11,12 @@ comes from `--init_method` (omp_before, random_before or snip), giving the paper
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from smc_trainer.engine.criteria import Criterion
 from smc_trainer.engine.hyperparameters import HyperParameters
 from smc_trainer.engine.schedules import CosineDropSchedule
 from smc_trainer.engine.selection import (
@@ -25,6 +27,7 @@ from smc_trainer.engine.selection import (
     select_topk,
     tensor_scores,
 )
+from smc_trainer.engine.sparsity import SparsityConfig
 from smc_trainer.methods.base import SparseContext, SparseMethod, register_method
 
 INIT_METHODS = ("omp_before", "random_before", "snip")
@@ -71,21 +74,36 @@ class RigL(SparseMethod):
     frozen_base_conflict = ("RigL/SET grow pruned weights back from zero and train them; in a frozen base a grown "
                             "weight gets no gradient (RigL's growth score) and stays zero (use gmp)")
 
-    def __init__(self, args):
-        super().__init__(args)
+    config: DynamicConfig
+
+    def __init__(self, config: DynamicConfig | None = None, sparsity: SparsityConfig | None = None,
+                 criterion: Criterion | None = None, init: SparseMethod | None = None):
+        super().__init__(config, sparsity, criterion)
         from smc_trainer.methods import get_method_class
 
-        self.init = get_method_class(self.config.init_method)(args)
+        self.init = init if init is not None else get_method_class(self.config.init_method)(sparsity=self.sparsity)
+        """The method of the initial mask (--init_method: omp_before, random_before, snip)."""
         self._grad_scores: dict[str, Tensor] | None = None
 
-    config: DynamicConfig
+    @classmethod
+    def from_args(cls, args: Any) -> RigL:
+        """RigL/SET from the flags; the initial mask's method is built from them too (SNIP's batches, ...)."""
+        from smc_trainer.methods import get_method_class
+
+        method = super().from_args(args)
+        method.init = get_method_class(method.config.init_method).from_args(args)
+        return method
 
     @classmethod
     def validate_args(cls, args) -> None:
-        """The initial mask's method checks the flags it reads too (the config checked its own values)."""
+        """The initial mask's method checks the flags it reads too: its config, its own checks and its criterion's
+        (SNIP's batches)."""
         from smc_trainer.methods import get_method_class
 
-        get_method_class(args.init_method).validate_args(args)
+        init = get_method_class(args.init_method)
+        init.validate_config(args)
+        init.validate_args(args)
+        init.validate_criterion(args)
 
     def schedule(self, total_steps: int) -> CosineDropSchedule:
         c = self.config
@@ -152,5 +170,5 @@ class SET(RigL):
 
     def grow_scores(self, ctx: SparseContext, index: int, step: int, within: Tensor) -> LayerScores:
         t = ctx.targets[index]
-        seed = mix_seed(self.args.seed, SET_GROWTH_STREAM, step, index)
+        seed = mix_seed(self.sparsity.seed, SET_GROWTH_STREAM, step, index)
         return random_scores(t.numel, seed, within=within, device=t.param.device)

@@ -7,7 +7,7 @@ The score lives in `smc_trainer.engine.criteria.snip`; this is `omp_before` with
 
 from __future__ import annotations
 
-from smc_trainer.methods.base import register_method, require
+from smc_trainer.methods.base import register_method
 from smc_trainer.methods.omp_before import OMPBefore
 
 
@@ -16,7 +16,3 @@ class SNIP(OMPBefore):
     order = 12
     pattern_refusal = None
     default_criterion = "snip"
-
-    @classmethod
-    def validate_args(cls, args) -> None:
-        require(args.snip_batches >= 1, f"--snip_batches must be >= 1 for snip; got {args.snip_batches}")

@@ -31,7 +31,7 @@ from transformers.utils import logging
 
 from smc_trainer.engine.masks import MASKS_NAME, MaskSet
 from smc_trainer.engine.patterns import check_pattern_shapes, parse_pattern
-from smc_trainer.engine.targets import targets_for_args
+from smc_trainer.engine.sparsity import SparsityConfig
 from smc_trainer.errors import UsageError
 from smc_trainer.methods import get_method_class
 from smc_trainer.methods.base import SparseContext, magnitude_sources, select_masks
@@ -223,22 +223,23 @@ def load_teacher(model: torch.nn.Module, directory: str) -> torch.nn.Module:
 
 def _saved_masks(model: torch.nn.Module, args: SparseTrainingArguments, previous: str) -> dict | None:
     """The masks a finished run saved (None for a dense run): the previous round's, pruned within this round."""
-    masks = MaskSet(targets_for_args(model, args))
+    masks = MaskSet(SparsityConfig.from_flags(args).targets(model))
     return dict(masks.masks) if masks.load(previous) else None
 
 
 def _iterative_masks(model: torch.nn.Module, args: SparseTrainingArguments, previous: str) -> dict:
     """Magnitude masks at the round's sparsity (`args.sparsity`) among the weights the previous round kept, spread
     by --distribution, under a --sparsity_pattern with its floor or exactly on it (`select_masks`)."""
-    targets = targets_for_args(model, args)
-    pattern = parse_pattern(args.sparsity_pattern)
+    sparsity = SparsityConfig.from_flags(args)
+    targets = sparsity.targets(model)
+    pattern = sparsity.nm
     if pattern is not None:  # the trainer checks too, but this round's selection comes first
         check_pattern_shapes(targets, pattern)
     masks = MaskSet(targets)
     if os.path.isfile(os.path.join(previous, MASKS_NAME)):
         masks.load(previous)
-    ctx = SparseContext(targets, masks, args, total_steps=0, accumulate_gradients=lambda n: None)
-    return select_masks(ctx, magnitude_sources(ctx, within_current=masks.active), 1.0 - args.sparsity)
+    ctx = SparseContext(targets, masks, sparsity, total_steps=0, accumulate_gradients=lambda n: None)
+    return select_masks(ctx, magnitude_sources(ctx, within_current=masks.active), sparsity.density)
 
 
 # ---------------------------------------------------------------------------------------------

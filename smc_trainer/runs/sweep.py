@@ -336,11 +336,14 @@ def _run_dir(sweep_dir: str, config: RunConfig, job: Job) -> str:
     recipe = config.recipe.name  # not job.recipe, which may be a path to a recipe YAML
     label = job.label.replace(os.sep, "_")  # a variant's value may be a path (a distillation teacher)
     if job.kind == "chain":
-        # one folder per chain, named by the chain's configuration at sparsity 0 (at its pattern's sparsity
-        # under an N:M pattern, which refuses any other outside the chain's rounds)
+        # one folder per chain, named by the fingerprint of the chain's configuration at sparsity 0 (at its
+        # pattern's sparsity under an N:M pattern), written into the fingerprint: no such run exists to build
+        # (a sparse method refuses sparsity 0, a pattern any other sparsity outside the chain's rounds)
         pattern = parse_pattern(config.training_args.sparsity_pattern)
-        start = {"sparsity": 0.0} if pattern is None else {"sparsity": pattern.sparsity, "imp_round": None}
-        digest = fingerprint_hash(config_fingerprint(config.with_training(**start), include_sparse=True))
+        fingerprint = config_fingerprint(config, include_sparse=True)
+        fingerprint["training"]["sparsity"] = 0.0 if pattern is None else pattern.sparsity
+        fingerprint["training"].pop("imp_round", None)  # omitted at its default (None), as at the chain's start
+        digest = fingerprint_hash(fingerprint)
         return os.path.join(sweep_dir, "runs", recipe, label, f"chain-seed{job.seed}-{digest[:8]}")
     digest = run_key(config).rsplit("/", 1)[-1]
     return os.path.join(sweep_dir, "runs", recipe, label, f"s{job.sparsities[0]:.4f}-seed{job.seed}-{digest[:8]}")

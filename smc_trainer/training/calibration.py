@@ -26,12 +26,12 @@ import torch
 from torch import Tensor, nn
 from transformers.utils import logging
 
+from smc_trainer.engine.criteria.base import CALIBRATION_MEMORY
 from smc_trainer.engine.targets import PruneTarget
 from smc_trainer.errors import UsageError
 
 logger = logging.get_logger(__name__)
 
-CALIBRATION_MEMORY = ("block", "layer")
 HESSIAN_CHUNK_TOKENS = 128  # the hook's float32 copy of a padded (or half-precision) input: 128 tokens at a time
 
 

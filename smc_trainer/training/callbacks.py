@@ -49,8 +49,10 @@ class SparsityCallback(TrainerCallback):
         calibrator: Calibrator | None = None,
         gradient_batches: Callable[[int | None], Iterator[None]] | None = None,
         batches_per_pass: Callable[[], int] | None = None,
+        on_layer_collapse: str = "warn",
     ):
         self.method = method
+        self.on_layer_collapse = on_layer_collapse  # warn | error (--on_layer_collapse)
         self.calibrator = calibrator
         self.masks = masks
         self.accumulate_gradients = accumulate_gradients
@@ -70,7 +72,7 @@ class SparsityCallback(TrainerCallback):
             self.ctx = SparseContext(
                 targets=self.masks.targets,
                 masks=self.masks,
-                args=self.method.args,
+                sparsity=self.method.sparsity,
                 total_steps=total_steps,
                 accumulate_gradients=self.accumulate_gradients,
                 calibrator=self.calibrator,
@@ -143,7 +145,7 @@ class SparsityCallback(TrainerCallback):
         """Name the layers the masks leave (almost) empty: a warning when that set changes, or with
         `--on_layer_collapse error` a `LayerCollapseError` (a UsageError) before another step is trained."""
         collapsed = collapsed_layers(self.masks)
-        if collapsed and getattr(self.method.args, "on_layer_collapse", "warn") == "error":
+        if collapsed and self.on_layer_collapse == "error":
             raise LayerCollapseError(collapse_message(collapsed, where))
         if collapsed and [c.name for c in collapsed] != [c.name for c in self.collapsed]:
             logger.warning(collapse_message(collapsed, where))
@@ -152,7 +154,7 @@ class SparsityCallback(TrainerCallback):
     def state_dict(self) -> dict[str, Any]:
         return {
             "method": self.method.name,
-            "sparsity": self.method.args.sparsity,
+            "sparsity": self.method.sparsity.sparsity,
             "step": self.step,
             "initialized": self.initialized,
             "events": self.events,

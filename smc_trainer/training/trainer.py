@@ -23,7 +23,8 @@ from transformers.utils import logging
 
 from smc_trainer.engine.masks import MaskSet
 from smc_trainer.engine.patterns import check_pattern_shapes, parse_pattern
-from smc_trainer.engine.targets import targets_for_args, unwrap_adapters
+from smc_trainer.engine.sparsity import SparsityConfig
+from smc_trainer.engine.targets import unwrap_adapters
 from smc_trainer.errors import UsageError
 from smc_trainer.methods import get_method_class
 from smc_trainer.release.hub import check_push_args, check_release_dir, push_sparse_folder, write_release_files
@@ -89,7 +90,8 @@ class SparseTrainer(Seq2SeqTrainer):
             model = _prepare_adapters(model, args)
         if args.peft == "lora" and args.lora_learning_rate is not None:  # the adapters' own rate; --learning_rate
             args = dataclasses.replace(args, learning_rate=args.lora_learning_rate)  # stays the dense cache's
-        targets = targets_for_args(model, args)  # adapters seen through: the plain model's weights and names
+        # adapters seen through: the plain model's weights and names
+        targets = SparsityConfig.from_flags(args).targets(model)
         pattern = parse_pattern(args.sparsity_pattern)
         if pattern is not None:
             check_pattern_shapes(targets, pattern)
@@ -115,7 +117,7 @@ class SparseTrainer(Seq2SeqTrainer):
 
             check_adapter_layers(model, targets, args.sparse_adapter)
             bind_masks(model, self.masks, straight_through=args.adapter_gradient == "straight_through")
-        self.sparse_method = get_method_class(args.sparse_method)(args)
+        self.sparse_method = get_method_class(args.sparse_method).from_args(args)
         self.sparsity_callback = SparsityCallback(
             self.sparse_method,
             self.masks,
@@ -124,6 +126,7 @@ class SparseTrainer(Seq2SeqTrainer):
             calibrator=HookCalibrator(self.model, lambda: calibration_batches(self)),
             gradient_batches=self._gradient_batches,
             batches_per_pass=lambda: len(self.callback_handler.train_dataloader or self.get_train_dataloader()),
+            on_layer_collapse=getattr(args, "on_layer_collapse", "warn"),
         )
         if initial_masks is not None:
             self.sparsity_callback.preset_masks = dict(initial_masks)

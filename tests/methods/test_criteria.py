@@ -56,7 +56,7 @@ def test_obert_saliency_and_obs_update_equal_a_dense_reference():
     gen = torch.Generator().manual_seed(1)
     grads = [{t.name: torch.randn(t.param.shape, generator=gen, dtype=torch.float64) for t in targets}
              for _ in range(5)]
-    crit = get_criterion_class("obert")(_obert_args())
+    crit = get_criterion_class("obert").from_args(_obert_args())
     view = _feeding(targets, grads)
     scores = crit.scores(view)
     before = {t.name: t.param.detach().clone().reshape(-1) for t in targets}
@@ -79,7 +79,7 @@ def test_obert_block_size_one_is_the_diagonal_fisher_without_update():
     targets = _targets((4, 3))
     gen = torch.Generator().manual_seed(2)
     grads = [{"w0": torch.randn(4, 3, generator=gen, dtype=torch.float64)} for _ in range(3)]
-    crit = get_criterion_class("obert")(_obert_args(obert_block_size=1, obert_num_grads=0, obert_dampening=1e-7))
+    crit = get_criterion_class("obert").from_args(_obert_args(obert_block_size=1, obert_num_grads=0, obert_dampening=1e-7))
     view = _feeding(targets, grads)
     scores = crit.scores(view)  # num_grads 0: one full pass (3 batches)
     w = targets[0].param.detach().reshape(-1)
@@ -93,14 +93,14 @@ def test_obert_lower_precision_store_is_close():
     targets = _targets((8, 8))
     gen = torch.Generator().manual_seed(3)
     grads = [{"w0": torch.randn(8, 8, generator=gen, dtype=torch.float64)} for _ in range(5)]
-    exact = get_criterion_class("obert")(_obert_args()).scores(_feeding(targets, grads))["w0"].values(0, 64)
-    half = get_criterion_class("obert")(_obert_args(obert_dtype="bfloat16")).scores(_feeding(targets, grads))
+    exact = get_criterion_class("obert").from_args(_obert_args()).scores(_feeding(targets, grads))["w0"].values(0, 64)
+    half = get_criterion_class("obert").from_args(_obert_args(obert_dtype="bfloat16")).scores(_feeding(targets, grads))
     torch.testing.assert_close(half["w0"].values(0, 64), exact, rtol=0.05, atol=1e-3)
 
 
 def test_movement_scores_are_minus_the_sum_of_w_times_g():
     targets = _targets((3, 3))
-    crit = get_criterion_class("movement")(SimpleNamespace(fp16=False))
+    crit = get_criterion_class("movement").from_args(SimpleNamespace(fp16=False))
     expected = torch.zeros(9, dtype=torch.float64)
     gen = torch.Generator().manual_seed(4)
     for step in range(1, 6):

@@ -35,7 +35,7 @@ def test_window_grows_by_the_same_length_per_halving_up_to_the_latest_end():
 
 def _method(*flags: str):
     args = parse_run_config(["--sparse_method", "gmp", "--prune_frequency", "4", *flags]).training_args
-    return get_method(args.sparse_method)(args)
+    return get_method(args.sparse_method).from_args(args)
 
 
 def test_gmp_prunes_over_a_window_and_with_events_scaled_to_the_target():
@@ -55,7 +55,7 @@ def test_gmp_prunes_over_a_window_and_with_events_scaled_to_the_target():
 
 
 def test_gmp_star_preset_scales_its_window():
-    ends = [get_method("gmp")(parse_run_config(["--sparse_method", "gmp_star", "--sparsity", s]).training_args)
+    ends = [get_method("gmp").from_args(parse_run_config(["--sparse_method", "gmp_star", "--sparsity", s]).training_args)
             .window_end() for s in ("0.59", "0.79", "0.893", "0.97")]
     assert ends == pytest.approx([0.2 * halvings(0.59), 0.2 * halvings(0.79), 0.2 * halvings(0.893), 0.7])
 

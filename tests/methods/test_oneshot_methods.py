@@ -11,6 +11,7 @@ from tiny_models import make_tiny
 from smc_trainer import SparseTrainingArguments
 from smc_trainer.engine.patterns import NMPattern, nm_violations
 from smc_trainer.engine.selection import keep_count
+from smc_trainer.engine.sparsity import SparsityConfig
 from smc_trainer.engine.targets import find_targets
 from smc_trainer.training.calibration import HookCalibrator, module_of
 
@@ -53,8 +54,9 @@ def test_wanda_masks_equal_a_naive_per_row_sort(tmp_path, arch):
     from smc_trainer.methods import get_method_class
     from smc_trainer.methods.base import SparseContext
 
-    ctx = SparseContext(targets, MaskSet(targets), args, 0, lambda n: None, calibrator=calibrator)
-    masks = get_method_class("wanda_before")(args).initial_masks(ctx)
+    ctx = SparseContext(targets, MaskSet(targets), SparsityConfig.from_flags(args), 0, lambda n: None,
+                        calibrator=calibrator)
+    masks = get_method_class("wanda_before").from_args(args).initial_masks(ctx)
     inputs = _naive_inputs(model, targets, batches)
     for t in targets:
         w = t.param.detach() if t.input_dim == 1 else t.param.detach().t()

@@ -57,7 +57,7 @@ def test_a_plugin_criterion_in_a_sweep_plan_and_cli_parse(tmp_path):
     config = parse_run_config(["--plugins", str(EXAMPLE), "--sparse_method", "gmp", "--criterion", "taylor",
                                "--taylor_batches", "3", "--sparsity", "0.5", "--output_dir", str(tmp_path / "run")])
     assert config.training_args.criterion == "taylor"
-    method = get_method_class("gmp")(config.training_args)
+    method = get_method_class("gmp").from_args(config.training_args)
     assert method.criterion.config.batches == 3  # the criterion's own flag, read into its config
     with pytest.raises(UsageError, match="--taylor_batches must be >= 1; got 0"):
         parse_run_config(["--plugins", str(EXAMPLE), "--sparse_method", "gmp", "--criterion", "taylor",

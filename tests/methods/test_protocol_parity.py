@@ -24,7 +24,7 @@ def csqa_args(*flags: str):
 
 def pruning_steps(args, total: int) -> list[int]:
     """Steps at which GMP prunes (events whose scheduled sparsity is above 0)."""
-    schedule = get_method_class("gmp")(args).schedule(total)
+    schedule = get_method_class("gmp").from_args(args).schedule(total)
     return [s for s in range(1, total + 1) if schedule.is_event(s) and schedule.sparsity_at(s) > 0]
 
 
@@ -37,7 +37,7 @@ def test_csqa_gmp_events_start_anchored_and_absolute():
     assert pruning_steps(ours, 3000) == [800, 1300, 1800, 2300, 2400]
     official = csqa_args("--sparse_method", "gmp", "--gmp_anchor", "absolute")
     assert pruning_steps(official, 3000) == [500, 1000, 1500, 2000, 2400]
-    schedule = get_method_class("gmp")(official).schedule(3000)
+    schedule = get_method_class("gmp").from_args(official).schedule(3000)
     assert schedule.sparsity_at(2000) == pytest.approx(0.8868, abs=1e-4)  # where the official code stops
     assert schedule.sparsity_after(2399) == schedule.sparsity_at(2000) and schedule.sparsity_after(2400) == 0.893
     assert schedule.sparsity_after(499) == 0.0 and schedule.sparsity_after(999) == schedule.sparsity_at(500)
@@ -56,7 +56,7 @@ def test_drop_fraction_floor_is_the_official_cosine_decay():
     """With --drop_fraction_floor 0.005 the fraction at every step equals CosineAnnealingLR(lr 0.5, eta_min 0.005),
     the official `CosineDecay`; by default it decays to 0 (RigL)."""
     args = csqa_args("--sparse_method", "rigl", "--drop_fraction_floor", "0.005")
-    schedule = get_method_class("rigl")(args).schedule(3000)
+    schedule = get_method_class("rigl").from_args(args).schedule(3000)
     assert (schedule.floor, schedule.interval) == (0.005, 500)
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
     cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, 3000, eta_min=0.005)

@@ -38,8 +38,8 @@ class TwoStep(SparseMethod):
     criterion_needs = ("weights", "gradients", "training")
     config: TwoStepConfig
 
-    def __init__(self, args):
-        super().__init__(args)
+    def __init__(self, config=None, sparsity=None, criterion=None):
+        super().__init__(config, sparsity, criterion)
         self.events: list[int] = []  # the steps pruned at so far: checkpointed, so a resumed run knows them
 
     def event_steps(self, total_steps: int) -> list[int]:
@@ -51,7 +51,7 @@ class TwoStep(SparseMethod):
             return None
         self.events.append(step)
         fraction = self.config.first if step == first and first != last else 1.0
-        return self.prune(ctx, 1.0 - self.args.sparsity * fraction, step, within_current=True)
+        return self.prune(ctx, 1.0 - self.sparsity.sparsity * fraction, step, within_current=True)
 
     def pruning_steps(self, total_steps):
         return self.event_steps(total_steps)

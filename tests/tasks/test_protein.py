@@ -28,6 +28,7 @@ from transformers import (
 from run_smc import main
 from smc_trainer.engine.masks import MaskSet
 from smc_trainer.engine.module_groups import TABLE1_GROUPS, module_group_regex, parse_module_group
+from smc_trainer.engine.sparsity import SparsityConfig
 from smc_trainer.engine.targets import find_targets
 from smc_trainer.methods import get_method_class
 from smc_trainer.methods.base import SparseContext
@@ -354,8 +355,9 @@ def prune(model: torch.nn.Module, method: str, sparsity: float, prune_modules: s
     args = SparseTrainingArguments(output_dir="unused", report_to="none", sparse_method=method, sparsity=sparsity,
                                    prune_modules=prune_modules or recipe["prune_modules"], seed=0)
     masks = MaskSet(find_targets(model, modules=args.prune_modules))
-    ctx = SparseContext(masks.targets, masks, args, total_steps=10, accumulate_gradients=lambda n: None)
-    masks.set_masks(get_method_class(method)(args).initial_masks(ctx))
+    ctx = SparseContext(masks.targets, masks, SparsityConfig.from_flags(args), total_steps=10,
+                        accumulate_gradients=lambda n: None)
+    masks.set_masks(get_method_class(method).from_args(args).initial_masks(ctx))
     return masks
 
 

@@ -60,6 +60,9 @@ BAD = [
      ["validation", "test"]),
     ("dense-sparsity", dict(sparse_method="dense", sparsity=0.5), ["--sparsity", "dense"], "0.5", []),
     ("imp-rate", dict(sparse_method="lth", sparsity=0.36, imp_rate=0.0), ["--imp_rate"], "0", []),
+    # a sparse method that prunes nothing would be a dense run under the method's name (gmp, omp_before, ...)
+    ("sparse-at-zero", dict(sparse_method="gmp", sparsity=0.0), ["--sparse_method", "--sparsity"], "0", []),
+    ("sparse-at-zero-before", dict(sparse_method="omp_before"), ["--sparsity"], "0", []),
     ("lth-off-grid", dict(sparse_method="lth", sparsity=0.5), ["--sparsity"], "0.5", []),
 ]
 
@@ -120,7 +123,6 @@ def test_sparse_method_message_lists_every_registered_method(tmp_path):
 GOOD = [
     dict(),
     dict(sparse_method="dense", sparsity=0.0),
-    dict(sparse_method="omp_before", sparsity=0.0),
     dict(sparse_method="omp_before", sparsity=0.5, distribution="erk"),
     dict(sparse_method="random_before", sparsity=0.99, distribution="uniform"),
     dict(sparse_method="snip", sparsity=0.36, snip_batches=4),
@@ -134,7 +136,7 @@ GOOD = [
     dict(sparse_method="rigl", sparsity=0.5, init_method="random_before", update_end=1.0),
     dict(sparse_method="set", sparsity=0.5, init_method="omp_before", drop_fraction=0.99),
     dict(sparse_method="omp_before", sparsity=0.5, select_on="test"),
-    dict(sparse_method="omp_before", sparsity=0.0, prune_include="encoder", prune_exclude="bias"),
+    dict(sparse_method="omp_before", sparsity=0.5, prune_include="encoder", prune_exclude="bias"),
 ]
 
 
@@ -196,7 +198,8 @@ def test_flag_groups_compose_in_order_each_flag_once():
 
     from smc_trainer.training import arguments as arguments_package
 
-    groups = ("MethodArguments", "OneShotArguments", "GmpArguments", "DynamicArguments", "IterativeArguments",
+    groups = ("MethodArguments", "SnipArguments", "OneShotArguments", "WandaArguments", "SparseGptArguments",
+              "GmpArguments", "DynamicArguments", "IterativeArguments",
               "OutputArguments", "LoraArguments", "SelectionArguments", "CriterionArguments",
               "ObertArguments", "DistillationArguments", "LrRewindArguments", "ExtensionArguments")
     declared = [f.name for g in groups for f in dataclasses.fields(getattr(arguments_package, g))]

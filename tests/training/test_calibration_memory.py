@@ -17,6 +17,7 @@ from smc_trainer.engine.oneshot.sparsegpt import (
     sparsegpt_prune,
     sparsegpt_prune_factored,
 )
+from smc_trainer.engine.sparsity import SparsityConfig
 from smc_trainer.engine.targets import find_targets
 from smc_trainer.methods import get_method_class
 from smc_trainer.methods.base import SparseContext
@@ -38,9 +39,9 @@ def _prune(tmp_path, arch, memory, **flags):
     batches = _batches()
     args = sparse_args(tmp_path, "sparsegpt_before", flags.pop("sparsity", 0.59), distribution="uniform",
                        calibration_memory=memory, **flags)
-    ctx = SparseContext(targets, MaskSet(targets), args, 0, lambda n: None,
+    ctx = SparseContext(targets, MaskSet(targets), SparsityConfig.from_flags(args), 0, lambda n: None,
                         calibrator=HookCalibrator(model, lambda: iter(batches)))
-    return model, get_method_class("sparsegpt_before")(args).initial_masks(ctx)
+    return model, get_method_class("sparsegpt_before").from_args(args).initial_masks(ctx)
 
 
 @pytest.mark.parametrize("flags", [{}, {"sparsity": 0.5, "sparsity_pattern": "2:4"}], ids=["59%", "2:4"])

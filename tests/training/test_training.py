@@ -10,6 +10,7 @@ from sparse_helpers import criterion_cases, make_trainer, pruned_leaks, sparse_a
 
 from smc_trainer import method_names
 from smc_trainer.engine.selection import keep_count
+from smc_trainer.engine.sparsity import SparsityConfig
 
 SPARSE_METHODS = [m for m in method_names() if m != "dense"]
 SPARSITIES = [0.2, 0.59, 0.893]
@@ -146,8 +147,9 @@ def test_rigl_grows_by_dense_gradient_and_drops_by_magnitude():
     targets = find_targets(layer)
     masks = MaskSet(targets)
     masks.set_masks({targets[0].name: mask.view(4, 4)})
-    ctx = SparseContext(targets, masks, args, total_steps=1000, accumulate_gradients=lambda n: None)
-    rigl = get_method_class("rigl")(args)
+    ctx = SparseContext(targets, masks, SparsityConfig.from_flags(args), total_steps=1000,
+                        accumulate_gradients=lambda n: None)
+    rigl = get_method_class("rigl").from_args(args)
     assert rigl.wants_dense_gradients(ctx, 1)
     rigl.observe_dense_gradients(ctx, 1)
     fraction = rigl.schedule(1000).fraction_at(1)

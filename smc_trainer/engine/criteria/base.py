@@ -25,13 +25,16 @@ from typing import Any, ClassVar, Protocol
 
 from torch import Tensor
 
-from smc_trainer.engine.hyperparameters import HyperParameters, NoHyperParameters
+from smc_trainer.engine.hyperparameters import HyperParameters, NoHyperParameters, checked_config
 from smc_trainer.engine.selection import LayerScores
+from smc_trainer.engine.sparsity import SparsityConfig
 from smc_trainer.engine.targets import PruneTarget
 from smc_trainer.errors import UsageError
 from smc_trainer.registry import Registry
 
 NEEDS = ("weights", "gradients", "training", "calibration")
+CALIBRATION_MEMORY = ("block", "layer")
+"""How a calibrator holds Hessians: a block's at once, or one layer group's at a time (`Calibrator.sequential`)."""
 
 Selector = Callable[[Mapping[str, LayerScores], Mapping[str, float] | None], dict[str, Tensor]]
 """The method's selection: (scores by name, OWL outlier ratios or None) -> bool masks at the event's density."""
@@ -110,9 +113,15 @@ class Criterion:
     config_class: ClassVar[type[HyperParameters]] = NoHyperParameters
     """The criterion's own hyper-parameters (`register_criterion(name, config=...)`); values in `self.config`."""
 
-    def __init__(self, args: Any):
-        self.args = args
-        self.config = self.config_class.from_flags(args)
+    def __init__(self, config: HyperParameters | None = None, sparsity: SparsityConfig | None = None):
+        self.config = checked_config(type(self), config)
+        self.sparsity = sparsity if sparsity is not None else SparsityConfig()
+
+    @classmethod
+    def from_args(cls, args: Any, sparsity: SparsityConfig | None = None) -> Criterion:
+        """The criterion configured by the training arguments' flags (its config's and the shared sparsity's)."""
+        return cls(cls.config_class.from_flags(args), sparsity if sparsity is not None else
+                   SparsityConfig.from_flags(args))
 
     @classmethod
     def validate_args(cls, args: Any) -> None:

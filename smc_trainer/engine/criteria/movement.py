@@ -24,8 +24,8 @@ class Movement(Criterion):
     needs = "training"
     order = 3
 
-    def __init__(self, args):
-        super().__init__(args)
+    def __init__(self, config=None, sparsity=None):
+        super().__init__(config, sparsity)
         self.accumulated: dict[str, Tensor] = {}
 
     @classmethod

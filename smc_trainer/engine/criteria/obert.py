@@ -125,8 +125,8 @@ class OBERT(Criterion):
     order = 5
     config: ObertConfig
 
-    def __init__(self, args):
-        super().__init__(args)
+    def __init__(self, config: ObertConfig | None = None, sparsity=None):
+        super().__init__(config, sparsity)
         self._inverses: dict[str, BlockFisherInverse] | None = None
 
     @classmethod

@@ -20,6 +20,6 @@ class Random(Criterion):
         out = {}
         for i, t in enumerate(view.targets):
             parts = (RANDOM_INIT_STREAM, i) if view.step == 0 else (RANDOM_INIT_STREAM, i, view.step)
-            out[t.name] = random_scores(t.numel, mix_seed(self.args.seed, *parts), within=view.mask_of(t.name),
+            out[t.name] = random_scores(t.numel, mix_seed(self.sparsity.seed, *parts), within=view.mask_of(t.name),
                                         device=t.param.device)
         return out

@@ -5,25 +5,37 @@ The score is |w * g| on every task (the original protein code used |g| alone).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
 from smc_trainer.engine.criteria.base import Criterion, ScoringView, register_criterion
+from smc_trainer.engine.hyperparameters import HyperParameters
 from smc_trainer.engine.selection import LayerScores, product_scores, tensor_scores
-from smc_trainer.errors import UsageError
 
 
-@register_criterion("snip")
+@dataclass
+class SnipConfig(HyperParameters):
+    """SNIP's one knob: how many training batches' gradients are summed into |w * g|."""
+
+    prefix = "snip_"
+
+    batches: int = field(default=1, metadata={"help": "SNIP: training batches whose gradients are summed."})
+
+    def validate(self) -> None:
+        super().validate()
+        self.require(self.batches >= 1, f"{self.param('batches')} must be >= 1 for the snip criterion; got "
+                     f"{self.batches}")
+
+
+@register_criterion("snip", config=SnipConfig)
 class Snip(Criterion):
     needs = "gradients"
     order = 2
-
-    @classmethod
-    def validate_args(cls, args) -> None:
-        if args.snip_batches < 1:
-            raise UsageError(f"--snip_batches must be >= 1 for the snip criterion; got {args.snip_batches}")
+    config: SnipConfig
 
     def scores(self, view: ScoringView) -> dict[str, LayerScores]:
-        view.accumulate_gradients(self.args.snip_batches)
+        view.accumulate_gradients(self.config.batches)
         scores = {}
         for t in view.targets:
             grad, within = t.param.grad, view.mask_of(t.name)
@@ -32,7 +44,8 @@ class Snip(Criterion):
             elif not bool(torch.isfinite(grad).all()):  # fp16: the loss scale overflowed; inf would rank first
                 raise FloatingPointError(
                     f"SNIP gradients of {t.name} are not finite; under --fp16 the scaled loss overflowed on the "
-                    f"--snip_batches {self.args.snip_batches} batch(es). Use --bf16, or fp32 for this run.")
+                    f"{self.config.param('batches')} {self.config.batches} batch(es). Use --bf16, or fp32 for this "
+                    "run.")
             else:
                 scores[t.name] = product_scores(t.param, grad, within)
         return scores

@@ -17,7 +17,8 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 from transformers.utils import logging
 
-from smc_trainer.engine.targets import PruneTarget, plain_named_modules, targets_for_args, unwrap_adapters
+from smc_trainer.engine.sparsity import SparsityConfig
+from smc_trainer.engine.targets import PruneTarget, plain_named_modules, unwrap_adapters
 from smc_trainer.errors import UsageError
 from smc_trainer.training.adapters.layers import MaskOwner, MaskRef, SparseLoraLinear
 
@@ -75,8 +76,8 @@ def lora_target_modules(model: nn.Module, args) -> list[str]:
     body = {name: m for name, m in linears.items() if not name.startswith(heads) and name not in heads}
     wanted = [w.strip() for w in (args.lora_target_modules or "").split(",") if w.strip()]
     if not wanted:
-        prunable = {t.name.rsplit(".", 1)[0] for t in targets_for_args(model, args) if t.group not in ("head",
-                                                                                                   "embeddings")}
+        prunable = {t.name.rsplit(".", 1)[0] for t in SparsityConfig.from_flags(args).targets(model)
+                    if t.group not in ("head", "embeddings")}
         chosen = [name for name in body if name in prunable]
         if not chosen:
             raise UsageError("--peft lora: no prunable Linear/Conv1D module outside the task head to put an adapter "

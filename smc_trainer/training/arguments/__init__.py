@@ -32,12 +32,13 @@ from smc_trainer.training.arguments.lora import (
     lora_defaults,
 )
 from smc_trainer.training.arguments.lr_rewind import LrRewindArguments
-from smc_trainer.training.arguments.method import DISTRIBUTIONS, MethodArguments
-from smc_trainer.training.arguments.oneshot import OneShotArguments
+from smc_trainer.training.arguments.method import DISTRIBUTIONS, MethodArguments, SnipArguments
+from smc_trainer.training.arguments.oneshot import OneShotArguments, SparseGptArguments, WandaArguments
 from smc_trainer.training.arguments.output import SELECT_ON, OutputArguments, SelectionArguments
 from smc_trainer.training.arguments.schedules import (
     DynamicArguments,
     GmpArguments,
+    ImpArguments,
     IterativeArguments,
 )
 from smc_trainer.training.parallel import check_parallel_support
@@ -46,9 +47,10 @@ from smc_trainer.training.task_arguments import DataArguments, ModelArguments
 # the flag groups and, as before the split, the choices, lora_defaults and check_peft_flags
 __all__ = ["ADAPTER_GRADIENTS", "DISTILL_SOURCES", "DISTRIBUTIONS", "LORA_RELEASES", "PEFT_CHOICES", "SELECT_ON",
            "CriterionArguments", "DataArguments", "DistillationArguments", "DynamicArguments", "ExtensionArguments",
-           "GmpArguments", "IterativeArguments", "LoraArguments", "LrRewindArguments", "MethodArguments",
-           "ModelArguments", "ObertArguments", "OneShotArguments", "OutputArguments", "SelectionArguments",
-           "SparseTrainingArguments", "check_peft_flags", "lora_defaults"]
+           "GmpArguments", "ImpArguments", "IterativeArguments", "LoraArguments", "LrRewindArguments",
+           "MethodArguments", "ModelArguments", "ObertArguments", "OneShotArguments", "OutputArguments",
+           "SelectionArguments", "SnipArguments", "SparseGptArguments", "SparseTrainingArguments", "WandaArguments",
+           "check_peft_flags", "lora_defaults"]
 
 
 # A dataclass lists its fields base first, walking the MRO backwards: the mixin named LAST comes first after
@@ -67,7 +69,10 @@ class SparseTrainingArguments(
     IterativeArguments,
     DynamicArguments,
     GmpArguments,
+    SparseGptArguments,
+    WandaArguments,
     OneShotArguments,
+    SnipArguments,
     MethodArguments,
     Seq2SeqTrainingArguments,
 ):
@@ -136,6 +141,7 @@ class SparseTrainingArguments(
         self._check_layer_collapse_policy()
         self._check_method_and_targets()
         method = get_method_class(self.sparse_method)
+        self._check_sparse_target(method)
         self._check_pattern_and_calibration(method)
         self._check_no_training(method)
         method.validate_config(self)

@@ -1,13 +1,15 @@
-"""The method and what it prunes: --sparse_method, --sparsity, --distribution, the prunable set, SNIP."""
+"""The method and what it prunes: --sparse_method, --sparsity, --distribution, the prunable set; SNIP's flag."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
 
+from smc_trainer.engine.criteria.snip import SnipConfig
 from smc_trainer.engine.distributions import DISTRIBUTIONS
 from smc_trainer.errors import UsageError
 from smc_trainer.training.arguments.common import _choices_error
+from smc_trainer.training.arguments.generated import flag_mixin
 from smc_trainer.training.arguments.roles import declare
 
 
@@ -56,14 +58,20 @@ class MethodArguments:
             "--prune_include/--prune_exclude."
         },
     ), key="run")
-    snip_batches: int = declare(
-        field(default=1, metadata={"help": "SNIP: training batches whose gradients are summed."}), key="run")
 
     def _check_sparsity_and_distribution(self) -> None:
-        if not 0.0 <= self.sparsity < 1.0:
-            raise UsageError(f"--sparsity must be in [0, 1); got {self.sparsity!r}")
-        if self.distribution not in DISTRIBUTIONS:
-            raise _choices_error("distribution", self.distribution, DISTRIBUTIONS)
+        """The shared sparsity settings (--sparsity, --distribution, --sparsity_pattern, OWL's), in flag words."""
+        from smc_trainer.engine.sparsity import SparsityConfig
+
+        SparsityConfig.from_flags(self).validate()
+
+    def _check_sparse_target(self, method) -> None:
+        """A sparse method at --sparsity 0 would train a dense model under the method's name: refuse it, as
+        --sparse_method dense refuses a sparsity."""
+        if method.phase != "dense" and self.sparsity == 0.0:
+            raise UsageError(f"--sparse_method {self.sparse_method} at --sparsity 0 prunes nothing: its run would be "
+                             "a dense model labelled as the method; pass --sparsity in (0, 1), or --sparse_method "
+                             "dense for the dense baseline")
 
     def _check_method_and_targets(self) -> None:
         """--sparse_method names a registered method; --prune_modules and the regexes parse."""
@@ -93,3 +101,7 @@ class MethodArguments:
         raise UsageError(f"--max_steps 0 prunes once and evaluates without training; --sparse_method "
                          f"{self.sparse_method} ({method.phase}) prunes during training or between retraining "
                          f"rounds, which never happen then; use one of {', '.join(able)}")
+
+
+# SNIP's flag, generated from its criterion's config
+SnipArguments = flag_mixin(SnipConfig, "SnipArguments", module=__name__)

@@ -5,10 +5,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from smc_trainer.engine.criteria.wanda import WANDA_COMPARE
+from smc_trainer.engine.criteria.sparsegpt import SparseGptConfig
+from smc_trainer.engine.criteria.wanda import WandaConfig
 from smc_trainer.errors import UsageError
+from smc_trainer.training.arguments.generated import flag_mixin
 from smc_trainer.training.arguments.roles import declare
-from smc_trainer.training.calibration import CALIBRATION_MEMORY
+
+# Wanda's and SparseGPT's flags, generated from their configs
+WandaArguments = flag_mixin(WandaConfig, "WandaArguments", module=__name__)
+SparseGptArguments = flag_mixin(SparseGptConfig, "SparseGptArguments", module=__name__)
 
 
 @dataclass
@@ -34,26 +39,6 @@ class OneShotArguments:
                   "training-file schema: arithmetic, a CSV with Question, Numbers, Equation; multiple choice and "
                   "quickstart, JSON / JSON Lines / CSV with question, choices, label (docs/oneshot.md)."},
     ), key="run", omit_at_default=True, dense_reset=True)
-    wanda_compare: str = declare(field(
-        default="row",
-        metadata={"choices": WANDA_COMPARE,
-                  "help": "Wanda: compare scores within each output row (row, the paper's) at each layer's "
-                  "--distribution budget, or across the whole layer / all layers with --distribution global (layer)."},
-    ), key="run")
-    sparsegpt_blocksize: int = declare(field(
-        default=128, metadata={"help": "SparseGPT: columns per lazy-update block (paper: 128)."}
-    ), key="run")
-    sparsegpt_dampening: float = declare(field(
-        default=0.01, metadata={"help": "SparseGPT: Hessian dampening, a fraction of its mean diagonal (paper: 0.01)."}
-    ), key="run")
-    calibration_memory: str = declare(field(
-        default="block",
-        metadata={"choices": CALIBRATION_MEMORY,
-                  "help": "SparseGPT: block (default) collects one block's (transformer layer's) Hessians per "
-                  "forward pass, so memory holds that block's Hessians; layer collects one Hessian per pass (q, k, "
-                  "v share one), holding only one at a time at the cost of one pass per layer group instead of one "
-                  "per block. Masks and weights are identical."},
-    ), key="never")
     owl_threshold: float = declare(field(
         default=5.0,
         metadata={"help": "OWL's M: a Wanda score above M x its layer's mean is an outlier (paper: 5)."},
@@ -107,9 +92,6 @@ class OneShotArguments:
 
             check_calibration_file(self.calibration_file)
         self._check_calibration_memory(method)
-        if self.owl_threshold <= 0 or self.owl_lambda < 0:
-            raise UsageError(f"--owl_threshold must be > 0 and --owl_lambda >= 0; got {self.owl_threshold}, "
-                             f"{self.owl_lambda}")
         if self.export_semi_structured:
             if pattern is None or (pattern.n, pattern.m) != (2, 4):
                 raise UsageError("--export_semi_structured needs --sparsity_pattern 2:4 (the only pattern sparse "
@@ -119,12 +101,7 @@ class OneShotArguments:
                 raise UsageError(f"--export_semi_structured: {reason}")
 
     def _check_calibration_memory(self, method) -> None:
-        """--calibration_memory: a known value, and only where SparseGPT collects Hessians."""
-        from smc_trainer.training.calibration import CALIBRATION_MEMORY
-
-        if self.calibration_memory not in CALIBRATION_MEMORY:
-            raise UsageError(f"--calibration_memory must be one of {', '.join(CALIBRATION_MEMORY)}; "
-                             f"got {self.calibration_memory!r}")
+        """--calibration_memory only where SparseGPT collects Hessians (its config checks the value)."""
         criterion = method.criterion_name(self)
         if self.calibration_memory != "block" and (criterion != "sparsegpt" or not method.calibrated(self)):
             raise UsageError(f"--calibration_memory {self.calibration_memory} sets how SparseGPT collects its layer "

@@ -9,6 +9,7 @@ import argparse
 from dataclasses import dataclass, field
 
 from smc_trainer.methods.gmp import GmpConfig
+from smc_trainer.methods.iterative import ImpConfig
 from smc_trainer.methods.rigl import DynamicConfig
 from smc_trainer.training.arguments.generated import flag_mixin
 from smc_trainer.training.arguments.roles import declare
@@ -21,13 +22,14 @@ GmpArguments = flag_mixin(GmpConfig, "GmpArguments", module=__name__)
 DynamicArguments = flag_mixin(DynamicConfig, "DynamicArguments", module=__name__)
 
 
-@dataclass
-class IterativeArguments:
-    """LTH/LRR: the rate of each pruning round, and the round of a chain onto an N:M pattern."""
+# LTH's and LRR's flag (--imp_rate), generated from their config
+ImpArguments = flag_mixin(ImpConfig, "ImpArguments", module=__name__)
 
-    imp_rate: float = declare(field(
-        default=0.2, metadata={"help": "LTH/LRR: fraction of the remaining weights pruned per round (paper: 0.2)."}
-    ), key="run")
+
+@dataclass
+class IterativeArguments(ImpArguments):
+    """LTH/LRR: the rate of each pruning round (`ImpConfig`), and the round of a chain onto an N:M pattern."""
+
     # internal state, not a flag (hidden from --help): set by the pipeline and sweeps on the LTH/LRR rounds of a
     # --sparsity_pattern chain that lie below the pattern's sparsity (the round's index), so those rounds pass the
     # check that a patterned run is at 1 - N/M
