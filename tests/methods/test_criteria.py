@@ -79,7 +79,8 @@ def test_obert_block_size_one_is_the_diagonal_fisher_without_update():
     targets = _targets((4, 3))
     gen = torch.Generator().manual_seed(2)
     grads = [{"w0": torch.randn(4, 3, generator=gen, dtype=torch.float64)} for _ in range(3)]
-    crit = get_criterion_class("obert").from_args(_obert_args(obert_block_size=1, obert_num_grads=0, obert_dampening=1e-7))
+    args = _obert_args(obert_block_size=1, obert_num_grads=0, obert_dampening=1e-7)
+    crit = get_criterion_class("obert").from_args(args)
     view = _feeding(targets, grads)
     scores = crit.scores(view)  # num_grads 0: one full pass (3 batches)
     w = targets[0].param.detach().reshape(-1)

@@ -55,8 +55,9 @@ def test_gmp_prunes_over_a_window_and_with_events_scaled_to_the_target():
 
 
 def test_gmp_star_preset_scales_its_window():
-    ends = [get_method("gmp").from_args(parse_run_config(["--sparse_method", "gmp_star", "--sparsity", s]).training_args)
-            .window_end() for s in ("0.59", "0.79", "0.893", "0.97")]
+    gmp = get_method("gmp")
+    ends = [gmp.from_args(parse_run_config(["--sparse_method", "gmp_star", "--sparsity", s]).training_args).window_end()
+            for s in ("0.59", "0.79", "0.893", "0.97")]
     assert ends == pytest.approx([0.2 * halvings(0.59), 0.2 * halvings(0.79), 0.2 * halvings(0.893), 0.7])
 
 
