@@ -7,9 +7,16 @@ linear, what the activation-aware criteria need (`smc_trainer.engine.criteria.wa
   transformer layer, the head, ...), blocks in the order the forward pass reaches them. Each block's statistics
   are collected with the blocks before it already pruned, the block is pruned, and the next block follows
   (SparseGPT). Linears that read the same input tensor (q, k, v) share one Hessian, and each Hessian is freed
-  as soon as its linears are pruned. A forward pass stops as soon as the linears it collects for have all run,
-  so pruning L blocks costs about (L + 1) / 2 forward passes and memory holds one block's Hessians
-  (`memory="block"`), or one pass per input group and one Hessian at a time (`memory="layer"`).
+  as soon as its linears are pruned. Memory holds one block's Hessians (`memory="block"`), or one Hessian at a
+  time at the cost of one pass per input group (`memory="layer"`).
+
+  Where the blocks are consecutive items of one `nn.ModuleList` (the layers of every HF encoder and decoder), the
+  model runs once up to the first block, whose inputs (hidden states and keyword arguments, per batch) are cached;
+  then each block runs on the cached inputs to collect its Hessians, is pruned, and runs once more so its pruned
+  outputs become the next block's inputs: 2 block forwards per block, as SparseGPT's and Wanda's reference code.
+  Blocks outside the list (a classification head) and models without one take whole-model passes that stop once
+  the block's linears have run (about (L + 1) / 2 full forwards for L blocks). Both hand `prune` the same
+  Hessians up to float rounding (tests/training/test_cached_calibration.py).
 
 Padding positions (attention_mask 0) are left out of the statistics wherever a linear's input is laid out as
 the batch's tokens.
@@ -18,8 +25,10 @@ the batch's tokens.
 from __future__ import annotations
 
 import contextlib
+import os
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -45,13 +54,38 @@ def module_of(model: nn.Module, target: PruneTarget) -> nn.Module:
     return model.get_submodule(target.name.rsplit(".", 1)[0]) if "." in target.name else model
 
 
+@dataclass
+class _BlockInput:
+    """One batch's input to a block: its positional and keyword arguments, and the batch's attention mask (to
+    leave padding out of the Hessians)."""
+
+    args: tuple
+    kwargs: dict[str, Any]
+    token_mask: Tensor | None
+
+    @property
+    def hidden(self) -> Tensor:
+        return self.args[0] if self.args else self.kwargs["hidden_states"]
+
+    def with_hidden(self, hidden: Tensor) -> _BlockInput:
+        if self.args:
+            return _BlockInput((hidden, *self.args[1:]), self.kwargs, self.token_mask)
+        return _BlockInput(self.args, {**self.kwargs, "hidden_states": hidden}, self.token_mask)
+
+
 class HookCalibrator:
     """Collects calibration statistics of `model`'s prunable linears from the batches `batches()` yields
-    (model inputs, already on the model's device). The model runs in eval mode without gradients."""
+    (model inputs, already on the model's device). The model runs in eval mode without gradients.
 
-    def __init__(self, model: nn.Module, batches: Callable[[], Iterable[Mapping[str, Any]]]):
+    `cache_inputs` (default) calibrates a chain of blocks on cached block inputs (module docstring); the cached
+    hidden states stay on the model's device up to `cache_bytes`, beyond that they wait on the CPU."""
+
+    def __init__(self, model: nn.Module, batches: Callable[[], Iterable[Mapping[str, Any]]],
+                 cache_inputs: bool = True, cache_bytes: float = 2 * 2**30):
         self.model = model
         self.batches = batches
+        self.cache_inputs = cache_inputs
+        self.cache_bytes = cache_bytes
         self._token_mask: Tensor | None = None
 
     # ---- running the model -----------------------------------------------------------------------
@@ -177,7 +211,13 @@ class HookCalibrator:
         if memory == "layer":  # one buffer for every group's Hessian: no Hessian-sized free and malloc per group
             n = max(g[0].param.shape[g[0].input_dim] for block in blocks for g in block)
             buffer = torch.empty(n * n, device=blocks[0][0][0].param.device)
-        for block in blocks:
+        chain = self._block_chain(blocks) if self.cache_inputs else None
+        first_uncached = 0
+        if chain is not None:
+            layers, start = chain
+            self._sequential_cached(blocks[: len(layers)], layers, start, prune, memory, buffer)
+            first_uncached = len(layers)
+        for block in blocks[first_uncached:]:
             if memory == "block":
                 hessians = self._hessians(block)
                 for i, group in enumerate(block):
@@ -187,11 +227,146 @@ class HookCalibrator:
                     prune(group, self._hessians([group], buffer).pop(0))
             logger.info(f"calibrated and pruned {block[0][0].group} ({sum(map(len, block))} weights)")
 
+    # ---- cached block inputs ---------------------------------------------------------------------
+
+    def _block_chain(self, blocks: Sequence[list[list[PruneTarget]]]) -> tuple[list[nn.Module], int] | None:
+        """(the leading blocks' modules, the index of the first in its list) when the first two or more blocks in
+        forward order are consecutive items of one nn.ModuleList; None when there is no such chain."""
+        found: list[tuple[str, int]] = []
+        for block in blocks:
+            common = os.path.commonprefix([t.name.split(".")[:-1] for group in block for t in group])
+            if len(common) < 2 or not common[-1].isdigit():
+                break
+            parent, index = ".".join(common[:-1]), int(common[-1])
+            if not isinstance(self.model.get_submodule(parent), nn.ModuleList):
+                break
+            if found and (parent != found[0][0] or index != found[-1][1] + 1):
+                break
+            found.append((parent, index))
+        if len(found) < 2:
+            return None
+        layers = self.model.get_submodule(found[0][0])
+        return [layers[i] for _, i in found], found[0][1]
+
+    def _capture_inputs(self, layer: nn.Module) -> list[_BlockInput]:
+        """Every calibration batch's input to `layer`, from forward passes stopped there (no KV cache)."""
+        cached: list[_BlockInput] = []
+
+        def capture(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            kwargs = dict(kwargs)
+            if kwargs.get("past_key_values") is not None:
+                kwargs["past_key_values"] = None
+            cached.append(_BlockInput(tuple(args), kwargs, self._token_mask))
+            raise _BlockDone
+
+        config = getattr(self.model, "config", None)
+        use_cache = getattr(config, "use_cache", None)
+        handle = layer.register_forward_pre_hook(capture, with_kwargs=True)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            if use_cache is not None:
+                config.use_cache = False  # a block run twice on one KV cache would attend to its own keys
+            with torch.no_grad():
+                for batch in self.batches():
+                    self._token_mask = batch.get("attention_mask")
+                    with contextlib.suppress(_BlockDone):
+                        self.model(**batch)
+        finally:
+            handle.remove()
+            self._token_mask = None
+            self.model.train(was_training)
+            if use_cache is not None:
+                config.use_cache = use_cache
+        if not cached:
+            raise UsageError("calibration: no calibration batch reached the first transformer block")
+        total = sum(c.hidden.numel() * c.hidden.element_size() for c in cached)
+        if total > self.cache_bytes:
+            logger.info(f"calibration: the cached block inputs ({total / 2**30:.2f} GiB) exceed the cache budget "
+                        f"({self.cache_bytes / 2**30:.2f} GiB); they wait on the CPU between blocks")
+            cached = [c.with_hidden(c.hidden.cpu()) for c in cached]
+        return cached
+
+    def _run_block(self, layer: nn.Module, inputs: Sequence[_BlockInput],
+                   hooks: Mapping[nn.Module, Callable[[nn.Module, Tensor], None]] | None = None,
+                   keep_outputs: bool = False) -> list[_BlockInput]:
+        """Run `layer` on every cached input, with `hooks` on its linears' inputs (a pass stops once they have all
+        run, unless the outputs are kept); returns the inputs of the next block when `keep_outputs`."""
+        hooks = hooks or {}
+        seen: set[nn.Module] = set()
+
+        def make_hook(fn: Callable[[nn.Module, Tensor], None]):
+            def hook(module: nn.Module, args: tuple) -> None:
+                fn(module, args[0])
+                seen.add(module)
+                if not keep_outputs and seen >= set(hooks):
+                    raise _BlockDone
+            return hook
+
+        handles = [m.register_forward_pre_hook(make_hook(fn)) for m, fn in hooks.items()]
+        param = next(layer.parameters(), None)
+        device = param.device if param is not None else inputs[0].hidden.device
+        outputs: list[_BlockInput] = []
+        try:
+            with torch.no_grad():
+                for item in inputs:
+                    seen.clear()
+                    self._token_mask = item.token_mask
+                    cached_on = item.hidden.device
+                    item = item.with_hidden(item.hidden.to(device))  # from the CPU when the cache waits there
+                    with contextlib.suppress(_BlockDone):
+                        out = layer(*item.args, **item.kwargs)
+                        if keep_outputs:
+                            out = out[0] if isinstance(out, tuple) else out
+                            outputs.append(item.with_hidden(out.to(cached_on)))
+        finally:
+            for handle in handles:
+                handle.remove()
+            self._token_mask = None
+        return outputs
+
+    def _sequential_cached(self, blocks: Sequence[list[list[PruneTarget]]], layers: Sequence[nn.Module], start: int,
+                           prune: Callable[[list[PruneTarget], Tensor], None], memory: str,
+                           buffer: Tensor | None) -> None:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            inputs = self._capture_inputs(layers[0])
+            for block, layer in zip(blocks, layers, strict=True):
+                if memory == "block":
+                    hessians = self._block_hessians(layer, inputs, block)
+                    for i, group in enumerate(block):
+                        prune(group, hessians.pop(i))
+                else:
+                    for group in reversed(block):
+                        prune(group, self._block_hessians(layer, inputs, [group], buffer).pop(0))
+                inputs = self._run_block(layer, inputs, keep_outputs=True)
+                logger.info(f"calibrated and pruned {block[0][0].group} ({sum(map(len, block))} weights, cached "
+                            "block inputs)")
+        finally:
+            self.model.train(was_training)
+
+    def _block_hessians(self, layer: nn.Module, inputs: Sequence[_BlockInput], groups: Sequence[list[PruneTarget]],
+                        buffer: Tensor | None = None) -> dict[int, Tensor]:
+        """`_hessians` of `groups` from `layer` run on the cached inputs."""
+        hessians, hooks, reached = self._hessian_hooks(groups, buffer)
+        self._run_block(layer, inputs, hooks)
+        _refuse_unreached([g[0].name for i, g in enumerate(groups) if i not in reached])
+        return hessians
+
     def _hessians(self, groups: Sequence[list[PruneTarget]], buffer: Tensor | None = None) -> dict[int, Tensor]:
         """The Hessian of each input group (by position in `groups`) from one pass, stopped once all their linears
         have run. A group's first linear accumulates; the others check that they read the very same tensor. The
         Hessians are allocated before the pass, not amid its activations, which would fragment the heap; with
         `buffer` (one group), its Hessian is the zeroed start of that buffer."""
+        hessians, hooks, reached = self._hessian_hooks(groups, buffer)
+        self._run(hooks, stop_after=set(hooks))
+        _refuse_unreached([g[0].name for i, g in enumerate(groups) if i not in reached])
+        return hessians
+
+    def _hessian_hooks(self, groups: Sequence[list[PruneTarget]], buffer: Tensor | None
+                       ) -> tuple[dict[int, Tensor], dict[nn.Module, Callable[[nn.Module, Tensor], None]], set[int]]:
+        """Zeroed Hessians of `groups`, the hooks that fill them, and the set the hooks mark reached groups in."""
         hessians: dict[int, Tensor] = {}
         hooks: dict[nn.Module, Callable[[nn.Module, Tensor], None]] = {}
         reached: set[int] = set()
@@ -204,9 +379,7 @@ class HookCalibrator:
             hooks[module_of(self.model, group[0])] = self._hessian_adder(hessians[i], reached, i, first)
             for t in group[1:]:
                 hooks[module_of(self.model, t)] = _same_input_check(first, group[0].name, t.name)
-        self._run(hooks, stop_after=set(hooks))
-        _refuse_unreached([g[0].name for i, g in enumerate(groups) if i not in reached])
-        return hessians
+        return hessians, hooks, reached
 
     def _hessian_adder(self, hessian: Tensor, reached: set[int], key: int, first: list[Any]
                        ) -> Callable[[nn.Module, Tensor], None]:

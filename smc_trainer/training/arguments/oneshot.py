@@ -32,6 +32,13 @@ class OneShotArguments:
         metadata={"help": "wanda_*/sparsegpt_*: training examples (a seeded random subset, the same on every "
                   "process) run through the model to collect activation statistics."},
     ), key="run")
+    calibration_cache_gb: float = declare(field(
+        default=2.0,
+        metadata={"help": "wanda_*/sparsegpt_*: the model runs once up to its first transformer layer and each layer "
+                  "is then calibrated on cached inputs (2 layer forwards per layer instead of the ~L/2 whole-model "
+                  "passes of the fallback); the cached hidden states stay on the model's device up to this many GiB, "
+                  "beyond that they wait on the CPU between layers. Results are identical either way."},
+    ), key="never")
     calibration_file: str | None = declare(field(
         default=None,
         metadata={"help": "--criterion wanda/sparsegpt: calibrate on the examples of this file instead of the "
