@@ -35,7 +35,8 @@ setup(
     long_description_content_type="text/markdown",
     packages=find_packages(include=["smc_trainer", "smc_trainer.*"]),
     py_modules=["run_smc"],
-    package_data={"smc_trainer": ["py.typed"]},
+    # the paper's published curves (smc_trainer/runs/reference_curves.py reads them via importlib.resources)
+    package_data={"smc_trainer": ["py.typed", "runs/data/*.yaml"]},
     # recipes/ sits beside the package (DESIGN layout); a non-editable install ships it here
     data_files=[("share/smc-trainer/recipes", RECIPE_FILES), ("share/smc-trainer/recipes/methods", PRESET_FILES)],
     python_requires=">=3.10",

@@ -136,9 +136,9 @@ def test_cache_beyond_its_budget_waits_on_the_cpu_and_gives_the_same_hessians(tm
     targets = find_targets(model, prune_embeddings=False)
     got = {}
     for budget in (2**30, 0):
-        hessians = []
+        hessians: list[torch.Tensor] = []
         HookCalibrator(model, lambda: iter(_batches()), cache_bytes=budget).sequential(
-            targets, lambda group, h: hessians.append(h.clone()))
+            targets, lambda group, h, out=hessians: out.append(h.clone()))
         got[budget] = hessians
     assert len(got[0]) == len(got[2**30]) > 0
     for a, b in zip(got[0], got[2**30], strict=True):
