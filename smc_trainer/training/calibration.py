@@ -41,6 +41,7 @@ from smc_trainer.errors import UsageError
 
 logger = logging.get_logger(__name__)
 
+Hooks = Mapping[nn.Module, Callable[[nn.Module, Tensor], None]]  # module -> fn(module, its input)
 HESSIAN_CHUNK_TOKENS = 128  # the hook's float32 copy of a padded (or half-precision) input: 128 tokens at a time
 
 
@@ -118,22 +119,12 @@ class HookCalibrator:
             rows = rows if keep is None else rows[keep[start:start + HESSIAN_CHUNK_TOKENS]]
             yield rows.float()
 
-    def _run(self, hooks: Mapping[nn.Module, Callable[[nn.Module, Tensor], None]],
+    def _run(self, hooks: Hooks,
              stop_after: set[nn.Module] | None = None, limit: int | None = None) -> None:
         """Forward the calibration batches (the first `limit` of them) with `hooks[module](module, x)` called on
         every hooked module's input `x`; with `stop_after`, each pass ends once all those modules have run."""
         seen: set[nn.Module] = set()
-
-        def make_hook(fn: Callable[[nn.Module, Tensor], None]):
-            def hook(module: nn.Module, inputs: tuple) -> None:
-                fn(module, inputs[0])
-                if stop_after is not None:
-                    seen.add(module)
-                    if stop_after <= seen:
-                        raise _BlockDone
-            return hook
-
-        handles = [m.register_forward_pre_hook(make_hook(fn)) for m, fn in hooks.items()]
+        handles = _install_hooks(hooks, seen, stop_after)
         was_training = self.model.training
         self.model.eval()
         try:
@@ -211,27 +202,32 @@ class HookCalibrator:
         if memory == "layer":  # one buffer for every group's Hessian: no Hessian-sized free and malloc per group
             n = max(g[0].param.shape[g[0].input_dim] for block in blocks for g in block)
             buffer = torch.empty(n * n, device=blocks[0][0][0].param.device)
-        chain = self._block_chain(blocks) if self.cache_inputs else None
-        first_uncached = 0
-        if chain is not None:
-            layers, start = chain
-            self._sequential_cached(blocks[: len(layers)], layers, start, prune, memory, buffer)
-            first_uncached = len(layers)
-        for block in blocks[first_uncached:]:
-            if memory == "block":
-                hessians = self._hessians(block)
-                for i, group in enumerate(block):
-                    prune(group, hessians.pop(i))
-            else:
-                for group in reversed(block):
-                    prune(group, self._hessians([group], buffer).pop(0))
+        layers = self._block_chain(blocks) if self.cache_inputs else []
+        if layers:
+            self._sequential_cached(blocks[: len(layers)], layers, prune, memory, buffer)
+        for block in blocks[len(layers):]:
+            self._prune_block(block, prune, memory, buffer)
             logger.info(f"calibrated and pruned {block[0][0].group} ({sum(map(len, block))} weights)")
+
+    def _prune_block(self, block: list[list[PruneTarget]], prune: Callable[[list[PruneTarget], Tensor], None],
+                     memory: str, buffer: Tensor | None,
+                     run: Callable[[Hooks], None] | None = None
+                     ) -> None:
+        """Collect the Hessians of `block`'s input groups and hand each to `prune`: all in one pass ("block"), or
+        one group per pass, last group first ("layer"). `run(hooks)` runs the pass (default: the whole model)."""
+        if memory == "block":
+            hessians = self._hessians(block, run=run)
+            for i, group in enumerate(block):
+                prune(group, hessians.pop(i))
+        else:
+            for group in reversed(block):
+                prune(group, self._hessians([group], buffer, run=run).pop(0))
 
     # ---- cached block inputs ---------------------------------------------------------------------
 
-    def _block_chain(self, blocks: Sequence[list[list[PruneTarget]]]) -> tuple[list[nn.Module], int] | None:
-        """(the leading blocks' modules, the index of the first in its list) when the first two or more blocks in
-        forward order are consecutive items of one nn.ModuleList; None when there is no such chain."""
+    def _block_chain(self, blocks: Sequence[list[list[PruneTarget]]]) -> list[nn.Module]:
+        """The modules of the leading blocks when the first two or more blocks in forward order are consecutive
+        items of one nn.ModuleList; empty when there is no such chain."""
         found: list[tuple[str, int]] = []
         for block in blocks:
             common = os.path.commonprefix([t.name.split(".")[:-1] for group in block for t in group])
@@ -244,12 +240,13 @@ class HookCalibrator:
                 break
             found.append((parent, index))
         if len(found) < 2:
-            return None
+            return []
         layers = self.model.get_submodule(found[0][0])
-        return [layers[i] for _, i in found], found[0][1]
+        return [layers[i] for _, i in found]
 
     def _capture_inputs(self, layer: nn.Module) -> list[_BlockInput]:
-        """Every calibration batch's input to `layer`, from forward passes stopped there (no KV cache)."""
+        """Every calibration batch's input to `layer`, from forward passes stopped there (no KV cache; the caller
+        has put the model in eval mode)."""
         cached: list[_BlockInput] = []
 
         def capture(module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -262,8 +259,6 @@ class HookCalibrator:
         config = getattr(self.model, "config", None)
         use_cache = getattr(config, "use_cache", None)
         handle = layer.register_forward_pre_hook(capture, with_kwargs=True)
-        was_training = self.model.training
-        self.model.eval()
         try:
             if use_cache is not None:
                 config.use_cache = False  # a block run twice on one KV cache would attend to its own keys
@@ -275,7 +270,6 @@ class HookCalibrator:
         finally:
             handle.remove()
             self._token_mask = None
-            self.model.train(was_training)
             if use_cache is not None:
                 config.use_cache = use_cache
         if not cached:
@@ -288,22 +282,13 @@ class HookCalibrator:
         return cached
 
     def _run_block(self, layer: nn.Module, inputs: Sequence[_BlockInput],
-                   hooks: Mapping[nn.Module, Callable[[nn.Module, Tensor], None]] | None = None,
+                   hooks: Hooks | None = None,
                    keep_outputs: bool = False) -> list[_BlockInput]:
         """Run `layer` on every cached input, with `hooks` on its linears' inputs (a pass stops once they have all
         run, unless the outputs are kept); returns the inputs of the next block when `keep_outputs`."""
         hooks = hooks or {}
         seen: set[nn.Module] = set()
-
-        def make_hook(fn: Callable[[nn.Module, Tensor], None]):
-            def hook(module: nn.Module, args: tuple) -> None:
-                fn(module, args[0])
-                seen.add(module)
-                if not keep_outputs and seen >= set(hooks):
-                    raise _BlockDone
-            return hook
-
-        handles = [m.register_forward_pre_hook(make_hook(fn)) for m, fn in hooks.items()]
+        handles = _install_hooks(hooks, seen, None if keep_outputs else set(hooks))
         param = next(layer.parameters(), None)
         device = param.device if param is not None else inputs[0].hidden.device
         outputs: list[_BlockInput] = []
@@ -325,48 +310,32 @@ class HookCalibrator:
             self._token_mask = None
         return outputs
 
-    def _sequential_cached(self, blocks: Sequence[list[list[PruneTarget]]], layers: Sequence[nn.Module], start: int,
+    def _sequential_cached(self, blocks: Sequence[list[list[PruneTarget]]], layers: Sequence[nn.Module],
                            prune: Callable[[list[PruneTarget], Tensor], None], memory: str,
                            buffer: Tensor | None) -> None:
+        """`sequential` for blocks that are consecutive `layers`: their Hessians from each layer run on the cached
+        inputs, and the pruned layer's outputs as the next layer's inputs."""
         was_training = self.model.training
         self.model.eval()
         try:
             inputs = self._capture_inputs(layers[0])
             for block, layer in zip(blocks, layers, strict=True):
-                if memory == "block":
-                    hessians = self._block_hessians(layer, inputs, block)
-                    for i, group in enumerate(block):
-                        prune(group, hessians.pop(i))
-                else:
-                    for group in reversed(block):
-                        prune(group, self._block_hessians(layer, inputs, [group], buffer).pop(0))
+                self._prune_block(block, prune, memory, buffer,
+                                  run=lambda hooks, layer=layer, inputs=inputs: self._run_block(layer, inputs, hooks))
                 inputs = self._run_block(layer, inputs, keep_outputs=True)
                 logger.info(f"calibrated and pruned {block[0][0].group} ({sum(map(len, block))} weights, cached "
                             "block inputs)")
         finally:
             self.model.train(was_training)
 
-    def _block_hessians(self, layer: nn.Module, inputs: Sequence[_BlockInput], groups: Sequence[list[PruneTarget]],
-                        buffer: Tensor | None = None) -> dict[int, Tensor]:
-        """`_hessians` of `groups` from `layer` run on the cached inputs."""
-        hessians, hooks, reached = self._hessian_hooks(groups, buffer)
-        self._run_block(layer, inputs, hooks)
-        _refuse_unreached([g[0].name for i, g in enumerate(groups) if i not in reached])
-        return hessians
-
-    def _hessians(self, groups: Sequence[list[PruneTarget]], buffer: Tensor | None = None) -> dict[int, Tensor]:
+    def _hessians(self, groups: Sequence[list[PruneTarget]], buffer: Tensor | None = None,
+                  run: Callable[[Hooks], None] | None = None
+                  ) -> dict[int, Tensor]:
         """The Hessian of each input group (by position in `groups`) from one pass, stopped once all their linears
-        have run. A group's first linear accumulates; the others check that they read the very same tensor. The
-        Hessians are allocated before the pass, not amid its activations, which would fragment the heap; with
-        `buffer` (one group), its Hessian is the zeroed start of that buffer."""
-        hessians, hooks, reached = self._hessian_hooks(groups, buffer)
-        self._run(hooks, stop_after=set(hooks))
-        _refuse_unreached([g[0].name for i, g in enumerate(groups) if i not in reached])
-        return hessians
-
-    def _hessian_hooks(self, groups: Sequence[list[PruneTarget]], buffer: Tensor | None
-                       ) -> tuple[dict[int, Tensor], dict[nn.Module, Callable[[nn.Module, Tensor], None]], set[int]]:
-        """Zeroed Hessians of `groups`, the hooks that fill them, and the set the hooks mark reached groups in."""
+        have run: `run(hooks)` (a block on its cached inputs), else the whole model. A group's first linear
+        accumulates; the others check that they read the very same tensor. The Hessians are allocated before the
+        pass, not amid its activations, which would fragment the heap; with `buffer` (one group), its Hessian is the
+        zeroed start of that buffer."""
         hessians: dict[int, Tensor] = {}
         hooks: dict[nn.Module, Callable[[nn.Module, Tensor], None]] = {}
         reached: set[int] = set()
@@ -379,7 +348,12 @@ class HookCalibrator:
             hooks[module_of(self.model, group[0])] = self._hessian_adder(hessians[i], reached, i, first)
             for t in group[1:]:
                 hooks[module_of(self.model, t)] = _same_input_check(first, group[0].name, t.name)
-        return hessians, hooks, reached
+        if run is None:
+            self._run(hooks, stop_after=set(hooks))
+        else:
+            run(hooks)
+        _refuse_unreached([g[0].name for i, g in enumerate(groups) if i not in reached])
+        return hessians
 
     def _hessian_adder(self, hessian: Tensor, reached: set[int], key: int, first: list[Any]
                        ) -> Callable[[nn.Module, Tensor], None]:
@@ -395,6 +369,22 @@ class HookCalibrator:
     @staticmethod
     def _check_reached(targets: Sequence[PruneTarget], modules: Mapping[str, nn.Module], stats: Mapping) -> None:
         _refuse_unreached([t.name for t in targets if modules[t.name] not in stats])
+
+
+def _install_hooks(hooks: Hooks, seen: set[nn.Module],
+                   stop_after: set[nn.Module] | None) -> list[Any]:
+    """Forward pre-hooks calling `hooks[module](module, x)` on each hooked module's input `x`; with `stop_after`,
+    the forward pass is stopped (`_BlockDone`) once all those modules are in `seen`. Returns the handles."""
+    def make_hook(fn: Callable[[nn.Module, Tensor], None]):
+        def hook(module: nn.Module, inputs: tuple) -> None:
+            fn(module, inputs[0])
+            if stop_after is not None:
+                seen.add(module)
+                if stop_after <= seen:
+                    raise _BlockDone
+        return hook
+
+    return [m.register_forward_pre_hook(make_hook(fn)) for m, fn in hooks.items()]
 
 
 def _refuse_unreached(missed: Sequence[str]) -> None:
