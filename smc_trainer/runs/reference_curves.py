@@ -238,15 +238,17 @@ def _at(points: Iterable[ReferencePoint], sparsity: float) -> list[ReferencePoin
     return [pt for pt in points if pt.method != "dense" and abs(pt.sparsity - sparsity) <= SPARSITY_TOLERANCE]
 
 
+def _best(points: Sequence[ReferencePoint]) -> ReferencePoint | None:
+    """The highest of `points` (a range by its midpoint; ties: the first, the paper's order); None if empty."""
+    return max(points, key=lambda pt: pt.value) if points else None
+
+
 def paper_best(recipe: str, sparsity: float, model: str | None = None,
                subset: str | None = None) -> tuple[str, float] | None:
     """(method, value) of the paper's best method at `sparsity` (ledger scale; a range by its midpoint); None where
     the paper has no number there. Ties go to the method listed first in the data (the paper's order)."""
-    points = _at(_one_panel(recipe, model, subset).points, sparsity)
-    if not points:
-        return None
-    best = max(points, key=lambda pt: pt.value)
-    return best.method, best.value
+    best = _best(_at(_one_panel(recipe, model, subset).points, sparsity))
+    return None if best is None else (best.method, best.value)
 
 
 def gaps(recipe: str, model: str | None, rows: Iterable[tuple[str, float, float]],
@@ -258,7 +260,7 @@ def gaps(recipe: str, model: str | None, rows: Iterable[tuple[str, float, float]
     out = []
     for row, sparsity, value in rows:
         here = _at(panel.points, sparsity)
-        best = max(here, key=lambda pt: pt.value) if here else None
+        best = _best(here)
         same = next((pt.value for pt in here if pt.method == row), None)
         out.append(Gap(row, sparsity, value, best.method if best else None, best.value if best else None,
                        _minus(value, best.value if best else None), dense, _minus(value, dense), same,
