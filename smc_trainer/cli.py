@@ -30,15 +30,23 @@ import datasets
 import transformers
 from transformers import HfArgumentParser
 
-from smc_trainer.errors import UsageError
+from smc_trainer.errors import ExistingOutputError, UsageError
 from smc_trainer.release.hub import prepare_push, push_sparse_folder
 from smc_trainer.runs.config import parse_run_config
-from smc_trainer.runs.run_config import RunConfig, RunOutcome
-from smc_trainer.training.checkpoints import incomplete_checkpoints, last_complete_checkpoint, resolve_resume_checkpoint
+from smc_trainer.runs.run_config import RESULT_NAME, RunConfig, RunOutcome
+from smc_trainer.tasks.loading import check_model_sources
+from smc_trainer.training.checkpoints import (
+    check_checkpoint_files,
+    incomplete_detail,
+    last_complete_checkpoint,
+    resolve_resume_checkpoint,
+)
 
 logger = transformers.utils.logging.get_logger(__name__)
 
 QUICKSTART = ["--recipes", "quickstart"]
+INTERRUPTED = ("interrupted (Ctrl-C); finished runs (ledger records, run folders) and complete checkpoints are kept: "
+               "rerun the same command to continue where it stopped")
 
 
 def setup_logging(level: int, library_level: int | None = None) -> None:
@@ -58,10 +66,12 @@ def setup_logging(level: int, library_level: int | None = None) -> None:
 
 
 def check_output_dir(config: RunConfig) -> None:
-    """Never train over a user's files: a non-empty output_dir must hold a complete checkpoint to resume, and
-    an explicit --resume_from_checkpoint must be complete (smc_trainer.training.checkpoints)."""
+    """Never train over a user's files: --output_dir must be a folder we can write; a non-empty one must hold
+    a complete checkpoint to resume (with readable weights and masks) and no finished run; an explicit
+    --resume_from_checkpoint must be complete (smc_trainer.training.checkpoints)."""
     args = config.training_args
     out = args.output_dir
+    check_writable_dir(out)
     if args.resume_from_checkpoint:
         resolve_resume_checkpoint(args.resume_from_checkpoint, out)
         return
@@ -69,11 +79,30 @@ def check_output_dir(config: RunConfig) -> None:
         return
     if holds_stages(out):  # an interrupted LTH/LRR chain or CV run: the pipeline reuses its finished stages
         return
-    if last_complete_checkpoint(out) is None:
-        broken = incomplete_checkpoints(out)
-        detail = f" (only incomplete ones, left in place: {', '.join(broken)})" if broken else ""
+    if os.path.isfile(os.path.join(out, RESULT_NAME)):
+        raise ExistingOutputError(f"--output_dir {out} already holds a finished run ({RESULT_NAME}); rerunning "
+                                  "would overwrite its model and metrics: choose another --output_dir, or pass "
+                                  "--overwrite_output_dir to train it again")
+    last = last_complete_checkpoint(out)
+    if last is None:
+        broken = incomplete_detail(out)
+        detail = f" (only incomplete ones, left in place: {broken})" if broken else ""
         raise UsageError(f"output directory {out!r} exists, is not empty and holds no complete checkpoint to resume"
                          f"{detail}; choose another --output_dir, remove it, or pass --overwrite_output_dir")
+    check_checkpoint_files(last, f"resuming {out}")
+
+
+def check_writable_dir(out: str) -> None:
+    """--output_dir is a folder, or can become one: not a file, under no file, in a folder we may write."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ExistingOutputError(f"--output_dir {out} is a file, not a folder; choose a folder path")
+    existing = os.path.abspath(out)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UsageError(f"--output_dir {out} lies under {existing}, which is a file; choose a folder path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"--output_dir {out}: {existing} is not writable; choose a folder you can write")
 
 
 def holds_stages(out: str) -> bool:
@@ -91,6 +120,7 @@ def single_run(argv: list[str]) -> dict[str, float]:
     setup_logging(args.get_process_log_level())
     logger.info(f"Recipe {config.recipe.name}: {config.recipe.description}")
     check_output_dir(config)
+    check_model_sources(config.model_args)  # a missing folder or corrupt weights fail now, not mid-load
     repo_id = prepare_push(args)  # before training: bad Hub flags or tokens fail now, not after hours
     outcomes = pipeline.run(config)
     if repo_id is not None:
@@ -100,7 +130,8 @@ def single_run(argv: list[str]) -> dict[str, float]:
     if args.ledger and args.process_index == 0:  # one ledger row per run, not one per process
         record_outcomes(config, outcomes)
     final = outcomes[-1]
-    summarize(config, final)
+    if args.process_index == 0:  # one summary, not one per process
+        summarize(config, final)
     return {**final.metrics, "sparsity/overall": final.measured_sparsity}
 
 
@@ -127,14 +158,15 @@ def record_outcomes(config: RunConfig, outcomes: list[RunOutcome]) -> None:
 
 
 def summarize(config: RunConfig, outcome: RunOutcome) -> None:
+    """The run's one-line summary, on stdout: what the command exists to show, not a log line."""
     metric, recipe = config.recipe.metric, config.recipe
     names = [metric, *(f"{subset}_{metric}" for subset in recipe.subsets)]  # RACE: middle and high as well
     shown = {f"{split}_{name}" for split in ("eval", "test") for name in names}
     scores = ", ".join(f"{k} {v:.4f}" for k, v in outcome.metrics.items() if k in shown)
     chance = f" (chance {recipe.chance_level:g})" if recipe.chance_level is not None else ""
-    logger.warning(f"Done: {recipe.name} with {outcome.model or 'the recipe model'}: {outcome.method} at target "
-                   f"sparsity {outcome.target_sparsity:g} (measured {outcome.measured_sparsity:.4f}); "
-                   f"{scores or 'no evaluation split'}{chance}. Outputs in {outcome.output_dir}")
+    print(f"Done: {recipe.name} with {outcome.model or 'the recipe model'}: {outcome.method} at target "
+          f"sparsity {outcome.target_sparsity:g} (measured {outcome.measured_sparsity:.4f}); "
+          f"{scores or 'no evaluation split'}{chance}. Outputs in {outcome.output_dir}", flush=True)
 
 
 # ---- sweeps and reports --------------------------------------------------------------------------
@@ -222,7 +254,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 def cli(argv: list[str] | None = None) -> None:
-    """The command line: `main`, with a user's mistake (`UsageError`) printed as one `error:` line, exit 2.
+    """The command line: `main`, with a user's mistake (`UsageError`) printed as one `error:` line, exit 2, and
+    Ctrl-C as one line saying how to continue, exit 130.
 
     Anything else is a bug and keeps its traceback. `--debug` (anywhere) or SMC_DEBUG=1 re-raises user
     errors too."""
@@ -237,6 +270,11 @@ def cli(argv: list[str] | None = None) -> None:
         message = " ".join(str(err).split())  # one line, as argparse prints its errors
         sys.stderr.write(f"run_smc.py: error: {message}\n")
         raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        sys.stderr.write(f"run_smc.py: error: {INTERRUPTED}\n")
+        raise SystemExit(130) from None  # 128 + SIGINT, as shells report it
 
 
 if __name__ == "__main__":

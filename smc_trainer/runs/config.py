@@ -15,10 +15,11 @@ import yaml
 from transformers import HfArgumentParser
 
 from smc_trainer.errors import MissingFileError, UsageError
+from smc_trainer.methods import get_method_class, method_names
 from smc_trainer.plugins import load_plugins
 from smc_trainer.release.provenance import override_flags
-from smc_trainer.runs.presets import given_flags, is_preset, load_preset
-from smc_trainer.runs.recipes import Recipe, load_recipe
+from smc_trainer.runs.presets import given_flags, is_preset, load_preset, preset_names
+from smc_trainer.runs.recipes import Recipe, did_you_mean, load_recipe
 from smc_trainer.runs.run_config import RunConfig
 from smc_trainer.training.arguments import DataArguments, ModelArguments
 from smc_trainer.training.arguments.plugin_arguments import arguments_class
@@ -72,9 +73,12 @@ def parse_run_config(argv: list[str], description: str | None = None) -> RunConf
         file_values = read_config_file(argv[0])
         load_plugins(file_values.get("plugins"))
         parser = make_parser(description)  # with the flags of the file's plugins
-        unknown = sorted(set(file_values) - {a.dest for a in parser._actions})
+        dests = [a.dest for a in parser._actions]
+        unknown = sorted(set(file_values) - set(dests))
         if unknown:
-            raise UsageError(f"config file {argv[0]}: unknown flag(s) {', '.join(unknown)}; see run_smc.py --help")
+            raise UsageError(f"config file {argv[0]}: unknown flag(s) {', '.join(unknown)}"
+                             f"{did_you_mean(unknown[0], dests)}; see run_smc.py --help")
+        check_values(file_values, parser, f"config file {argv[0]}: ")
         argv = []
         recipe_name = str(file_values.get("recipe", DEFAULT_RECIPE))
         method_name = file_values.get("sparse_method")
@@ -89,7 +93,9 @@ def parse_run_config(argv: list[str], description: str | None = None) -> RunConf
         flags = tuple(argv)
         given = given_flags(flags)
     recipe = load_recipe(recipe_name)
+    check_values(recipe.args, parser, f"recipe {recipe.path or recipe.name}: args.")
     method_name = method_name or recipe.args.get("sparse_method")
+    check_method_name(method_name)
     # a method preset (recipes/methods/<name>.yaml): its flags sit between the recipe's and the user's
     preset = load_preset(method_name).overrides(given) if is_preset(method_name) else {}
     # defaults pass through argparse's type conversion, so "1e-5" from YAML still becomes a float
@@ -98,6 +104,7 @@ def parse_run_config(argv: list[str], description: str | None = None) -> RunConf
     if namespace.output_dir is None:
         namespace.output_dir = default_output_dir(recipe, method_name or namespace.sparse_method, namespace.sparsity)
     if preset:
+        check_preset_sparsity(method_name, preset["sparse_method"], namespace.sparsity)
         namespace.sparse_method, namespace.method_preset = preset["sparse_method"], method_name
     try:
         model_args, data_args, training_args = parser.parse_dict(vars(namespace))
@@ -108,6 +115,63 @@ def parse_run_config(argv: list[str], description: str | None = None) -> RunConf
     if training_args.calibration_file is not None:  # the file itself was checked with the flags
         check_task_support(recipe.task)
     return RunConfig(model_args, data_args, training_args, recipe, flags=flags)
+
+
+def check_method_name(name: str | None) -> None:
+    """--sparse_method names a registered method or a method preset (recipes/methods/); the error lists both."""
+    if name is None or name in method_names() or is_preset(name):
+        return
+    raise UsageError(f"--sparse_method must be one of {', '.join(method_names())}, or a method preset "
+                     f"({', '.join(preset_names()) or 'none'}); got {name!r}{did_you_mean(name, all_method_names())}")
+
+
+def all_method_names() -> list[str]:
+    return [*method_names(), *preset_names()]
+
+
+def check_preset_sparsity(preset: str, method: str, sparsity: float) -> None:
+    """A sparse preset at --sparsity 0 would train a dense model under the preset's name (the preset's own name in
+    the error, not only its base method's)."""
+    if sparsity == 0.0 and get_method_class(method).phase != "dense":
+        raise UsageError(f"--sparse_method {preset} (a preset of {method}) at --sparsity 0 prunes nothing: its run "
+                         "would be a dense model labelled as the preset; pass --sparsity in (0, 1), or "
+                         "--sparse_method dense for the dense baseline")
+
+
+TYPE_WORDS = {"float": "a number", "int": "an integer", "string_to_bool": "true or false"}
+
+
+def check_values(values: dict[str, Any], parser: HfArgumentParser, where: str) -> None:
+    """Flag values a recipe or config file gives: each of its flag's type (`learning_rate: fast` is refused,
+    naming the key) and one of its choices. Command-line strings are argparse's to check."""
+    actions = {a.dest: a for a in parser._actions}
+    for key, value in values.items():
+        action = actions.get(key)
+        if action is None or value is None or action.type is None:
+            continue
+        many = action.nargs in ("+", "*")
+        for item in value if many and isinstance(value, list) else [value]:
+            check_value(item, action, f"{where}{key}")
+
+
+def check_value(item: Any, action: argparse.Action, name: str) -> None:
+    """One value of a number, boolean or closed-choice flag (other flags, e.g. a dict-valued one, are left to
+    the argument dataclasses)."""
+    kind = getattr(action.type, "__name__", "")
+    if kind not in TYPE_WORDS and not action.choices:
+        return
+    expected = TYPE_WORDS.get(kind, "a single value")
+    try:
+        if isinstance(item, (list, dict)) or (kind in ("float", "int") and isinstance(item, bool)):
+            raise ValueError(item)
+        converted = action.type(item)
+        if kind == "int" and float(item) != converted:
+            raise ValueError(item)
+    except (ValueError, TypeError, argparse.ArgumentTypeError):
+        raise UsageError(f"{name} must be {expected}; got {item!r}") from None
+    choices = [str(c) for c in action.choices or ()]
+    if choices and str(converted) not in choices and str(item) not in choices:
+        raise UsageError(f"{name} must be one of {', '.join(choices)}; got {item!r}{did_you_mean(str(item), choices)}")
 
 
 def default_output_dir(recipe: Recipe, method: str, sparsity: float) -> str:

@@ -8,7 +8,9 @@ repository's `recipes/` folder; any other YAML file can be passed by path.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,8 +94,8 @@ def recipe_from_dict(data: Any, name: str, path: str | None = None) -> Recipe:
         raise UsageError(f"recipe {where} must be a YAML mapping with keys {', '.join(RECIPE_KEYS)}")
     unknown = sorted(set(data) - set(RECIPE_KEYS))
     if unknown:
-        raise UsageError(f"recipe {where} has unknown top-level key(s) {', '.join(map(repr, unknown))}; "
-                         f"valid keys are {', '.join(RECIPE_KEYS)}")
+        raise UsageError(f"recipe {where} has unknown top-level key(s) {', '.join(map(repr, unknown))}"
+                         f"{did_you_mean(unknown[0], RECIPE_KEYS)}; valid keys are {', '.join(RECIPE_KEYS)}")
     missing = [k for k in REQUIRED_KEYS if not data.get(k)]
     if missing:
         raise UsageError(f"recipe {where} is missing required key(s) {', '.join(missing)}")
@@ -104,19 +106,49 @@ def recipe_from_dict(data: Any, name: str, path: str | None = None) -> Recipe:
                          f"names (or null); got {splits!r}")
     if not isinstance(args, dict):
         raise UsageError(f"recipe {where}: 'args' must be a mapping of flag names to values; got {args!r}")
-    chance = data.get("chance_level")
+    chance = _typed(data, "chance_level", float, where, "a number in [0, 1]")
+    if chance is not None and not 0.0 <= chance <= 1.0:
+        raise UsageError(f"recipe {where}: chance_level must be a number in [0, 1]; got {chance!r}")
+    folds = _typed(data, "folds", int, where, "an integer of at least 2")
+    if folds is not None and folds < 2:
+        raise UsageError(f"recipe {where}: folds must be an integer of at least 2; got {folds!r}")
+    subsets = data.get("subsets") or []
+    if not isinstance(subsets, list):
+        raise UsageError(f"recipe {where}: subsets must be a list of subset names; got {subsets!r}")
     return Recipe(
         name=name,
         task=str(data["task"]),
         metric=str(data["metric"]),
         description=str(data.get("description") or ""),
-        chance_level=float(chance) if chance is not None else None,
+        chance_level=chance,
         splits={k: (None if v is None else str(v)) for k, v in splits.items()},
         args=dict(args),
         path=path,
-        subsets=[str(x) for x in (data.get("subsets") or [])],
-        folds=int(data["folds"]) if data.get("folds") is not None else None,
+        subsets=[str(x) for x in subsets],
+        folds=folds,
     )
+
+
+def _typed(data: dict, key: str, kind: type, where: str, expected: str) -> Any:
+    """`data[key]` as `kind` (None when absent); a value of another type is an error naming the key."""
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise UsageError(f"recipe {where}: {key} must be {expected}; got {value!r}")
+    try:
+        converted = kind(value)
+    except ValueError:
+        raise UsageError(f"recipe {where}: {key} must be {expected}; got {value!r}") from None
+    if kind is int and float(value) != converted:
+        raise UsageError(f"recipe {where}: {key} must be {expected}; got {value!r}")
+    return converted
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """` (did you mean 'x'?)` for the closest of `choices` to `word`, else ''."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def check_recipe_args(recipe: Recipe, dataclass_types: tuple[type, ...] | None = None) -> None:
@@ -130,9 +162,9 @@ def check_recipe_args(recipe: Recipe, dataclass_types: tuple[type, ...] | None =
         if key in FORBIDDEN_ARGS:
             raise UsageError(f"recipe {recipe.path or recipe.name}: args.{key} cannot be set by a recipe")
         if key not in known:
-            raise UsageError(f"recipe {recipe.path or recipe.name}: args.{key} is not a known flag (see "
-                             "`run_smc.py --help` for the fields of ModelArguments, DataArguments and "
-                             "SparseTrainingArguments)")
+            raise UsageError(f"recipe {recipe.path or recipe.name}: args.{key} is not a known flag"
+                             f"{did_you_mean(key, known)} (see `run_smc.py --help` for the fields of "
+                             "ModelArguments, DataArguments and SparseTrainingArguments)")
 
 
 def _resolve(name_or_path: str) -> Path:

@@ -41,6 +41,7 @@ from smc_trainer.runs.variants import (
     row_id,
     run_method,
 )
+from smc_trainer.tasks.loading import check_model_sources
 from smc_trainer.version import __version__
 
 logger = logging.get_logger(__name__)
@@ -432,6 +433,8 @@ def run_sweep(sweep_args: SweepArguments, run_argv: list[str], executor: Executo
         run_argv = [*run_argv, "--dense_cache_dir", os.path.join(sweep_args.sweep_dir, "dense_cache")]
     configs = SweepConfigs(run_argv)  # picklable: workers of every executor rebuild the same configurations
     bases = {r: configs(r, seeds[0]) for r in recipes}  # bad flags/recipes fail here
+    for base in bases.values():  # a missing model folder or corrupt weights too, before any run starts
+        check_model_sources(base.model_args)
     plan = make_plan(recipes, methods, sparsities, seeds, imp_rate=next(iter(bases.values())).training_args.imp_rate,
                      module_groups=groups)
     check_variants(plan, bases, groups)

@@ -17,6 +17,7 @@ import os
 import re
 import time
 
+from safetensors import safe_open
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
@@ -95,6 +96,24 @@ def incomplete_reason(folder: str) -> str | None:
     return None
 
 
+def check_safetensors(path: str, what: str, hint: str = "restore it, or resume from another checkpoint") -> None:
+    """Open `path`'s header with safetensors' `safe_open` (cheap: no tensor is read); a corrupt or truncated file
+    is a user error naming it."""
+    try:
+        with safe_open(path, framework="pt") as fh:
+            fh.keys()
+    except Exception as err:  # safetensors raises its own SafetensorError (header too small, not fully covered)
+        raise UsageError(f"{what}: {path} is corrupt or truncated ({os.path.getsize(path)} bytes; {err}); "
+                         f"{hint}") from err
+
+
+def check_checkpoint_files(folder: str, what: str = "--resume_from_checkpoint") -> None:
+    """The safetensors files of a checkpoint (weights, masks) have readable headers: checked before resuming."""
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".safetensors"):
+            check_safetensors(os.path.join(folder, name), what)
+
+
 def is_complete(folder: str) -> bool:
     return incomplete_reason(folder) is None
 
@@ -132,10 +151,17 @@ def last_complete_checkpoint(run_dir: str) -> str | None:
 LAST_WORDS = ("true", "last")  # `--resume_from_checkpoint true|last`: the flag's spelling of True
 
 
+def incomplete_detail(run_dir: str) -> str:
+    """The incomplete checkpoints of `run_dir`, each with why (`checkpoint-4 (sparse_masks.safetensors is
+    missing)`), for an error message; empty when there are none."""
+    return "; ".join(f"{c} ({incomplete_reason(c)})" for c in incomplete_checkpoints(run_dir))
+
+
 def resolve_resume_checkpoint(resume: str | bool | None, output_dir: str) -> str | None:
     """`Trainer.train(resume_from_checkpoint=...)` made safe: True (or 'true'/'last') -> the last complete
     checkpoint of `output_dir`; a run folder holding `checkpoint-N` folders -> its last complete one; a
-    checkpoint path -> itself if complete, else a ValueError naming the flag, the path and why."""
+    checkpoint path -> itself if complete, else a ValueError naming the flag, the path and why. The chosen
+    checkpoint's safetensors files (weights, masks) must have readable headers."""
     if resume is None or resume is False:
         return None
     if isinstance(resume, str) and resume.strip().lower() in LAST_WORDS and not os.path.isdir(resume):
@@ -143,13 +169,17 @@ def resolve_resume_checkpoint(resume: str | bool | None, output_dir: str) -> str
     if resume is True:
         last = last_complete_checkpoint(output_dir)
         if last is None:
-            raise UsageError(f"--resume_from_checkpoint true, but {output_dir} holds no complete checkpoint")
+            detail = incomplete_detail(output_dir)
+            raise UsageError(f"--resume_from_checkpoint true, but {output_dir} holds no complete checkpoint"
+                             + (f" (incomplete, left in place: {detail})" if detail else ""))
+        check_checkpoint_files(last)
         return last
     if list_checkpoints(resume) and not os.path.isfile(os.path.join(resume, COMPLETE_NAME)):  # a run folder
         last = last_complete_checkpoint(resume)
         if last is None:
             raise UsageError(f"--resume_from_checkpoint {resume} is a run folder with no complete checkpoint "
-                             f"(incomplete, left in place: {', '.join(incomplete_checkpoints(resume))})")
+                             f"(incomplete, left in place: {incomplete_detail(resume)})")
+        check_checkpoint_files(last)
         return last
     reason = incomplete_reason(resume)
     if reason is not None:
@@ -160,4 +190,5 @@ def resolve_resume_checkpoint(resume: str | bool | None, output_dir: str) -> str
             f"complete, declare it so with `python -c \"from smc_trainer.training.checkpoints import write_manifest; "
             f"write_manifest('{resume}')\"`"
         )
+    check_checkpoint_files(resume)
     return resume
