@@ -73,7 +73,7 @@ def check_output_dir(config: RunConfig) -> None:
     out = args.output_dir
     check_writable_dir(out)
     if args.resume_from_checkpoint:
-        resolve_resume_checkpoint(args.resume_from_checkpoint, out)
+        check_checkpoint_files(resolve_resume_checkpoint(args.resume_from_checkpoint, out))
         return
     if args.overwrite_output_dir or not os.path.isdir(out) or not os.listdir(out):
         return

@@ -160,8 +160,8 @@ def incomplete_detail(run_dir: str) -> str:
 def resolve_resume_checkpoint(resume: str | bool | None, output_dir: str) -> str | None:
     """`Trainer.train(resume_from_checkpoint=...)` made safe: True (or 'true'/'last') -> the last complete
     checkpoint of `output_dir`; a run folder holding `checkpoint-N` folders -> its last complete one; a
-    checkpoint path -> itself if complete, else a ValueError naming the flag, the path and why. The chosen
-    checkpoint's safetensors files (weights, masks) must have readable headers."""
+    checkpoint path -> itself if complete, else a ValueError naming the flag, the path and why. (The CLI also
+    checks the chosen checkpoint's safetensors headers: `check_checkpoint_files`.)"""
     if resume is None or resume is False:
         return None
     if isinstance(resume, str) and resume.strip().lower() in LAST_WORDS and not os.path.isdir(resume):
@@ -172,14 +172,12 @@ def resolve_resume_checkpoint(resume: str | bool | None, output_dir: str) -> str
             detail = incomplete_detail(output_dir)
             raise UsageError(f"--resume_from_checkpoint true, but {output_dir} holds no complete checkpoint"
                              + (f" (incomplete, left in place: {detail})" if detail else ""))
-        check_checkpoint_files(last)
         return last
     if list_checkpoints(resume) and not os.path.isfile(os.path.join(resume, COMPLETE_NAME)):  # a run folder
         last = last_complete_checkpoint(resume)
         if last is None:
             raise UsageError(f"--resume_from_checkpoint {resume} is a run folder with no complete checkpoint "
                              f"(incomplete, left in place: {incomplete_detail(resume)})")
-        check_checkpoint_files(last)
         return last
     reason = incomplete_reason(resume)
     if reason is not None:
@@ -190,5 +188,4 @@ def resolve_resume_checkpoint(resume: str | bool | None, output_dir: str) -> str
             f"complete, declare it so with `python -c \"from smc_trainer.training.checkpoints import write_manifest; "
             f"write_manifest('{resume}')\"`"
         )
-    check_checkpoint_files(resume)
     return resume
