@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from transformers.utils import logging
 
 from smc_trainer.errors import UsageError
-from smc_trainer.runs.reference_curves import Gap, ReferencePoint, gaps, panels_for, reference_for
+from smc_trainer.runs.reference_curves import Gap, ReferencePanel, ReferencePoint, gaps, panels_for
 from smc_trainer.runs.report_style import sparsity_labels
 from smc_trainer.runs.variants import record_row
 
@@ -46,21 +46,27 @@ def table_reference(table: ResultTable, reference: str = "auto") -> list[Referen
     if reference == "none":
         return []
     try:
-        points = reference_for(table.recipe, subset=table.subset)
+        panel = _panel(table)
     except UsageError as err:
         if reference == "smc-bench":
             raise UsageError(f"--reference smc-bench: the paper has no panel for {table.title}: {err}; "
                              f"pass --reference auto or none") from None
         logger.info(f"{table.title}: no panel in the paper ({err}); no reference lines")
         return []
-    metric = points[0].metric if points else ""
-    if not table.metric_key.endswith(metric):
-        if reference == "smc-bench":
-            raise UsageError(f"--reference smc-bench: the paper's {table.title} panel is in {metric}, the table in "
-                             f"{table.metric_key}; pass --reference auto or none")
-        logger.info(f"{table.title}: the paper's panel is in {metric}, not {table.metric_key}; no reference lines")
-        return []
+    points = ((panel.dense,) if panel.dense else ()) + panel.points
     return [pt for pt in points if pt.method == "dense" or pt.method in table.methods]
+
+
+def _panel(table: ResultTable) -> ReferencePanel:
+    """The one panel of the paper the table matches, in the table's metric; UsageError saying why there is none."""
+    panels = panels_for(table.recipe, subset=table.subset)
+    if len(panels) > 1:
+        raise UsageError(f"recipe {table.recipe!r} has {len(panels)} panels in the paper "
+                         f"({', '.join(p.dataset for p in panels)}) and its records name no evaluation subset")
+    (panel,) = panels
+    if not table.metric_key.endswith(panel.metric):
+        raise UsageError(f"the paper's {panel.dataset} panel is in {panel.metric}, the table in {table.metric_key}")
+    return panel
 
 
 def with_reference(table: ResultTable, reference: str = "auto") -> ResultTable:
@@ -110,7 +116,7 @@ def gaps_markdown(table: ResultTable, display: Mapping[str, str]) -> str:
         cells = (display.get(gap.row, gap.row), where, f"{gap.value:.4f}", _plain(gap.best_value, gap.best_method),
                  _signed(gap.to_best), _plain(gap.paper_value), _signed(gap.to_paper), _signed(gap.to_dense))
         lines.append("| " + " | ".join(cells) + " |")
-    (panel,) = panels_for(table.recipe, first.model, table.subset)
+    panel = _panel(table)
     confidences = " / ".join(sorted({pt.confidence for pt in table.reference}))
     note = (f"paper dense {dense.value:.4f}; " if dense else "") + \
         f"the paper's numbers: {panel.source}, {confidences}; empty: the paper has no number there"

@@ -154,6 +154,19 @@ def test_auto_skips_a_recipe_without_a_panel_and_smc_bench_refuses_it_before_wri
         write_report(ledger, str(out), reference="paper")
 
 
+def test_auto_skips_a_table_matching_two_panels_or_another_metric():
+    records = _records("race")  # RACE records that name no subset: the paper has a middle and a high panel
+    (table,) = [with_reference(t) for t in summarize(records)]
+    assert table.reference == []
+    with pytest.raises(UsageError, match="'race' has 2 panels in the paper .race_middle, race_high."):
+        with_reference(summarize(records)[0], "smc-bench")
+    bleu = [{**r, "metric": "bleu", "metrics": {"test_bleu": 10.0}} for r in _records()]
+    (table,) = [with_reference(t) for t in summarize(bleu)]
+    assert table.reference == []
+    with pytest.raises(UsageError, match="the paper's mawps panel is in accuracy, the table in test_bleu"):
+        with_reference(summarize(bleu)[0], "smc-bench")
+
+
 def test_cli_prints_the_tables_to_stdout_and_errors_in_one_line(tmp_path, capsys):
     ledger = _ledger(tmp_path)
     main(["report", ledger, "--out", str(tmp_path / "report"), "--reference", "smc-bench"])
