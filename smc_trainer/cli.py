@@ -199,26 +199,30 @@ def sweep_command(argv: list[str]) -> dict[str, float]:
     return {"new_runs": float(len(appended)), "reports": float(len(paths.get("png", [])))}
 
 
-def report_to(ledger_path: str, out_dir: str, split: str = "auto") -> dict[str, list[str]]:
+def report_to(ledger_path: str, out_dir: str, split: str = "auto", reference: str = "auto") -> dict[str, list[str]]:
+    """Write the report and print its tables to stdout (what the command is for: not a log line)."""
     from smc_trainer.runs.report import write_report
 
-    paths = write_report(ledger_path, out_dir, split=split)
+    paths = write_report(ledger_path, out_dir, split=split, reference=reference)
     for md in paths.get("markdown", []):
         with open(md, encoding="utf-8") as fh:
-            logger.warning("\n" + fh.read())
-    logger.warning(f"report written: {', '.join(p for ps in paths.values() for p in ps)}")
+            print(fh.read(), flush=True)
+    print(f"report written: {', '.join(p for ps in paths.values() for p in ps)}", flush=True)
     return paths
 
 
 def report_command(argv: list[str]) -> dict[str, float]:
+    from smc_trainer.runs.report_reference import REFERENCE_HELP, REFERENCES
+
     parser = argparse.ArgumentParser(prog="run_smc.py report", description="Tables, CSV and plots from a ledger.")
     parser.add_argument("ledger", help="path of a results ledger (JSON lines) written by a sweep or --ledger")
     parser.add_argument("--out", default=None, help="output folder (default: LEDGER's folder/report)")
     parser.add_argument("--split", default="auto", help="auto (test if present, else validation), eval or test")
+    parser.add_argument("--reference", default="auto", choices=REFERENCES, help=REFERENCE_HELP)
     ns = parser.parse_args(argv)
     setup_logging(logging.INFO, library_level=logging.WARNING)
     out = ns.out or os.path.join(os.path.dirname(os.path.abspath(ns.ledger)), "report")
-    paths = report_to(ns.ledger, out, split=ns.split)
+    paths = report_to(ns.ledger, out, split=ns.split, reference=ns.reference)
     return {"reports": float(len(paths.get("png", [])))}
 
 

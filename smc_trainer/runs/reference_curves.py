@@ -277,7 +277,7 @@ def _minus(ours: float, theirs: float | None) -> float | None:
 
 def plot_reference(ax: Any, points: Iterable[ReferencePoint], positions: Mapping[float, float] | None = None,
                    scale: float = 1.0, styles: Mapping[str, Any] | None = None, dense: bool = True) -> list[Any]:
-    """Draw the paper's points on `ax` as one dashed line per method, labelled "<label> (paper)", with a vertical
+    """Draw the paper's points on `ax` as one dashed line per method, labelled "paper: <label>", with a vertical
     bar where the paper gives a range, and its dense baseline as a dashed black line. `positions` maps sparsity
     to x (the report's categorical axis; points at other sparsities are left out; default: x = sparsity);
     `scale` multiplies values (100 for percent, as the report draws accuracy); `styles` (row -> RowStyle, as
@@ -296,7 +296,7 @@ def plot_reference(ax: Any, points: Iterable[ReferencePoint], positions: Mapping
         style = styles[method]
         xs = [x for x, _ in placed]
         (line,) = ax.plot(xs, [pt.value * scale for _, pt in placed], color=style.color, ls="--", lw=1.2,
-                          marker=style.marker, ms=3, alpha=0.8, label=f"{style.label} (paper)", zorder=2)
+                          marker=style.marker, ms=3, alpha=0.8, label=f"paper: {style.label}", zorder=2)
         lines.append(line)
         ranged = [(x, pt) for x, pt in placed if pt.is_range]
         if ranged:
@@ -305,7 +305,7 @@ def plot_reference(ax: Any, points: Iterable[ReferencePoint], positions: Mapping
     base = next((pt for pt in points if pt.method == "dense"), None)
     if dense and base is not None:
         lines.append(ax.axhline(base.value * scale, color="black", ls="--", lw=1.2, alpha=0.6,
-                                label="dense (paper)", zorder=1))
+                                label="paper: dense", zorder=1))
     return lines
 
 

@@ -3,7 +3,9 @@
 A table averages the recipe's primary metric over seeds for every (row, sparsity) cell, where a row is a
 method variant (`smc_trainer.runs.variants`: `rigl:init_method=snip` is its own row); the plot draws it
 like the paper's figures: sparsities as evenly spaced categories, one line per row in the paper's words,
-the dense model as a flat black line and the chance level as a dashed grey one. Next to it, a per-layer
+the dense model as a flat black line and the chance level as a dashed grey one. Where the paper has a panel
+for the recipe, its curves are drawn beside them as thin dashed lines ("paper: GMP (During)") and a second
+table gives each cell's gap to the paper (`smc_trainer.runs.report_reference`). Next to it, a per-layer
 density plot (`smc_trainer.runs.layer_density`) shows where each row kept its weights.
 """
 
@@ -24,6 +26,8 @@ from smc_trainer.errors import UsageError
 from smc_trainer.methods import method_names
 from smc_trainer.runs.layer_density import density_table, plot_density
 from smc_trainer.runs.ledger import Ledger
+from smc_trainer.runs.reference_curves import ReferencePoint, plot_reference
+from smc_trainer.runs.report_reference import check_reference, gap_columns, gaps_markdown, record_gaps, with_reference
 from smc_trainer.runs.report_style import RowStyle, row_styles, sparsity_labels
 from smc_trainer.runs.variants import Variant, format_value, record_row, record_variant, row_label, row_method
 
@@ -55,6 +59,7 @@ class ResultTable:
     subset: str | None = None  # a named evaluation subset reported on its own (RACE: middle, high)
     variants: dict[str, Variant] = field(default_factory=dict)  # row -> its variant (non-default axis values)
     selection: str = ""  # what the reported checkpoints are (see `selection_note`); "" for the old wording
+    reference: list[ReferencePoint] = field(default_factory=list)  # the paper's points drawn beside it, if any
 
     @property
     def title(self) -> str:
@@ -245,13 +250,15 @@ def to_markdown(table: ResultTable) -> str:
     if shared:
         note += "; every sparse row: " + ", ".join(f"{k}={format_value(v)}" for k, v in shared.items())
     lines += ["", f"_{note}_"]
-    return "\n".join(lines) + "\n"
+    against = gaps_markdown(table, {row: display_name(table, row) for row in table.methods})
+    return "\n".join(lines) + "\n" + ("\n" + against if against else "")
 
 
-def to_csv(records: Sequence[Mapping[str, Any]], path: str) -> str:
-    """One row per record: its identity, every metric as a column (union over records, sorted) and provenance."""
+def to_csv(records: Sequence[Mapping[str, Any]], path: str, tables: Sequence[ResultTable] = ()) -> str:
+    """One row per record: its identity, every metric as a column (union over records, sorted), its gaps to the
+    paper for each of `tables` with a panel (`report_reference.GAP_FIELDS`) and provenance."""
     metric_keys = sorted({k for r in records for k in r.get("metrics", {})})
-    columns = [*CSV_LEADING, *metric_keys, *CSV_TRAILING]
+    columns = [*CSV_LEADING, *metric_keys, *gap_columns(tables), *CSV_TRAILING]
     with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns, restval="", extrasaction="ignore")
         writer.writeheader()
@@ -259,6 +266,7 @@ def to_csv(records: Sequence[Mapping[str, Any]], path: str) -> str:
             row = {c: r.get(c) for c in (*CSV_LEADING, *CSV_TRAILING)}
             row.update(row=record_row(r), label=row_label(r["method"], record_variant(r)))
             row.update(r.get("metrics", {}))
+            row.update(record_gaps(r, tables))
             writer.writerow({k: "" if v is None else v for k, v in row.items()})
     return path
 
@@ -319,6 +327,9 @@ def figure(table: ResultTable) -> Any:
             _plot_method(ax, table, method, xs, scale, style)
         if table.chance_level is not None:
             ax.axhline(table.chance_level * scale, color="grey", ls="--", lw=1.5, label="chance", zorder=1)
+        if table.reference:
+            plot_reference(ax, table.reference, positions=dict(zip(table.sparsities, xs)), scale=scale,
+                           styles=table_styles(table))
         ax.set_xticks(xs, sparsity_labels(table.sparsities) or ["0"], rotation=45)
         ax.set_xlabel("Sparsity", fontsize=13)
         ax.set_ylabel(ylabel, fontsize=13)
@@ -338,15 +349,16 @@ def _legend_below(fig: Any, ax: Any) -> None:
 
 
 def _plot_method(ax: Any, table: ResultTable, method: str, xs: list[int], scale: float, style: RowStyle) -> None:
-    """One row's line (NaN where a cell is missing) with a faint ±std band where there are several seeds."""
+    """One row's line through the cells it has (so a row run at fewer sparsities than the table's LTH rounds
+    still reads as a line, like the paper's), with a faint ±std band where there are several seeds."""
     color = style.color
-    stats = [table.cells.get((method, s)) for s in table.sparsities]
-    means = [st[0] * scale if st else math.nan for st in stats]
-    ax.plot(xs, means, color=color, ls=style.linestyle, marker=style.marker, lw=2, ms=6, label=style.label, zorder=3)
-    if any(st and st[2] > 1 for st in stats):
-        low = [(st[0] - st[1]) * scale if st else math.nan for st in stats]
-        high = [(st[0] + st[1]) * scale if st else math.nan for st in stats]
-        ax.fill_between(xs, low, high, color=color, alpha=0.15, lw=0, zorder=2)
+    placed = [(x, st) for x, s in zip(xs, table.sparsities) if (st := table.cells.get((method, s)))]
+    at = [x for x, _ in placed]
+    ax.plot(at, [st[0] * scale for _, st in placed], color=color, ls=style.linestyle, marker=style.marker, lw=2,
+            ms=6, label=style.label, zorder=3)
+    if any(st[2] > 1 for _, st in placed):
+        ax.fill_between(at, [(st[0] - st[1]) * scale for _, st in placed],
+                        [(st[0] + st[1]) * scale for _, st in placed], color=color, alpha=0.15, lw=0, zorder=2)
 
 
 # ---- the report -----------------------------------------------------------------------------------
@@ -356,15 +368,17 @@ def _file_name(recipe: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", recipe) or "recipe"
 
 
-def write_report(ledger_path: str, out_dir: str, split: str = "auto") -> dict[str, list[str]]:
+def write_report(ledger_path: str, out_dir: str, split: str = "auto", reference: str = "auto") -> dict[str, list[str]]:
     """results.md, results.csv, <recipe>.png (<recipe>-<subset>.png per subset) and <recipe>-density.png (per-layer
     density, for recipes whose records carry per-layer counts) in `out_dir` from the ledger; returns the paths by
-    kind ("markdown", "csv", "png", "density")."""
+    kind ("markdown", "csv", "png", "density"). `reference` (auto, smc-bench, none: `report_reference`) says
+    whether the paper's curves and the gaps to them are in the tables and plots."""
+    check_reference(reference)
     records = Ledger(ledger_path).records()
     if not records:
         where = "is empty" if os.path.exists(ledger_path) else "does not exist"
         raise UsageError(f"ledger {ledger_path} has no records (the file {where}); run a sweep first")
-    tables = summarize(records, split=split)
+    tables = [with_reference(t, reference) for t in summarize(records, split=split)]
     os.makedirs(out_dir, exist_ok=True)
     pngs = [plot(t, os.path.join(out_dir, f"{_file_name(t.stem)}.png")) for t in tables]
     densities = write_density_plots(records, tables, out_dir)
@@ -373,7 +387,7 @@ def write_report(ledger_path: str, out_dir: str, split: str = "auto") -> dict[st
         fh.write(f"# Results\n\nFrom `{ledger_path}` ({len(records)} runs).\n\n")
         fh.write("\n".join(to_markdown(t) + collapse_notes([r for r in records if r["recipe"] == t.recipe])
                            + _plot_links(t, densities) for t in tables))
-    return {"markdown": [markdown], "csv": [to_csv(records, os.path.join(out_dir, "results.csv"))], "png": pngs,
+    return {"markdown": [markdown], "csv": [to_csv(records, os.path.join(out_dir, "results.csv"), tables)], "png": pngs,
             "density": list(densities.values())}
 
 

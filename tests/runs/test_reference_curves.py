@@ -176,10 +176,10 @@ def test_plot_reference_draws_dashed_labelled_lines():
     positions = {s: i for i, s in enumerate(PAPER_GRID)}
     lines = plot_reference(ax, points, positions=positions, scale=100.0)
     labels = [line.get_label() for line in lines]
-    assert "LTH (After) (paper)" in labels and "OMP + RigL (paper)" in labels and "SNIP + RigL (paper)" in labels
-    assert labels[-1] == "dense (paper)"
+    assert "paper: LTH (After)" in labels and "paper: OMP + RigL" in labels and "paper: SNIP + RigL" in labels
+    assert labels[-1] == "paper: dense"
     assert all(line.get_linestyle() == "--" for line in lines)
-    (lth,) = [line for line in lines if line.get_label() == "LTH (After) (paper)"]
+    (lth,) = [line for line in lines if line.get_label() == "paper: LTH (After)"]
     assert list(lth.get_xdata()) == list(range(10)) and lth.get_ydata()[0] == pytest.approx(76.0)
     assert lth.get_color() == PAPER_COLORS["lth"]
     assert ax.collections  # the ranges' vertical bars
@@ -192,6 +192,6 @@ def test_plot_reference_takes_the_reports_styles_and_skips_unplaced_sparsities()
     style = RowStyle("mine", "#123456", "-", "o")
     lines = plot_reference(ax, reference_for("mawps"), positions={PAPER_GRID[0]: 0.0}, styles={"lth": style},
                            dense=False)
-    (lth,) = [line for line in lines if line.get_label() == "mine (paper)"]
+    (lth,) = [line for line in lines if line.get_label() == "paper: mine"]
     assert lth.get_color() == "#123456" and lth.get_linestyle() == "--" and list(lth.get_xdata()) == [0.0]
-    assert "dense (paper)" not in [line.get_label() for line in lines]
+    assert "paper: dense" not in [line.get_label() for line in lines]

@@ -68,13 +68,16 @@ def _expected(records: list[dict], recipe: str, key: str) -> dict[tuple[str, flo
 
 
 def _parse_markdown(text: str) -> dict[str, tuple[str, list[float], dict[str, list[str]]]]:
-    """recipe -> (metric key, sparsities, {method: cells}) from the report's markdown."""
+    """recipe -> (metric key, sparsities, {method: cells}) from the report's markdown (its main tables: a
+    `####` table against the paper ends one)."""
     tables: dict = {}
     recipe = None
     for line in text.splitlines():
         if line.startswith("### "):
             recipe, rest = line[4:].split(": ", 1)
             tables[recipe] = (rest.split(" ")[0], [], {})
+        elif line.startswith("#### ") or recipe is None:
+            recipe = None
         elif line.startswith("| method |"):
             tables[recipe][1].extend(round(float(c.rstrip("%")) / 100, 6) for c in line.strip("| ").split(" | ")[1:])
         elif line.startswith("| ") and not line.startswith("| ---"):
