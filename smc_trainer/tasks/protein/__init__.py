@@ -4,9 +4,10 @@ Model: any HF ESM checkpoint (default ESM-1b, `facebook/esm1b_t33_650M_UR50S`; E
 `--model_name_or_path`) as the backbone of `EsmForThermostability`: residue-mean of the final layer
 -> Linear(hidden, 512) -> LayerNorm -> ReLU -> Linear(512, C). A BERT checkpoint (TAPE's ProteinBert
 after `run_smc.py convert-tape`, `tape_convert.py`) gets the same head as `BertForThermostability`.
-Backbone and head train in one AdamW with their own learning rates (`--learning_rate`, `--protein_head_learning_rate`) under OneCycle
-(`optim.py` says what differs from the original). The recipes prune only the attention Q/K/V/O
-and FFN linears of the transformer layers (`prune_modules: qkvo_ffn`).
+Backbone and head train in one AdamW with their own learning rates (`--learning_rate`,
+`--protein_head_learning_rate`) under OneCycle (`optim.py` says what differs from the original).
+The recipes prune only the attention Q/K/V/O and FFN linears of the transformer layers
+(`prune_modules: qkvo_ffn`).
 
 Data format (local files only: HotProtein and Meltome are not on the Hub in a standard form)
 -----------------------------------------------------------------------------------------------
