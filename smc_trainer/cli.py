@@ -9,6 +9,7 @@ smc_trainer ...` and the `smc-train` console script.
   python run_smc.py sweep --recipes csqa --methods omp_after,lth,gmp --sparsities paper [flags]
   python run_smc.py report LEDGER [--out DIR]        tables, CSV and plots from a results ledger
   python run_smc.py push RUN_DIR --hub_model_id ID   upload a finished run's sparse release to the Hub
+  python run_smc.py convert-tape SRC DEST            TAPE's ProteinBert weights -> an HF BertModel folder (protein)
 
 A user's mistake (bad flag value, missing file, unknown recipe, a model not available offline) ends with one
 line `run_smc.py: error: <message>` and exit status 2; `--debug` (or SMC_DEBUG=1) shows the traceback.
@@ -254,6 +255,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         return report_command(argv[1:])
     if argv[0] == "push":
         return push_command(argv[1:])
+    if argv[0] == "convert-tape":
+        from smc_trainer.tasks.protein.tape_convert import convert_tape_command
+
+        setup_logging(logging.INFO, library_level=logging.WARNING)
+        return convert_tape_command(argv[1:])
     return single_run(argv)
 
 

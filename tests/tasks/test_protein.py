@@ -1,4 +1,5 @@
-"""Protein thermostability: data formats, the ESM head, both learning-rate groups, pruning scope, Table 1, recipes.
+"""Protein thermostability: data formats, the ESM head, both learning-rate groups, pruning scope, Table 1, recipes,
+and the BERT backbone (a tiny HF BertModel with TAPE's IUPAC tokenizer; TAPE itself is in test_tape_convert.py).
 
 Everything runs offline on a tiny ESM (hidden 16, 2 layers) saved to tmp as an `EsmForMaskedLM` with an
 `EsmTokenizer` built from a vocab file written here, like a real Hub checkpoint.
@@ -19,10 +20,14 @@ from datasets import Dataset
 from safetensors.torch import load_file
 from transformers import (
     AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BertConfig,
+    BertModel,
     EsmConfig,
     EsmForMaskedLM,
     EsmTokenizer,
     EvalPrediction,
+    GPT2Config,
 )
 
 from run_smc import main
@@ -37,13 +42,15 @@ from smc_trainer.runs.recipes import load_recipe
 from smc_trainer.runs.sweep import make_plan
 from smc_trainer.tasks.protein import build, compute_accuracy, trainer_kwargs
 from smc_trainer.tasks.protein.data import ProteinSettings, crop, read_fasta, split_files, to_canonical
-from smc_trainer.tasks.protein.loading import NOT_COPIED, load_model_and_tokenizer
+from smc_trainer.tasks.protein.loading import NOT_COPIED, load_model_and_tokenizer, thermostability_config
 from smc_trainer.tasks.protein.modeling import (
+    BertForThermostability,
     EsmForThermostability,
     EsmThermostabilityConfig,
     masked_mean,
     residue_mask,
 )
+from smc_trainer.tasks.protein.tape_convert import IUPAC_VOCAB, iupac_tokenizer
 from smc_trainer.training.arguments import DataArguments, ModelArguments, SparseTrainingArguments
 from smc_trainer.training.trainer import SparseTrainer
 
@@ -537,3 +544,64 @@ def test_recipes_carry_the_paper_settings():
     assert len(load_recipe("hp_s").args["protein_labels"].split(",")) == 5
     assert load_recipe("hp_s2c2").args["protein_labels"] == "cold,hot"
     assert load_recipe("meltome").args["protein_tm_bins"] == "45,80"
+
+
+# ---- the BERT backbone (TAPE's ProteinBert after `run_smc.py convert-tape`; tests/tasks/test_tape_convert.py) ------
+
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory) -> Path:
+    """A tiny HF BertModel folder with TAPE's IUPAC tokenizer, the layout `convert-tape` writes."""
+    folder = tmp_path_factory.mktemp("tiny-protein-bert")
+    config = BertConfig(vocab_size=len(IUPAC_VOCAB), hidden_size=16, num_hidden_layers=LAYERS, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=40, pad_token_id=0)
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    iupac_tokenizer(model_max_length=40).save_pretrained(folder)
+    return folder
+
+
+def test_bert_checkpoint_loads_under_the_head_and_saves_and_reloads(bert_dir, tmp_path):
+    model, tok, source = load_model_and_tokenizer(ModelArguments(model_name_or_path=str(bert_dir)),
+                                                  settings("cold,hot", protein_max_residues=MAX_RESIDUES))
+    assert type(model) is BertForThermostability and source.endswith("(pretrained)")
+    assert model.config.pool_exclude_token_ids == [0, 1, 2, 3]  # TAPE's <pad>, <mask>, <cls>, <sep>
+    assert not any(n.startswith("bert.pooler.") for n in model.state_dict())  # the head reads the residue mean
+    pretrained = load_file(str(bert_dir / "model.safetensors"))
+    for name in ("embeddings.word_embeddings.weight", "encoder.layer.1.attention.self.query.weight"):
+        assert torch.equal(model.state_dict()[f"bert.{name}"], pretrained[name]), name
+    batch = tok(["MKTAYIAK", "MKTAYIAKQRQISFVKSH"], padding=True, return_tensors="pt")
+    model.eval()
+    with torch.no_grad():
+        hidden = model.bert(**batch).last_hidden_state
+        expected = torch.stack([hidden[0, 1:9].mean(0), hidden[1, 1:19].mean(0)])  # <cls> at 0, <sep> after
+        torch.testing.assert_close(model(**batch).logits, model.head(expected))
+    model.save_pretrained(tmp_path / "saved")
+    assert set(load_file(str(tmp_path / "saved" / "model.safetensors"))) == set(model.state_dict())
+    again = AutoModelForSequenceClassification.from_pretrained(tmp_path / "saved")
+    assert type(again) is BertForThermostability and again.config.pool_exclude_token_ids == [0, 1, 2, 3]
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+
+
+def test_bert_positions_cap_the_residues_and_other_model_types_are_refused(bert_dir):
+    with pytest.raises(ValueError, match="--protein_max_residues 39 exceeds .* pass at most 38"):
+        load_model_and_tokenizer(ModelArguments(model_name_or_path=str(bert_dir)), settings(protein_max_residues=39))
+    tok = AutoTokenizer.from_pretrained(bert_dir)
+    with pytest.raises(ValueError, match=r"must be an ESM checkpoint \(model_type esm or esm_thermostability\) or a "
+                                         r"BERT one \(model_type bert or bert_thermostability.*got model_type 'gpt2'"):
+        thermostability_config(GPT2Config(), tok, settings())
+
+
+def test_bert_backbone_prunes_only_attention_and_ffn_weights(bert_dir):
+    model, _, _ = load_model_and_tokenizer(ModelArguments(model_name_or_path=str(bert_dir)),
+                                           settings(protein_max_residues=MAX_RESIDUES))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    masks = prune(model, "omp_before", 0.5, None)
+    scope = {n.replace("esm.", "bert.", 1) for n in SCOPE}
+    assert set(masks.masks) == scope
+    assert masks.kept() == round(0.5 * sum(before[n].numel() for n in scope))
+    for name, param in model.named_parameters():
+        if name in scope:
+            assert int((param == 0).sum()) == int((~masks.masks[name]).sum()), name
+        else:
+            assert torch.equal(param.detach(), before[name]), name

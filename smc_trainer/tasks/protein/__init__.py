@@ -2,10 +2,12 @@
 
 Model: any HF ESM checkpoint (default ESM-1b, `facebook/esm1b_t33_650M_UR50S`; ESM-2 sizes by
 `--model_name_or_path`) as the backbone of `EsmForThermostability`: residue-mean of the final layer
--> Linear(hidden, 512) -> LayerNorm -> ReLU -> Linear(512, C). Backbone and head train in one AdamW
-with their own learning rates (`--learning_rate`, `--protein_head_learning_rate`) under OneCycle
-(`optim.py` says what differs from the original). The recipes prune only the attention Q/K/V/O
-and FFN linears of the transformer layers (`prune_modules: qkvo_ffn`).
+-> Linear(hidden, 512) -> LayerNorm -> ReLU -> Linear(512, C). A BERT checkpoint (TAPE's ProteinBert
+after `run_smc.py convert-tape`, `tape_convert.py`) gets the same head as `BertForThermostability`.
+Backbone and head train in one AdamW with their own learning rates (`--learning_rate`,
+`--protein_head_learning_rate`) under OneCycle (`optim.py` says what differs from the original).
+The recipes prune only the attention Q/K/V/O and FFN linears of the transformer layers
+(`prune_modules: qkvo_ffn`).
 
 Data format (local files only: HotProtein and Meltome are not on the Hub in a standard form)
 -----------------------------------------------------------------------------------------------
@@ -56,7 +58,12 @@ from smc_trainer.metrics import argmax_accuracy
 from smc_trainer.tasks import TaskBundle
 from smc_trainer.tasks.protein.data import ProteinSettings, load_splits, prepare
 from smc_trainer.tasks.protein.loading import load_model_and_tokenizer
-from smc_trainer.tasks.protein.modeling import EsmForThermostability, EsmThermostabilityConfig
+from smc_trainer.tasks.protein.modeling import (
+    BertForThermostability,
+    BertThermostabilityConfig,
+    EsmForThermostability,
+    EsmThermostabilityConfig,
+)
 from smc_trainer.tasks.protein.optim import HeadBackboneAdamW, head_and_backbone_groups, one_cycle_schedule
 
 logger = logging.get_logger(__name__)
@@ -111,6 +118,8 @@ def build(model_args, data_args, training_args, recipe) -> TaskBundle:
 
 
 __all__ = [
+    "BertForThermostability",
+    "BertThermostabilityConfig",
     "EsmForThermostability",
     "EsmThermostabilityConfig",
     "HeadBackboneAdamW",
