@@ -1,6 +1,6 @@
 """The GPU check, one command: what smc-trainer promises on a GPU, each row pass / fail / skip with its number.
 
-    python scripts/gpu_check.py                        # one GPU (an H100: under 8 minutes)
+    python scripts/gpu_check.py                        # one GPU (sized for 8 minutes on an H100; not yet timed)
     python scripts/gpu_check.py --device cpu --small   # the rows a CPU can run, at small sizes (a self-test)
 
 Rows:
