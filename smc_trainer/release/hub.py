@@ -81,6 +81,19 @@ def _saved_parameter_count(folder: str) -> int:
     return total
 
 
+def _saved_zero_fraction(folder: str) -> float | None:
+    """The share of exact zeros among all values of the saved weight files (one tensor in memory at a time)."""
+    zeros = total = 0
+    for path in weight_files(folder):
+        with safe_open(path, framework="pt") as fh:
+            names = list(fh.keys())
+            for name in names:
+                tensor = fh.get_tensor(name)
+                zeros += tensor.numel() - int(torch.count_nonzero(tensor))
+                total += tensor.numel()
+    return zeros / total if total else None
+
+
 def sparsity_config(masks: MaskSet, info: Mapping[str, Any], total_parameters: int | None = None) -> dict[str, Any]:
     """The `sparsity` entry of config.json, measured from the masks and the weights themselves."""
     from smc_trainer.methods import get_method_class, method_names
@@ -196,6 +209,8 @@ def write_release_files(
         files={n: os.path.getsize(os.path.join(output_dir, n)) for n in os.listdir(output_dir)
                if os.path.isfile(os.path.join(output_dir, n))},
         compressed=sizes,
+        pattern=info.get("sparsity_pattern"),
+        overall_sparsity=_saved_zero_fraction(output_dir),
     )
     model_card(facts).save(os.path.join(output_dir, CARD_NAME))
     return sparsity

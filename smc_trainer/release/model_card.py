@@ -1,8 +1,10 @@
 """The model card (README.md) of a sparse release, generated from the run that produced it.
 
-YAML metadata through `huggingface_hub.ModelCardData` (library_name, tags, base_model, datasets), then
-markdown: method, target and achieved sparsity, the prunable set, per-layer sparsity, metrics, data,
-base checkpoint, the exact command that reproduces the run, how to load it, and the files.
+YAML metadata through `huggingface_hub.ModelCardData` (library_name, tags, base_model, datasets, and a
+`model-index` of `EvalResult`s: each metric per split, the sparsity of the prunable set and of all parameters
+with the method and pattern), then markdown: method, target and achieved sparsity, the prunable set,
+per-layer sparsity, metrics, data, base checkpoint, the exact command that reproduces the run, how to load it,
+and the files.
 """
 
 from __future__ import annotations
@@ -13,9 +15,29 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-TAGS = ["sparse", "pruning", "smc-bench", "smc-trainer"]
+TAGS = ["sparse", "pruning", "sparsity", "smc-bench", "smc-trainer"]
+# task family (recipes' `task:`) -> the Hub's task type and its name in words
+TASK_TYPES = {
+    "multiple_choice": ("multiple-choice", "Multiple choice"),
+    "quickstart": ("multiple-choice", "Multiple choice"),
+    "arithmetic": ("text2text-generation", "Math word problems (equation generation)"),
+    "protein": ("text-classification", "Protein property classification"),
+    "translation": ("translation", "Translation"),
+}
+# a model class's head -> the Hub's task type, for runs without a recipe (the Python API)
+HEAD_TASK_TYPES = {
+    "ForMultipleChoice": ("multiple-choice", "Multiple choice"),
+    "ForSequenceClassification": ("text-classification", "Text classification"),
+    "ForTokenClassification": ("token-classification", "Token classification"),
+    "ForQuestionAnswering": ("question-answering", "Question answering"),
+    "ForCausalLM": ("text-generation", "Text generation"),
+    "ForConditionalGeneration": ("text2text-generation", "Text-to-text generation"),
+    "ForSeq2SeqLM": ("text2text-generation", "Text-to-text generation"),
+}
+SPLIT_PREFIXES = {"eval_": "validation", "test_": "test"}
+_NOT_SCORES = ("_samples",)  # counters among the eval_/test_ metrics, not scores
 _SPEED_SUFFIXES = ("_runtime", "_samples_per_second", "_steps_per_second")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
@@ -42,6 +64,10 @@ class CardFacts:
     """File name -> size in bytes of the release."""
     compressed: dict[str, int] | None = None
     """{'dense_bytes': ..., 'compressed_bytes': ...} when model.sparse.safetensors was written."""
+    pattern: str | None = None
+    """The sparsity pattern of the masks: 'unstructured' or N:M (None: not recorded, e.g. external masks)."""
+    overall_sparsity: float | None = None
+    """The share of exact zeros among all saved parameters (the prunable set and the rest), measured."""
 
 
 def is_hub_id(name: str | None) -> bool:
@@ -79,13 +105,89 @@ def _size(n: float) -> str:
     return f"{n:.1f} {unit}"
 
 
-def card_data(facts: CardFacts) -> ModelCardData:
+def _pattern_tag(pattern: str | None) -> list[str]:
+    """`unstructured-sparsity`, `2-4-sparsity` (tags hold no colon)."""
+    return [f"{pattern.replace(':', '-')}-sparsity"] if pattern else []
+
+
+def task_of(facts: CardFacts) -> tuple[str, str] | None:
+    """(Hub task type, its name): from the recipe's task family, else from the model class's head."""
+    recipe = (facts.run or {}).get("recipe") or {}
+    if recipe.get("task") in TASK_TYPES:
+        return TASK_TYPES[recipe["task"]]
+    head = next((h for h in HEAD_TASK_TYPES if (facts.architecture or "").endswith(h)), None)
+    return HEAD_TASK_TYPES[head] if head else None
+
+
+def _dataset_of(facts: CardFacts) -> dict[str, Any] | None:
+    """The `dataset` of the model-index: the Hub id (type) and config when the run read a Hub dataset, else
+    the recipe's name as type and the data in words as name. None when the card does not know the data."""
+    run = facts.run or {}
+    data_args, recipe = run.get("data_args") or {}, run.get("recipe") or {}
+    hub_id = data_args.get("dataset_name")
+    if is_hub_id(hub_id):
+        return {"dataset_type": hub_id, "dataset_name": hub_id, "dataset_config": data_args.get("dataset_config_name")}
+    if facts.dataset and recipe.get("name"):
+        return {"dataset_type": recipe["name"], "dataset_name": facts.dataset}
+    return None
+
+
+def _metric_entry(key: str, metric: str | None) -> tuple[str, str] | None:
+    """(split, metric type) of an `eval_*` / `test_*` score, None for counters. A subset's score
+    (`test_middle_accuracy`) has the recipe's metric as its type and keeps its full key as its name."""
+    prefix = next((p for p in SPLIT_PREFIXES if key.startswith(p)), None)
+    if prefix is None or key.endswith(_NOT_SCORES):
+        return None
+    rest = key[len(prefix):]
+    return SPLIT_PREFIXES[prefix], metric if metric and rest.endswith(f"_{metric}") else rest
+
+
+def eval_results(facts: CardFacts) -> list[EvalResult]:
+    """The card's model-index: every validation and test score on its split, then the sparsity of the prunable
+    set and of all parameters (metric type `sparsity`, config the pattern, args method / pattern / target).
+    Empty when the task or the dataset is unknown (the Hub needs both)."""
+    task, dataset = task_of(facts), _dataset_of(facts)
+    if task is None or dataset is None:
+        return []
+    recipe = (facts.run or {}).get("recipe") or {}
+    splits = recipe.get("splits") or {}
+    common = {"task_type": task[0], "task_name": task[1], **dataset}
+    results = []
+    for key, value in headline_metrics(facts.metrics).items():
+        entry = _metric_entry(key, recipe.get("metric"))
+        if entry is not None:
+            split = splits.get(entry[0]) or entry[0]
+            results.append(EvalResult(**common, dataset_split=split, metric_type=entry[1], metric_name=key,
+                                      metric_value=float(value)))
     s = facts.sparsity
+    args = {"method": s["method"], **({"pattern": facts.pattern} if facts.pattern else {}),
+            "target": s["target_sparsity"]}
+    measured = [("sparsity of the prunable weights", s["achieved_sparsity"]),
+                ("sparsity of all parameters", facts.overall_sparsity)]
+    for name, value in measured:
+        if value is not None:
+            results.append(EvalResult(**common, metric_type="sparsity", metric_name=name,
+                                      metric_value=round(float(value), 6), metric_config=facts.pattern,
+                                      metric_args=dict(args)))
+    return results
+
+
+def _title(facts: CardFacts) -> str:
+    return facts.repo_id or f"{facts.base_model or 'model'} - {facts.sparsity['method']} sparse"
+
+
+def card_data(facts: CardFacts) -> ModelCardData:
+    """The card's YAML metadata: library, tags (the method and the pattern among them), base model, datasets and
+    the model-index (`eval_results`)."""
+    s = facts.sparsity
+    results = eval_results(facts)
     return ModelCardData(
         library_name="transformers",
-        tags=TAGS + ([s["method"]] if s.get("phase") else []),
+        tags=TAGS + ([s["method"]] if s.get("phase") else []) + _pattern_tag(facts.pattern),
         base_model=facts.base_model_id if is_hub_id(facts.base_model_id) else None,
         datasets=[facts.dataset] if is_hub_id(facts.dataset) else None,
+        model_name=_title(facts) if results else None,
+        eval_results=results or None,
     )
 
 
@@ -97,6 +199,8 @@ def _sparsity_section(facts: CardFacts) -> list[str]:
         ("achieved sparsity (zeros in the weights)", _fmt(s["achieved_sparsity"])),
         ("mask sparsity", _fmt(s["mask_sparsity"])),
         ("distribution over layers", s.get("distribution")),
+        ("pattern", facts.pattern),
+        ("sparsity of all parameters (zeros in every saved tensor)", facts.overall_sparsity),
         ("prunable weights", f"{_fmt(s['prunable_parameters'])} of {_fmt(s.get('total_parameters'))} parameters"),
         ("embeddings / task head prunable", f"{scope.get('prune_embeddings')} / {scope.get('prune_heads')}"),
         ("include / exclude regex", " / ".join(f"`{v}`" if v else "-" for v in (scope.get("prune_include"),
@@ -217,7 +321,7 @@ def _files_section(facts: CardFacts) -> list[str]:
 def model_card(facts: CardFacts) -> ModelCard:
     """The card of one sparse release."""
     s = facts.sparsity
-    title = facts.repo_id or f"{facts.base_model or 'model'} - {s['method']} sparse"
+    title = _title(facts)
     intro = (f"`{_fmt(facts.base_model)}` fine-tuned with the sparse method **{s['method']}** to "
              f"**{s['achieved_sparsity']:.2%}** sparsity (target {s['target_sparsity']:g}) over its prunable weights, "
              "by smc-trainer, the Hugging Face Trainer implementation of SMC-Bench "
