@@ -3,8 +3,8 @@
 `--peft lora` wraps the task's model with `get_peft_model(model, lora_config_for(model, args))`: LoRA on the
 prunable linears of the transformer layers (or on `--lora_target_modules`), the task head trained fully
 (`modules_to_save`), and, unless `--sparse_adapter false`, the masked layers of `smc_trainer.training.adapters.
-layers`. A `PeftModel` built by the user goes through `check_adapter_layers` and `bind_masks` in
-`SparseTrainer` just the same.
+layers`. A `PeftModel` built by the user is converted to masked layers (`convert.py`), then goes through
+`check_adapter_layers` and `bind_masks` in `SparseTrainer` just the same.
 """
 
 from __future__ import annotations
@@ -179,10 +179,10 @@ def check_adapter_layers(model: nn.Module, targets: list[PruneTarget], sparse_ad
         variants = getattr(layer, "lora_variant", {})
         if not isinstance(layer, SparseLoraLinear) or any(type(variants.get(a)).__name__ != "MaskedLoraVariant"
                                                           for a in layer.lora_A):
-            raise UsageError(f"the LoRA layer on {name!r} ({type(layer).__name__}) does not mask its update, so "
-                             "training and merging would fill pruned weights. Build the PeftModel with "
-                             "get_peft_model(model, smc_trainer.training.adapters.sparse_lora_config(your_config)), "
-                             "or pass --sparse_adapter false to re-mask after the merge")
+            raise UsageError(f"the LoRA layer on {name!r} ({type(layer).__name__}) does not mask its update (only "
+                             "LoRA on Linear/Conv1D layers can be masked), so training and merging would fill pruned "
+                             "weights. Leave it out of the LoRA target modules, exclude it from the prunable set "
+                             "(--prune_exclude), or pass --sparse_adapter false to re-mask after the merge")
 
 
 def plain_parameter_names(model: nn.Module) -> dict[int, str]:
