@@ -352,7 +352,8 @@ class SparseTrainer(Seq2SeqTrainer):
         config = next(iter(self.model.peft_config.values()))
         a = self.args
         return {"peft": peft_type(config).lower(), "r": getattr(config, "r", None),
-                "lora_alpha": getattr(config, "lora_alpha", None), "lora_dropout": getattr(config, "lora_dropout", None),
+                "lora_alpha": getattr(config, "lora_alpha", None),
+                "lora_dropout": getattr(config, "lora_dropout", None),
                 "target_modules": sorted(config.target_modules or []),  # peft may shorten them to name suffixes
                 "adapted_modules": adapted_layers(self.model), "modules_to_save": config.modules_to_save,
                 "sparse_adapter": a.sparse_adapter, "adapter_gradient": a.adapter_gradient, "release": a.lora_release,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -142,7 +142,7 @@ def test_save_pretrained_and_from_pretrained_give_the_same_merged_weights(tmp_pa
     out = str(tmp_path / "adapter")
     model.save_pretrained(out)  # the user's own save: a plain LoRA adapter peft loads anywhere
     trainer.masks.save(out)
-    config = json.loads(open(os.path.join(out, "adapter_config.json"), encoding="utf-8").read())
+    config = json.loads(Path(out, "adapter_config.json").read_text(encoding="utf-8"))
     assert (config["peft_type"], config["r"], config["lora_alpha"], config["use_rslora"]) == ("LORA", 4, 8, True)
     expected = merged_copy(model).state_dict()
 

@@ -23,6 +23,6 @@ from smc_trainer.training.adapters.wrap import (
     wrap_with_lora,
 )
 
-__all__ = ["MaskRef", "MaskedLoraVariant", "SparseLoraLinear", "bind_masks", "check_adapter_layers", "convert_user_lora",
-           "is_peft_model", "load_sparse_adapter", "lora_config_for", "merged_copy", "prepare_user_peft_model", "remask",
-           "save_lora_release", "sparse_lora_config", "wrap_with_lora"]
+__all__ = ["MaskRef", "MaskedLoraVariant", "SparseLoraLinear", "bind_masks", "check_adapter_layers",
+           "convert_user_lora", "is_peft_model", "load_sparse_adapter", "lora_config_for", "merged_copy",
+           "prepare_user_peft_model", "remask", "save_lora_release", "sparse_lora_config", "wrap_with_lora"]
