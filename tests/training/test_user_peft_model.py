@@ -3,8 +3,9 @@
 A `get_peft_model(base, LoraConfig(...))` built by the user is handed to `SparseTrainer` as it is: its LoRA layers
 become masked adapters with the user's r, alpha, dropout, rsLoRA and target modules, so after peft's own
 `merge_and_unload()` the non-zero pattern of every prunable weight is its mask, bit for bit; `save_pretrained`
-and `PeftModel.from_pretrained` give back the same merged weights. IA3 is accepted; tuners and copies that
-would bring pruned weights back are refused with the module and the fix.
+and `PeftModel.from_pretrained` give back the same merged weights. DoRA is masked too (exact: its merge only
+rescales rows); IA3 is accepted; tuners and copies that would bring pruned weights back are refused with the
+module and the fix.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from smc_trainer import SparseTrainer
 from smc_trainer.engine.selection import keep_count
 from smc_trainer.errors import UsageError
 from smc_trainer.training.adapters import (
+    MaskRef,
     SparseLoraLinear,
     bind_masks,
     convert_user_lora,
@@ -191,9 +193,51 @@ def test_unsupported_tuners_are_refused_with_the_reason(tmp_path, config, messag
         SparseTrainer(model=model, args=user_args(tmp_path, "omp_before"), train_dataset=toy_dataset())
 
 
-def test_dora_and_merged_adapters_are_refused_before_any_change(tmp_path):
+@pytest.mark.parametrize("method", ["omp_before", "gmp"])
+def test_user_dora_trains_sparse_and_merges_to_the_mask(tmp_path, method):
+    """DoRA's merged weight `m / ||W + D|| * (W + D)` keeps every zero when the update D is masked: exact."""
     model = user_lora(use_dora=True)
-    with pytest.raises(UsageError, match="a sparse adapter supports plain LoRA only .*use_dora"):
+    magnitudes = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_magnitude_vector" in n}
+    trainer = trained(tmp_path, method, model)
+    variants = [type(m.lora_variant["default"]).__name__ for m in model.modules() if isinstance(m, SparseLoraLinear)]
+    assert variants == ["MaskedDoraVariant"] * 4
+    assert pruned_leaks(trainer) == []
+    assert len(magnitudes) == 4 and all(not torch.equal(p.detach(), magnitudes[n])
+                                        for n, p in model.named_parameters() if n in magnitudes)
+    before = logits(model)
+    merged = model.merge_and_unload()
+    assert_nonzeros_are_the_masks(merged, trainer.masks.masks, trainer.masks.total)
+    assert (logits(merged) - before).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("arch, targets", [("bert", ["query"]), ("gpt2", ["c_attn"])])
+def test_masked_dora_with_an_all_ones_mask_is_peft_dora(arch, targets):
+    """The masked DoRA forward is peft's DoRA when nothing is pruned: same outputs and gradients (A, B, magnitude)."""
+    model = get_peft_model(make_tiny(arch), LoraConfig(r=2, target_modules=targets, use_dora=True,
+                                                       init_lora_weights=False, fan_in_fan_out=arch == "gpt2"))
+    convert_user_lora(model)
+    layer = next(m for m in model.modules() if isinstance(m, SparseLoraLinear))
+    weight = layer.get_base_layer().weight
+    with torch.no_grad():
+        layer.get_base_layer().bias.normal_()  # initialised to zero: a bias mistake would go unseen
+    layer.train()
+    x = torch.randn(3, 5, weight.shape[0 if arch == "gpt2" else 1])
+    params = [layer.lora_A["default"].weight, layer.lora_B["default"].weight,
+              layer.lora_magnitude_vector["default"].weight]
+    outs, grads = [], []
+    for masks in (None, StaticMasks({"mask": torch.ones_like(weight, dtype=torch.bool)})):
+        layer.bind_mask(None if masks is None else MaskRef(masks, "mask"))
+        out = layer(x)
+        outs.append(out)
+        grads.append(torch.autograd.grad(out.square().sum(), params))
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-6, rtol=1e-5)
+    for mine, peft_grad in zip(grads[1], grads[0]):
+        torch.testing.assert_close(mine, peft_grad, atol=1e-5, rtol=1e-4)
+
+
+def test_lora_bias_and_merged_adapters_are_refused_before_any_change(tmp_path):
+    model = user_lora(lora_bias=True)
+    with pytest.raises(UsageError, match="a sparse adapter supports plain LoRA and DoRA, not lora_bias"):
         SparseTrainer(model=model, args=user_args(tmp_path, "omp_before"), train_dataset=toy_dataset())
     assert not any(isinstance(m, SparseLoraLinear) for m in model.modules())
     merged = user_lora()

@@ -106,7 +106,7 @@ def convert_user_lora(model: PeftModel) -> int:
 
     Returns how many layers are masked afterwards (0: nothing to convert). Layers that cannot be masked (an
     embedding, a Conv2d) come back as plain LoRA layers; `check_adapter_layers` names them. Refused: merged
-    adapters, and options whose update reaches outside the masked product (`use_dora`, `lora_bias`)."""
+    adapters, and `lora_bias` (a trained bias is outside the masked update). DoRA converts to `MaskedDoraVariant`."""
     adapters = lora_adapters(model)
     plain = _plain_lora_layers(model)
     if not adapters or not plain:
@@ -114,7 +114,7 @@ def convert_user_lora(model: PeftModel) -> int:
     if any(getattr(layer, "merged", False) for layer in plain.values()):
         raise UsageError("your PeftModel has merged LoRA adapters; call model.unmerge_adapter() before handing it to "
                          "SparseTrainer")
-    configs = {name: sparse_lora_config(model.peft_config[name]) for name in adapters}  # refuses DoRA before a change
+    configs = {name: sparse_lora_config(model.peft_config[name]) for name in adapters}  # lora_bias refused here
     states = {name: {k: v.detach().clone() for k, v in get_peft_model_state_dict(model, adapter_name=name).items()}
               for name in adapters}
     trainable = {name: p.requires_grad for name, p in model.named_parameters()}

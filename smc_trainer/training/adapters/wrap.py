@@ -37,9 +37,9 @@ def sparse_lora_config(config: LoraConfig) -> LoraConfig:
 
     Use it for a `PeftModel` of your own (`get_peft_model(model, sparse_lora_config(LoraConfig(...)))`) or to
     load an adapter release (`PeftModel.from_pretrained(base, path, config=sparse_lora_config(...))`)."""
-    if config.use_dora or config.lora_bias:
-        raise UsageError("a sparse adapter supports plain LoRA only (use_dora and lora_bias would change weights "
-                         "outside the masked update); drop them, or pass --sparse_adapter false")
+    if config.lora_bias:
+        raise UsageError("a sparse adapter supports plain LoRA and DoRA, not lora_bias (a trained bias is outside the "
+                         "masked update); drop it, or pass --sparse_adapter false")
     config = copy.deepcopy(config)
     config._register_custom_module({nn.Linear: SparseLoraLinear, Conv1D: SparseLoraLinear})
     return config
@@ -177,7 +177,8 @@ def check_adapter_layers(model: nn.Module, targets: list[PruneTarget], sparse_ad
         if not sparse_adapter:
             continue
         variants = getattr(layer, "lora_variant", {})
-        if not isinstance(layer, SparseLoraLinear) or any(type(variants.get(a)).__name__ != "MaskedLoraVariant"
+        masked = ("MaskedLoraVariant", "MaskedDoraVariant")
+        if not isinstance(layer, SparseLoraLinear) or any(type(variants.get(a)).__name__ not in masked
                                                           for a in layer.lora_A):
             raise UsageError(f"the LoRA layer on {name!r} ({type(layer).__name__}) does not mask its update (only "
                              "LoRA on Linear/Conv1D layers can be masked), so training and merging would fill pruned "
