@@ -46,12 +46,16 @@ def _is_adapter_model(model: torch.nn.Module) -> bool:
 
 
 def _prepare_adapters(model: torch.nn.Module, args: SparseTrainingArguments) -> torch.nn.Module:
-    """Wrap a plain model for `--peft lora`; refuse a method that must train the frozen base of an adapter model."""
+    """Wrap a plain model for `--peft lora`; refuse a method that must train the frozen base of an adapter model.
+    A user's own PeftModel is checked and its LoRA layers converted to masked ones (adapters/convert.py)."""
     refusal = get_method_class(args.sparse_method).lora_refusal(args)
     if refusal:
         raise UsageError(refusal)
     if _is_adapter_model(model):
+        from smc_trainer.training.adapters.convert import prepare_user_peft_model
         from smc_trainer.training.adapters.wrap import train_head_copies
+
+        prepare_user_peft_model(model, args)
 
         unfrozen = train_head_copies(model)
         if unfrozen:
@@ -340,16 +344,18 @@ class SparseTrainer(Seq2SeqTrainer):
         }
 
     def adapter_metadata(self) -> dict[str, Any] | None:
-        """What a LoRA run trained and released (None for full fine-tuning)."""
+        """What an adapter run (LoRA, or a user's IA3) trained and released (None for full fine-tuning)."""
         if not _is_adapter_model(self.model):
             return None
-        from smc_trainer.training.adapters.wrap import lora_layers
+        from smc_trainer.training.adapters.convert import adapted_layers, peft_type
 
         config = next(iter(self.model.peft_config.values()))
         a = self.args
-        return {"peft": "lora", "r": config.r, "lora_alpha": config.lora_alpha, "lora_dropout": config.lora_dropout,
+        return {"peft": peft_type(config).lower(), "r": getattr(config, "r", None),
+                "lora_alpha": getattr(config, "lora_alpha", None),
+                "lora_dropout": getattr(config, "lora_dropout", None),
                 "target_modules": sorted(config.target_modules or []),  # peft may shorten them to name suffixes
-                "adapted_modules": len(lora_layers(self.model)), "modules_to_save": config.modules_to_save,
+                "adapted_modules": adapted_layers(self.model), "modules_to_save": config.modules_to_save,
                 "sparse_adapter": a.sparse_adapter, "adapter_gradient": a.adapter_gradient, "release": a.lora_release,
                 "base": self.adapter_base or getattr(self.model.get_base_model().config, "_name_or_path", None)}
 

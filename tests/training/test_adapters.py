@@ -376,13 +376,16 @@ def test_user_peft_model_gets_the_same_behaviour(tmp_path):
     assert pruned_nonzero(model.merge_and_unload(), trainer.masks.masks) == 0
 
 
-def test_user_peft_model_with_plain_lora_layers_is_refused(tmp_path):
-    model = get_peft_model(make_tiny("bert"), LoraConfig(target_modules=["query"], r=2))
-    with pytest.raises(UsageError, match="does not mask its update.*sparse_lora_config"):
-        SparseTrainer(model=model, args=sparse_args(tmp_path, "omp_before", 0.5), train_dataset=toy_dataset())
-    # accepted when the user asks for plain LoRA re-masked after the merge
-    SparseTrainer(model=model, args=sparse_args(tmp_path, "omp_before", 0.5, sparse_adapter=False, peft="lora"),
+def test_user_peft_model_with_plain_lora_layers_is_converted(tmp_path):
+    """A plain-LoRA PeftModel is converted to masked layers (tests/training/test_user_peft_model.py has the rest);
+    with --sparse_adapter false it stays plain, re-masked after the merge."""
+    plain = get_peft_model(make_tiny("bert"), LoraConfig(target_modules=["query"], r=2))
+    SparseTrainer(model=plain, args=sparse_args(tmp_path, "omp_before", 0.5, sparse_adapter=False, peft="lora"),
                   train_dataset=toy_dataset())
+    assert not any(isinstance(m, SparseLoraLinear) for m in plain.modules())
+    trainer = SparseTrainer(model=plain, args=sparse_args(tmp_path, "omp_before", 0.5), train_dataset=toy_dataset())
+    layers = [m for m in trainer.model.modules() if isinstance(m, SparseLoraLinear)]
+    assert len(layers) == 2 and all(m.mask_ref is not None for m in layers)
 
 
 # ---- masks between LoRA runs and plain models ---------------------------------------------------------------

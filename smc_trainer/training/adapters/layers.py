@@ -22,6 +22,8 @@ from peft.tuners.lora.layer import LoraVariant
 from torch import Tensor
 from transformers.pytorch_utils import Conv1D
 
+from smc_trainer.training.adapters.dora import MaskedDoraVariant
+
 
 class MaskOwner(Protocol):
     """Anything holding the current bool keep-masks by plain parameter name (e.g. `MaskSet`)."""
@@ -219,7 +221,13 @@ class SparseLoraLinear(LoraLinear):
 
     @property
     def lora_variants(self) -> dict[tuple[str, ...], type[LoraVariant]]:
-        return {(): MaskedLoraVariant}  # DoRA and other variants are refused by peft's own check
+        # other variants (aLoRA, Arrow, ...) are refused by peft's own check
+        return {(): MaskedLoraVariant, ("use_dora",): MaskedDoraVariant}
+
+    def masked_update(self, x: Tensor, adapter: str) -> Tensor:
+        """`x @ ((s * B @ A) * mask).T` for `adapter`, with the gradient `--adapter_gradient` chooses (DoRA's)."""
+        return MaskedLowRank.apply(x, self.lora_A[adapter].weight, self.lora_B[adapter].weight, self.mask_out_in(),
+                                   self.scaling[adapter], self.straight_through)
 
     def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         """peft's forward, except in the common training case (one active adapter over a frozen, masked

@@ -3,8 +3,8 @@
 `--peft lora` wraps the task's model with `get_peft_model(model, lora_config_for(model, args))`: LoRA on the
 prunable linears of the transformer layers (or on `--lora_target_modules`), the task head trained fully
 (`modules_to_save`), and, unless `--sparse_adapter false`, the masked layers of `smc_trainer.training.adapters.
-layers`. A `PeftModel` built by the user goes through `check_adapter_layers` and `bind_masks` in
-`SparseTrainer` just the same.
+layers`. A `PeftModel` built by the user is converted to masked layers (`convert.py`), then goes through
+`check_adapter_layers` and `bind_masks` in `SparseTrainer` just the same.
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ def sparse_lora_config(config: LoraConfig) -> LoraConfig:
 
     Use it for a `PeftModel` of your own (`get_peft_model(model, sparse_lora_config(LoraConfig(...)))`) or to
     load an adapter release (`PeftModel.from_pretrained(base, path, config=sparse_lora_config(...))`)."""
-    if config.use_dora or config.lora_bias:
-        raise UsageError("a sparse adapter supports plain LoRA only (use_dora and lora_bias would change weights "
-                         "outside the masked update); drop them, or pass --sparse_adapter false")
+    if config.lora_bias:
+        raise UsageError("a sparse adapter supports plain LoRA and DoRA, not lora_bias (a trained bias is outside the "
+                         "masked update); drop it, or pass --sparse_adapter false")
     config = copy.deepcopy(config)
     config._register_custom_module({nn.Linear: SparseLoraLinear, Conv1D: SparseLoraLinear})
     return config
@@ -177,12 +177,13 @@ def check_adapter_layers(model: nn.Module, targets: list[PruneTarget], sparse_ad
         if not sparse_adapter:
             continue
         variants = getattr(layer, "lora_variant", {})
-        if not isinstance(layer, SparseLoraLinear) or any(type(variants.get(a)).__name__ != "MaskedLoraVariant"
+        masked = ("MaskedLoraVariant", "MaskedDoraVariant")
+        if not isinstance(layer, SparseLoraLinear) or any(type(variants.get(a)).__name__ not in masked
                                                           for a in layer.lora_A):
-            raise UsageError(f"the LoRA layer on {name!r} ({type(layer).__name__}) does not mask its update, so "
-                             "training and merging would fill pruned weights. Build the PeftModel with "
-                             "get_peft_model(model, smc_trainer.training.adapters.sparse_lora_config(your_config)), "
-                             "or pass --sparse_adapter false to re-mask after the merge")
+            raise UsageError(f"the LoRA layer on {name!r} ({type(layer).__name__}) does not mask its update (only "
+                             "LoRA on Linear/Conv1D layers can be masked), so training and merging would fill pruned "
+                             "weights. Leave it out of the LoRA target modules, exclude it from the prunable set "
+                             "(--prune_exclude), or pass --sparse_adapter false to re-mask after the merge")
 
 
 def plain_parameter_names(model: nn.Module) -> dict[int, str]:
