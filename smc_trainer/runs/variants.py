@@ -149,9 +149,6 @@ def _rigl_init_methods() -> Sequence[str]:
 # its config (`metadata={"variant": "{label}, window {value}/halving", "variant_order": 100}`; a plugin's knobs
 # are axes unless they say `"variant": False`), read by `config_axes`.
 VARIANT_AXES: tuple[VariantAxis, ...] = (
-    # the arithmetic model (GTS or Graph2Tree): a different dense baseline too; first in row ids
-    VariantAxis("arithmetic_model", lambda label, m, v: f"{label}, {_word(v)}", choices=lambda: ARITHMETIC_MODELS,
-                order=-10, dense=True),
     VariantAxis("init_method", _init_label, applies_to=("rigl", "set"), choices=_rigl_init_methods,
                 label_default=True, order=0),
     VariantAxis("prune_modules", lambda label, m, v: f"{label} [{v}]", check=parse_module_group, order=10),
@@ -169,6 +166,9 @@ VARIANT_AXES: tuple[VariantAxis, ...] = (
     # distillation knobs: a run that changes them (against the method's or preset's own value) is its own row
     VariantAxis("distill_hardness", lambda label, m, v: f"{label}, KD hardness {format_value(v)}", order=110),
     VariantAxis("distill_temperature", lambda label, m, v: f"{label}, KD T {format_value(v)}", order=120),
+    # the arithmetic model (GTS or Graph2Tree): it changes the dense baseline too
+    VariantAxis("arithmetic_model", lambda label, m, v: f"{label}, {_word(v)}", choices=lambda: ARITHMETIC_MODELS,
+                order=130, dense=True),
 )
 
 

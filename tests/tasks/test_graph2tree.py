@@ -158,6 +158,26 @@ def test_every_weight_learns_and_the_graphs_change_the_result():
         model(**{k: v for k, v in batch.items() if k != "graph_edges"})
 
 
+def test_graph2tree_learns_to_solve_its_training_problems():
+    """After fitting the 7 problem types the beam decodes every training equation exactly (at 2e-3: at 1e-2, where
+    GTS fits them in 60 steps, the graph module's norm and feed-forward layer train unstably)."""
+    model = tiny_graph2tree(seed=0, hidden=64)
+    rows = [problem(i) for i in range(7)]
+    batch = tiny_batch(model, rows)
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    model.train()
+    for _ in range(100):
+        optimizer.zero_grad()
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        predictions = model(**batch).predictions
+    decoded = [model.config.vocab.decode(p) for p in predictions.tolist()]
+    assert decoded == [tokenize(r["Equation"]) for r in rows], f"training loss {loss.item():.4f}"
+
+
 def test_teacher_forcing_is_batch_independent():
     """Padding a problem among longer ones changes neither its graphs nor its loss."""
     model = tiny_graph2tree().eval()
@@ -368,8 +388,9 @@ def test_exact_counts_and_zeros_after_every_step(shipped, tmp_path, model, metho
 def test_graph2tree_on_minilm_learns_mawps_fold_0(shared_data, tmp_path):
     """Real MAWPS fold 0 (1,537 training / 384 test problems, their group_nums), Graph2Tree on the pretrained
     all-MiniLM-L6-v2 encoder, the short CPU run of the GTS test (one epoch at batch 16, larger learning rates than
-    the paper's 50-epoch schedule): the answer accuracy is far above always answering with the most frequent
-    training equation."""
+    the paper's 50-epoch schedule; the decoder side at 2e-3, not the GTS test's 4e-3, at which the graph module's
+    norm and feed-forward layer train unstably): the answer accuracy is far above always answering with the most
+    frequent training equation."""
     from smc_trainer.tasks.quickstart import quickstart_model_path
 
     minilm = quickstart_model_path()
@@ -391,7 +412,7 @@ def test_graph2tree_on_minilm_learns_mawps_fold_0(shared_data, tmp_path):
         "--recipe", "mawps", "--fold", "0", "--model_name_or_path", minilm, "--data_dir",
         str(shared_data / "arithmetic"), "--arithmetic_model", "graph2tree", "--num_train_epochs", "1",
         "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "64",
-        "--graph2tree_encoder_learning_rate", "8e-5", "--graph2tree_learning_rate", "4e-3",
+        "--graph2tree_encoder_learning_rate", "8e-5", "--graph2tree_learning_rate", "2e-3",
         "--graph2tree_hidden_size", "256", "--gts_dropout", "0.2", "--output_dir", str(tmp_path / "out"),
         "--dense_cache_dir", str(tmp_path / "cache"), "--cache_dir", str(tmp_path / "hf"),
         "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true", "--log_level", "warning",
