@@ -390,7 +390,8 @@ def test_graph2tree_on_minilm_learns_mawps_fold_0(shared_data, tmp_path):
     all-MiniLM-L6-v2 encoder, a short CPU run like the GTS test's (batch 16, larger learning rates than the paper's
     50-epoch schedule) but 3 epochs with the decoder side at 2e-3: the graph module's norm and feed-forward layer
     train unstably at the GTS test's 4e-3, and one epoch at 2e-3 reaches 0.208 only. The answer accuracy is far
-    above always answering with the most frequent training equation."""
+    above always answering with the most frequent training equation. Measured: 0.693 vs 0.177, 291 steps, 337 s
+    on 2 shared cores."""
     from smc_trainer.tasks.quickstart import quickstart_model_path
 
     minilm = quickstart_model_path()
