@@ -36,7 +36,15 @@ def problem(i: int, offset: int = 0) -> dict[str, str]:
     answer = evaluate_prefix(equation.split(), numbers)
     body, _, ques = question.rpartition(" . ")
     return {"Question": question, "Numbers": " ".join(f"{x:.1f}" for x in numbers), "Equation": equation,
-            "Answer": f"{answer:.4f}", "group_nums": "[]", "Body": body + " .", "Ques_Statement": ques}
+            "Answer": f"{answer:.4f}", "group_nums": str(quantity_cells(question)), "Body": body + " .",
+            "Ques_Statement": ques}
+
+
+def quantity_cells(question: str) -> list[int]:
+    """A `group_nums` in the SVAMP files' shape: the word before, the placeholder and the word after each number."""
+    words = question.split()
+    cells = [i + d for i, w in enumerate(words) if w.startswith("number") for d in (-1, 0, 1)]
+    return [i for i in cells if 0 <= i < len(words)]
 
 
 def write_csv(path: Path, rows: list[dict[str, str]]) -> str:

@@ -36,6 +36,7 @@ from smc_trainer.runs.sweep_graph import RunSpec, SweepConfigs, SweepGraph
 from smc_trainer.runs.variants import (
     MethodSpec,
     args_variant,
+    dense_variant,
     parse_method_spec,
     parse_method_specs,
     row_id,
@@ -180,8 +181,10 @@ def make_plan(
     jobs: list[Job] = []
     for recipe in recipes:
         for seed in seeds:
-            if any(p in ("dense", "after", "iterative") for p in phases.values()):
-                jobs.append(Job("dense", recipe, seed, "dense", (0.0,)))
+            # one dense fine-tune per model (a variant's `dense_variant`: GTS and Graph2Tree each have their own)
+            models = {dense_variant(spec.variant) for spec, p in phases.items() if p in ("dense", "after", "iterative")}
+            for model in sorted(models, key=lambda m: (len(m), str(m))):  # the default model's first
+                jobs.append(Job("dense", recipe, seed, "dense", (0.0,), variant=model))
             for spec, phase in phases.items():
                 if phase == "dense":
                     continue
@@ -286,21 +289,21 @@ def build_graph(plan: Plan, config_for: Callable[[str, int], RunConfig], sweep_d
     """The plan as a graph of single fine-tunes (one per ledger key) with their dependencies: the dense
     fine-tune of a (recipe, seed) before its after-methods and iterative chains, LTH/LRR round k after k - 1."""
     specs: dict[str, RunSpec] = {}
-    dense: dict[tuple[str, int], str] = {}
+    dense: dict[tuple[str, int, tuple], str] = {}
     for job in plan.jobs:
         base = config_for(job.recipe, job.seed)
         overrides = [job_overrides(base, job, s) for s in job.sparsities]
         configs = [base.with_training(**dict(o)) for o in overrides]
         run_dir = _run_dir(sweep_dir, configs[0], job)
         phase = get_method_class(base_method(job.method)).phase
-        after = (dense[(job.recipe, job.seed)],) if phase in ("after", "iterative") else ()
+        after = (dense[(job.recipe, job.seed, dense_variant(job.variant))],) if phase in ("after", "iterative") else ()
         for k, (config, override) in enumerate(zip(configs, overrides, strict=True), start=1):
             key = run_key(config)
             kind, round_index = ("round", k) if job.kind == "chain" else (job.kind, None)
             specs.setdefault(key, RunSpec(key, kind, job.recipe, job.seed, job.label, override, run_dir,
                                           round_index, after))
             if job.kind == "dense":
-                dense[(job.recipe, job.seed)] = key
+                dense[(job.recipe, job.seed, dense_variant(job.variant))] = key
             if job.kind == "chain":
                 after = (key,)
     return SweepGraph(list(specs.values()))

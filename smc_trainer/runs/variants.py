@@ -26,7 +26,7 @@ from smc_trainer.engine.module_groups import parse_module_group
 from smc_trainer.errors import UsageError
 from smc_trainer.methods import get_method_class, method_names
 from smc_trainer.runs.presets import base_method, is_preset, load_preset, preset_names
-from smc_trainer.training.arguments import DISTRIBUTIONS
+from smc_trainer.training.arguments import ARITHMETIC_MODELS, DISTRIBUTIONS
 from smc_trainer.training.arguments.plugin_arguments import arguments_class
 
 Variant = dict[str, Any]
@@ -52,7 +52,7 @@ PAPER_NAMES: dict[str, str] = {
     "sparsegpt_after": "SparseGPT (After)",
 }
 _ACRONYMS = {"erk": "ERK", "owl": "OWL", "lora": "LoRA", "obert": "oBERT", "snip": "SNIP", "wanda": "Wanda",
-             "sparsegpt": "SparseGPT"}
+             "sparsegpt": "SparseGPT", "gts": "GTS", "graph2tree": "Graph2Tree"}
 
 
 def paper_name(method: str) -> str:
@@ -102,10 +102,15 @@ class VariantAxis:
     """Place in row ids (`method:a=1:b=2` lists axes by order): fixed, so the ids stored in ledgers stay the same."""
     aliases: tuple[str, ...] = ()
     """Other keys `--methods` accepts for the axis (a config knob's own name: `mymethod:alpha=0.1`)."""
+    dense: bool = False
+    """The axis changes the model itself, so it applies to the dense baseline too: each value has its own dense
+    fine-tune (`dense_variant`), which the after and iterative methods of that value start from."""
 
     def applies(self, method: str) -> bool:
         method = base_method(method)  # a preset varies like the method it runs
-        return method != "dense" if self.applies_to is None else method in self.applies_to
+        if method == "dense":
+            return self.dense
+        return self.applies_to is None or method in self.applies_to
 
     @property
     def default(self) -> Any:
@@ -161,6 +166,9 @@ VARIANT_AXES: tuple[VariantAxis, ...] = (
     # distillation knobs: a run that changes them (against the method's or preset's own value) is its own row
     VariantAxis("distill_hardness", lambda label, m, v: f"{label}, KD hardness {format_value(v)}", order=110),
     VariantAxis("distill_temperature", lambda label, m, v: f"{label}, KD T {format_value(v)}", order=120),
+    # the arithmetic model (GTS or Graph2Tree): it changes the dense baseline too
+    VariantAxis("arithmetic_model", lambda label, m, v: f"{label}, {_word(v)}", choices=lambda: ARITHMETIC_MODELS,
+                order=130, dense=True),
 )
 
 
@@ -215,6 +223,13 @@ def axis_names() -> list[str]:
 
 
 # ---- a run's variant and row ------------------------------------------------------------------------
+
+
+def dense_variant(variant: Mapping[str, Any] | Sequence[tuple[str, Any]]) -> tuple[tuple[str, Any], ...]:
+    """The values of a variant that the dense baseline shares (axes declared `dense=True`), in row-id order: the
+    dense fine-tune a run of this variant starts from."""
+    values = dict(variant)
+    return tuple((axis.flag, values[axis.flag]) for axis in axes() if axis.dense and axis.flag in values)
 
 
 def variant_of(method: str, values: Mapping[str, Any] | Any) -> Variant:

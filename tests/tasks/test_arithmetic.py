@@ -488,15 +488,19 @@ def test_recipes_build_the_papers_gts_optimizer_schedule_and_beam(shipped, tmp_p
     assert (scheduler.step_size, scheduler.gamma) == (20 * steps_per_epoch, 0.5)
 
 
-@pytest.mark.parametrize(("recipe", "method"), [("mawps", "omp_after"), ("asdiv_a", "dense"), ("svamp", "dense")])
-def test_shipped_recipes_also_run_the_other_of_dense_and_sparse(shipped, tmp_path, recipe, method):
+@pytest.mark.parametrize(("recipe", "method", "model"), [
+    ("mawps", "omp_after", "gts"), ("asdiv_a", "dense", "gts"), ("svamp", "dense", "gts"),
+    ("mawps", "omp_after", "graph2tree"), ("svamp", "snip", "graph2tree")])
+def test_shipped_recipes_also_run_the_other_of_dense_and_sparse(shipped, tmp_path, recipe, method, model):
     """With tests/tasks/test_arithmetic_pipeline.py (mawps dense, asdiv_a gmp, svamp snip), every arithmetic recipe runs
-    end to end offline both dense and sparse, and reports its pooled-ready answer accuracy on the test split."""
+    end to end offline both dense and sparse, and reports its pooled-ready answer accuracy on the test split; so
+    does Graph2Tree (after and before methods)."""
     sparsity = 0.0 if method == "dense" else 0.5
     config = parse_run_config(shipped_flags(
         shipped, tmp_path, recipe, "--sparse_method", method, "--sparsity", str(sparsity), "--max_steps", "2",
         "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "8", "--generation_max_length", "8",
-        "--dense_cache_dir", str(tmp_path / "cache"), "--save_strategy", "no", *TINY_GTS_FLAGS))
+        "--dense_cache_dir", str(tmp_path / "cache"), "--save_strategy", "no", *TINY_GTS_FLAGS,
+        "--arithmetic_model", model, "--graph2tree_hidden_size", "16"))
     [outcome] = pipeline.run(config)
     m = outcome.metrics
     assert m["test_total"] == (6 if recipe == "svamp" else 4) and "eval_accuracy" not in m

@@ -128,10 +128,12 @@ def test_sweep_records_pooled_dense_and_lth_rounds_and_resumes(tiny, tmp_path, m
     assert run_sweep(args, flags) == [] and len(Ledger(args.ledger_path()).records()) == 3
 
 
-def test_resume_restores_the_gts_optimizer_schedule_and_masks(tiny, tmp_path):
+@pytest.mark.parametrize("model", ["gts", "graph2tree"])
+def test_resume_restores_the_gts_optimizer_schedule_and_masks(tiny, tmp_path, model):
     """Interrupted at step 3 of 6 and resumed in a fresh process-like setup (new model, new optimizer, different
     weights): the result is bit-identical, so the Adam state, the StepLR position (it halves the LR every epoch
-    of 2 steps here) and the masks all come back from the checkpoint. Adam moments at pruned positions are 0."""
+    of 2 steps here) and the masks all come back from the checkpoint. Adam moments at pruned positions are 0.
+    For both arithmetic models (Graph2Tree: the graph module's masks and moments too)."""
     from smc_trainer.training.trainer import SparseTrainer
 
     def trainer_for(config):
@@ -142,7 +144,8 @@ def test_resume_restores_the_gts_optimizer_schedule_and_masks(tiny, tmp_path):
 
     flags = ("--max_steps", "6", "--save_strategy", "steps", "--save_steps", "3", "--save_total_limit", "3",
              "--lr_step_epochs", "1", "--gts_dropout", "0.5", "--gmp_start", "0", "--gmp_end", "1",
-             "--learning_rate", "1e-2")
+             "--learning_rate", "1e-2", "--arithmetic_model", model, "--graph2tree_hidden_size", "16",
+             "--graph2tree_learning_rate", "1e-2", "--graph2tree_encoder_learning_rate", "8e-6")
     config = config_for(tiny, tmp_path, "svamp", "gmp", 0.5, *flags)
     full = trainer_for(config)
     full.train()
@@ -156,6 +159,7 @@ def test_resume_restores_the_gts_optimizer_schedule_and_masks(tiny, tmp_path):
     for (name, a), b in zip(full.model.named_parameters(), resumed.model.parameters()):
         assert torch.equal(a, b), f"{name} differs after resume"
     assert full.masks.masks.keys() == resumed.masks.masks.keys() and resumed.masks.sparsity() == pytest.approx(0.5)
+    assert any(name.startswith("graph.") for name in full.masks.masks) == (model == "graph2tree")
     state = resumed.optimizer.state
     moments = {name: state[resumed.masks.by_name[name].param].get("exp_avg") for name in resumed.masks.masks}
     assert all(m is not None for m in moments.values())  # the pooler (never given a gradient) is not prunable

@@ -1,8 +1,9 @@
-"""The model and tokenizer of an arithmetic run: a new GTS on a pretrained encoder, or a saved GTS checkpoint.
+"""The model and tokenizer of an arithmetic run: a new GTS or Graph2Tree on a pretrained encoder, or a saved one.
 
 `--model_name_or_path` names either any `AutoModel` encoder (Hub id or folder; `roberta-base` in the
-recipes), which gets a new GTS decoder whose vocabulary comes from the training equations, or a
-saved GTS checkpoint (its config has `model_type: gts`), which is loaded whole with its own vocabulary.
+recipes), which gets a new GTS (or, with `--arithmetic_model graph2tree`, Graph2Tree) decoder whose vocabulary
+comes from the training equations, or a saved checkpoint of that model (its config has `model_type: gts` or
+`graph2tree`), which is loaded whole with its own vocabulary.
 """
 
 from __future__ import annotations
@@ -14,14 +15,31 @@ from transformers import AutoModel, AutoModelForSeq2SeqLM
 from transformers.utils import logging
 
 from smc_trainer.errors import UsageError
+from smc_trainer.tasks.arithmetic.configuration_graph2tree import Graph2TreeConfig
 from smc_trainer.tasks.arithmetic.configuration_gts import GTSConfig
 from smc_trainer.tasks.arithmetic.data import max_numbers
 from smc_trainer.tasks.arithmetic.equations import tokenize
+from smc_trainer.tasks.arithmetic.modeling_graph2tree import Graph2TreeForMathWordProblems
 from smc_trainer.tasks.arithmetic.modeling_gts import GTSForMathWordProblems
 from smc_trainer.tasks.arithmetic.vocab import EquationVocab
 from smc_trainer.tasks.loading import checkpoint_name, hub_kwargs, load_tokenizer_and_config, offline_hint
 
 logger = logging.get_logger(__name__)
+
+MODEL_CLASSES: dict[str, type[GTSForMathWordProblems]] = {
+    GTSConfig.model_type: GTSForMathWordProblems,
+    Graph2TreeConfig.model_type: Graph2TreeForMathWordProblems,
+}
+"""--arithmetic_model -> its class; a value is also the `model_type` of the checkpoints it saves."""
+
+
+def arithmetic_model(training_args) -> str:
+    """The run's --arithmetic_model (gts for arguments without the flag)."""
+    return getattr(training_args, "arithmetic_model", GTSConfig.model_type)
+
+
+def is_graph2tree(training_args) -> bool:
+    return arithmetic_model(training_args) == Graph2TreeConfig.model_type
 
 
 def is_seq2seq(config: Any) -> bool:
@@ -37,6 +55,15 @@ def check_decoding_flags(name: str, config: Any, training_args) -> None:
     if not is_seq2seq(config) and training_args.predict_with_generate:
         raise UsageError("--predict_with_generate does not apply to GTS: it decodes equations by beam search in its "
                          "evaluation forward (--generation_num_beams / --generation_max_length set the beam)")
+    choice = arithmetic_model(training_args)
+    if is_seq2seq(config) and choice != GTSConfig.model_type:
+        raise UsageError(f"--arithmetic_model {choice} puts its tree decoder on an encoder, but {name!r} is an "
+                         f"encoder-decoder ({config.model_type}) model; pass an encoder checkpoint, or leave "
+                         "--arithmetic_model at gts to train the seq2seq model")
+    if isinstance(config, GTSConfig) and config.model_type != choice:
+        raise UsageError(f"{name!r} is a saved {config.model_type} model but --arithmetic_model is {choice}; pass "
+                         f"--arithmetic_model {config.model_type} to load it, or an encoder checkpoint for a new "
+                         f"{choice}")
 
 
 def load_model_and_tokenizer(model_args, data_args, training_args,
@@ -54,9 +81,10 @@ def load_model_and_tokenizer(model_args, data_args, training_args,
             model = AutoModelForSeq2SeqLM.from_pretrained(name, config=config, **common)
             return model, tokenizer, f"{name} (pretrained seq2seq, writes the prefix equation)"
         if isinstance(config, GTSConfig):
-            model, source = GTSForMathWordProblems.from_pretrained(name, config=config, **common), f"{name} (GTS)"
+            model = MODEL_CLASSES[config.model_type].from_pretrained(name, config=config, **common)
+            source = f"{name} ({config.model_type})"
         else:
-            model, source = _new_gts(name, config, common, model_args, data_args, raw)
+            model, source = _new_model(name, config, common, model_args, data_args, training_args, raw)
     if not tokenizer.is_fast:
         raise UsageError(f"tokenizer of {name!r} is not a fast tokenizer; number positions need its offsets")
     needed = max_numbers(*raw.values())
@@ -70,17 +98,21 @@ def load_model_and_tokenizer(model_args, data_args, training_args,
     return model, tokenizer, source
 
 
-def _new_gts(name: str, config, common: dict, model_args, data_args, raw) -> tuple[GTSForMathWordProblems, str]:
-    """A new GTS over the encoder `name`, with the vocabulary of the training equations."""
+def _new_model(name: str, config, common: dict, model_args, data_args, training_args,
+               raw) -> tuple[GTSForMathWordProblems, str]:
+    """A new GTS or Graph2Tree over the encoder `name`, with the vocabulary of the training equations."""
+    choice = arithmetic_model(training_args)
     vocab = EquationVocab.from_equations((tokenize(e) for e in raw["train"]["Equation"]), max_numbers(*raw.values()))
     logger.info(f"arithmetic: operators {' '.join(vocab.operators)}, constants {' '.join(vocab.constants) or '-'}, "
                 f"{vocab.max_numbers} number slots")
     if model_args.from_scratch:
-        encoder, source = AutoModel.from_config(config), f"{name} config, random weights + new GTS"
+        encoder, source = AutoModel.from_config(config), f"{name} config, random weights + new {choice}"
     else:
-        encoder, source = AutoModel.from_pretrained(name, config=config, **common), f"{name} (pretrained) + new GTS"
-    model = GTSForMathWordProblems.from_encoder(
-        encoder, hidden_size=data_args.gts_hidden_size, num_layers=data_args.gts_num_layers,
-        dropout=data_args.gts_dropout, encoder_dropout=data_args.gts_encoder_dropout, operators=list(vocab.operators),
+        encoder = AutoModel.from_pretrained(name, config=config, **common)
+        source = f"{name} (pretrained) + new {choice}"
+    hidden = training_args.graph2tree_hidden_size if is_graph2tree(training_args) else data_args.gts_hidden_size
+    model = MODEL_CLASSES[choice].from_encoder(
+        encoder, hidden_size=hidden, num_layers=data_args.gts_num_layers, dropout=data_args.gts_dropout,
+        encoder_dropout=data_args.gts_encoder_dropout, operators=list(vocab.operators),
         constants=list(vocab.constants), max_numbers=vocab.max_numbers)
     return model, source

@@ -97,10 +97,22 @@ class GTSForMathWordProblems(PreTrainedModel):
     def encode(self, input_ids: Tensor, attention_mask: Tensor | None, token_type_ids: Tensor | None,
                number_positions: Tensor) -> EncodedProblems:
         """Encoder + BiLSTM states, root goals, leaf embeddings and the tokens each problem allows."""
+        attention_mask = self._checked_mask(input_ids, attention_mask)
+        states, problem = self.contextual_states(input_ids, attention_mask, token_type_ids)
+        return self.problems(states, problem, attention_mask, number_positions)
+
+    @staticmethod
+    def _checked_mask(input_ids: Tensor, attention_mask: Tensor | None) -> Tensor:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if not bool(attention_mask[:, 0].all()):
             raise UsageError("GTS expects right-padded inputs (attention_mask[:, 0] must be 1)")
+        return attention_mask
+
+    def contextual_states(self, input_ids: Tensor, attention_mask: Tensor,
+                          token_type_ids: Tensor | None) -> tuple[Tensor, Tensor]:
+        """(BiLSTM states over the encoder's, directions summed, B x S x H; the root goal, B x H: the last forward
+        plus the first backward state)."""
         extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
         lengths = attention_mask.sum(dim=1)
@@ -108,15 +120,19 @@ class GTSForMathWordProblems(PreTrainedModel):
                                       enforce_sorted=False)
         outputs, _ = pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=hidden.size(1))
         size = self.config.hidden_size
-        states = outputs[..., :size] + outputs[..., size:]
         batch = torch.arange(input_ids.size(0), device=input_ids.device)
         problem = outputs[batch, lengths - 1, :size] + outputs[:, 0, size:]
+        return outputs[..., :size] + outputs[..., size:], problem
+
+    def problems(self, states: Tensor, problem: Tensor, attention_mask: Tensor,
+                 number_positions: Tensor) -> EncodedProblems:
+        """What the tree decoder reads: each number's embedding is the state at its placeholder's first sub-token."""
+        size = self.config.hidden_size
         positions = self._number_slots(number_positions)
         present = positions >= 0
         numbers = states.gather(1, positions.clamp(min=0).unsqueeze(-1).expand(-1, -1, size))
         numbers = numbers * present.unsqueeze(-1).to(numbers.dtype)
-        fixed = torch.ones(input_ids.size(0), self.config.vocab.number_start, dtype=torch.bool,
-                           device=input_ids.device)
+        fixed = torch.ones(states.size(0), self.config.vocab.number_start, dtype=torch.bool, device=states.device)
         return EncodedProblems(states=states, padding=attention_mask == 0, problem=problem,
                                leaves=self.prediction.leaves(numbers), allowed=torch.cat([fixed, present], dim=1))
 
@@ -147,7 +163,11 @@ class GTSForMathWordProblems(PreTrainedModel):
         mode); when not decoding, labels also give the per-step `logits` (a distillation teacher's)."""
         if number_positions is None:
             raise UsageError("GTS needs number_positions (the token index of each numberK placeholder)")
-        problems = self.encode(input_ids, attention_mask, token_type_ids, number_positions)
+        return self.decode_or_score(self.encode(input_ids, attention_mask, token_type_ids, number_positions), labels,
+                                    decode)
+
+    def decode_or_score(self, problems: EncodedProblems, labels: Tensor | None, decode: bool | None) -> GTSOutput:
+        """The teacher-forced loss (and scores) of `labels` and, when decoding, the beam-search predictions."""
         decode = not self.training if decode is None else decode
         loss = scores = scored = None
         if labels is not None:

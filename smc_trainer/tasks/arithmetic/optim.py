@@ -70,11 +70,13 @@ class GTSStepSchedule:
 
 
 def gts_trainer_kwargs(args, encoder_learning_rate: float, step_epochs: int, gamma: float,
-                       num_train_examples: int) -> dict:
-    """The SparseTrainer kwargs of GTS's optimizer and schedule (`--lora_learning_rate` for LoRA adapters)."""
+                       num_train_examples: int, head_learning_rate: float | None = None) -> dict:
+    """The SparseTrainer kwargs of GTS's optimizer and schedule (`--lora_learning_rate` for LoRA adapters); the
+    decoder's rate is `head_learning_rate` (default --learning_rate)."""
     schedule = GTSStepSchedule(step_epochs, gamma, update_steps_per_epoch(num_train_examples, args))
     adapter_lr = getattr(args, "lora_learning_rate", None) if getattr(args, "peft", "none") == "lora" else None
-    kwargs = {"encoder_lr": encoder_learning_rate, "head_lr": args.learning_rate, "adapter_lr": adapter_lr,
+    head_lr = args.learning_rate if head_learning_rate is None else head_learning_rate
+    kwargs = {"encoder_lr": encoder_learning_rate, "head_lr": head_lr, "adapter_lr": adapter_lr,
               "weight_decay": args.weight_decay, "betas": (args.adam_beta1, args.adam_beta2), "eps": args.adam_epsilon}
     return {"optimizer_cls_and_kwargs": (GTSAdam, kwargs), "lr_scheduler_factory": schedule}
 

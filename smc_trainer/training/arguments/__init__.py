@@ -20,6 +20,7 @@ from transformers import Seq2SeqTrainingArguments
 
 from smc_trainer.engine.hyperparameters import HyperParameters
 from smc_trainer.errors import UsageError
+from smc_trainer.training.arguments.arithmetic import ARITHMETIC_MODELS, ArithmeticArguments
 from smc_trainer.training.arguments.criterion import CriterionArguments, ObertArguments
 from smc_trainer.training.arguments.distillation import DISTILL_SOURCES, DistillationArguments
 from smc_trainer.training.arguments.extensions import ExtensionArguments
@@ -45,19 +46,20 @@ from smc_trainer.training.parallel import check_parallel_support
 from smc_trainer.training.task_arguments import DataArguments, ModelArguments
 
 # the flag groups and, as before the split, the choices, lora_defaults and check_peft_flags
-__all__ = ["ADAPTER_GRADIENTS", "DISTILL_SOURCES", "DISTRIBUTIONS", "LORA_RELEASES", "PEFT_CHOICES", "SELECT_ON",
-           "CriterionArguments", "DataArguments", "DistillationArguments", "DynamicArguments", "ExtensionArguments",
-           "GmpArguments", "ImpArguments", "IterativeArguments", "LoraArguments", "LrRewindArguments",
-           "MethodArguments", "ModelArguments", "ObertArguments", "OneShotArguments", "OutputArguments",
-           "SelectionArguments", "SnipArguments", "SparseGptArguments", "SparseTrainingArguments", "WandaArguments",
-           "check_peft_flags", "lora_defaults"]
+__all__ = ["ADAPTER_GRADIENTS", "ARITHMETIC_MODELS", "DISTILL_SOURCES", "DISTRIBUTIONS", "LORA_RELEASES",
+           "PEFT_CHOICES", "SELECT_ON", "ArithmeticArguments", "CriterionArguments", "DataArguments",
+           "DistillationArguments", "DynamicArguments", "ExtensionArguments", "GmpArguments", "ImpArguments",
+           "IterativeArguments", "LoraArguments", "LrRewindArguments", "MethodArguments", "ModelArguments",
+           "ObertArguments", "OneShotArguments", "OutputArguments", "SelectionArguments", "SnipArguments",
+           "SparseGptArguments", "SparseTrainingArguments", "WandaArguments", "check_peft_flags", "lora_defaults"]
 
 
 # A dataclass lists its fields base first, walking the MRO backwards: the mixin named LAST comes first after
 # TrainingArguments' own. The bases are therefore listed in reverse, so that `dataclasses.fields()`, `--help`
-# and `to_dict()` keep the order the flags had in the single class (method ... extensions).
+# and `to_dict()` keep the order the flags had in the single class (method ... extensions, then arithmetic).
 @dataclass
 class SparseTrainingArguments(
+    ArithmeticArguments,
     ExtensionArguments,
     LrRewindArguments,
     DistillationArguments,
@@ -149,6 +151,7 @@ class SparseTrainingArguments(
         method.validate_criterion(self)
         self.validate_training_variants(method)
         check_peft_flags(self)
+        self._check_arithmetic_model()
         check_parallel_support(self)  # FSDP / DeepSpeed with a sparse method: refused before any model loads
 
     def validate_training_variants(self, method) -> None:
