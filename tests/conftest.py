@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 # Tests never reach the network, whoever runs them: set before any Hugging Face library is imported.
@@ -90,16 +91,18 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+# Recorded once, when the session starts: a module-scoped fixture that runs the CLI sets levels before the first
+# test of its module starts, so levels recorded per test would keep what it set for every later module.
+_LOGGER_LEVELS_AT_START = {name: logging.getLogger(name).level
+                           for name in ("run_smc", "smc_trainer", "transformers", "datasets")}
+
+
 @pytest.fixture(autouse=True)
 def restore_logger_levels():
     """`run_smc.setup_logging` (CLI tests) sets package logger levels globally; put them back after each test
     so a later test's `caplog` sees what it expects whatever ran before it."""
-    import logging
-
-    names = ("run_smc", "smc_trainer", "transformers", "datasets")
-    levels = {name: logging.getLogger(name).level for name in names}
     yield
-    for name, level in levels.items():
+    for name, level in _LOGGER_LEVELS_AT_START.items():
         logging.getLogger(name).setLevel(level)
 
 
