@@ -59,8 +59,8 @@ __all__ = ["ADAPTER_GRADIENTS", "ARITHMETIC_MODELS", "DISTILL_SOURCES", "DISTRIB
 # and `to_dict()` keep the order the flags had in the single class (method ... extensions, then arithmetic).
 @dataclass
 class SparseTrainingArguments(
-    ArithmeticArguments,
     ExtensionArguments,
+    ArithmeticArguments,
     LrRewindArguments,
     DistillationArguments,
     ObertArguments,
