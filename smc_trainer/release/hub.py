@@ -109,6 +109,8 @@ def sparsity_config(masks: MaskSet, info: Mapping[str, Any], total_parameters: i
         "achieved_sparsity": report["measured_sparsity"],
         "mask_sparsity": report["mask_sparsity"],
         "distribution": info.get("distribution"),
+        "pattern": info.get("sparsity_pattern", "unstructured"),
+        "criterion": info.get("criterion"),
         "scope": {k: info[k] for k in scope_keys if k in info},
         "prunable_parameters": report["prunable_parameters"],
         "total_parameters": total_parameters,

@@ -41,6 +41,8 @@ _NOT_SCORES = ("_samples",)  # counters among the eval_/test_ metrics, not score
 _SPEED_SUFFIXES = ("_runtime", "_samples_per_second", "_steps_per_second")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
+TUNER_NAMES = {"lora": "LoRA", "ia3": "IA3"}  # adapter metadata's `peft` -> its name
+
 
 @dataclass
 class CardFacts:
@@ -251,15 +253,18 @@ def _adapter_section(facts: CardFacts) -> list[str]:
     a = facts.sparsity.get("adapter")
     if not a:
         return []
-    what = ("the adapter alone (LoRA factors and the fully trained task head) and the masks of its sparse base"
+    tuner = TUNER_NAMES.get(a.get("peft") or "lora", str(a.get("peft")).upper())
+    what = (f"the adapter alone ({tuner} weights and the fully trained task head) and the masks of its sparse base"
             if a["release"] == "adapter" else "the merged model: the adapters merged into the sparse base by peft's "
             "`merge_and_unload()`")
     how = ("masked by the base weight's mask in training and in the merge, so every pruned weight stays exactly zero"
-           if a["sparse_adapter"] else "plain LoRA, merged and then re-masked (training did not see the mask)")
-    return ["## Adapter (LoRA)", "", f"Trained with LoRA on a frozen sparse base; this release is {what}.", "",
+           if a["sparse_adapter"] else f"plain {tuner}, merged and then re-masked (training did not see the mask)")
+    # IA3 rescales activations: it has no rank, alpha or dropout, so those rows would only print "None"
+    shape = ([f"| rank / alpha / dropout | {a['r']} / {a['lora_alpha']} / {a['lora_dropout']} |"]
+             if a.get("r") is not None else [])
+    return [f"## Adapter ({tuner})", "", f"Trained with {tuner} on a frozen sparse base; this release is {what}.", "",
             "| | |", "| --- | --- |",
-            f"| base | `{_fmt(a.get('base'))}` |", f"| rank / alpha / dropout | {a['r']} / {a['lora_alpha']} / "
-            f"{a['lora_dropout']} |", f"| adapter update | {how} |",
+            f"| base | `{_fmt(a.get('base'))}` |", *shape, f"| adapter update | {how} |",
             f"| adapters on | {a.get('adapted_modules', '-')} modules (names matching "
             f"{_cell(', '.join(a['target_modules']))}) |",
             f"| trained fully | {_cell(', '.join(a.get('modules_to_save') or []) or '-')} |", ""]

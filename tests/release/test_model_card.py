@@ -192,3 +192,26 @@ def test_card_data_of_a_run_without_metrics_still_carries_sparsity():
     assert [r.metric_type for r in results] == ["sparsity"]  # overall unknown: only the measured prunable share
     assert isinstance(results[0], EvalResult) and results[0].task_type == "text-classification"
     assert results[0].dataset_type == "mine" and results[0].metric_config is None
+
+
+def test_config_sparsity_entry_names_the_pattern_and_the_criterion(cli_run):
+    sparsity = json.loads((cli_run / "config.json").read_text())["sparsity"]
+    assert sparsity["pattern"] == "unstructured" and sparsity["criterion"] == "magnitude"
+    assert sparsity["method"] == "omp_before" and sparsity["target_sparsity"] == 0.5
+
+
+def _adapter_facts(adapter: dict) -> CardFacts:
+    base = {"base": "tiny", "sparse_adapter": True, "release": "merged", "adapted_modules": 8,
+            "target_modules": ["query", "value"], "modules_to_save": ["classifier"]}
+    return CardFacts(sparsity={"method": "gmp", "phase": "during", "target_sparsity": 0.5, "achieved_sparsity": 0.5,
+                               "mask_sparsity": 0.5, "distribution": "global", "prunable_parameters": 8,
+                               "total_parameters": 10, "adapter": {**base, **adapter}}, layers=[])
+
+
+def test_adapter_section_names_the_tuner_and_only_its_own_settings():
+    lora = model_card(_adapter_facts({"peft": "lora", "r": 8, "lora_alpha": 16, "lora_dropout": 0.0})).content
+    ia3 = model_card(_adapter_facts({"peft": "ia3", "r": None, "lora_alpha": None, "lora_dropout": None})).content
+    assert "## Adapter (LoRA)" in lora and "| rank / alpha / dropout | 8 / 16 / 0.0 |" in lora
+    assert "## Adapter (IA3)" in ia3 and "Trained with IA3 on a frozen sparse base" in ia3
+    section = ia3.split("## Adapter (IA3)")[1].split("\n## ")[0]
+    assert "LoRA" not in section and "None" not in section and "rank" not in section
