@@ -29,7 +29,16 @@ from smc_trainer.runs.ledger import Ledger
 from smc_trainer.runs.reference_curves import ReferencePoint, plot_reference
 from smc_trainer.runs.report_reference import check_reference, gap_columns, gaps_markdown, record_gaps, with_reference
 from smc_trainer.runs.report_style import RowStyle, row_styles, sparsity_labels
-from smc_trainer.runs.variants import Variant, format_value, record_row, record_variant, row_label, row_method
+from smc_trainer.runs.variants import (
+    Variant,
+    format_value,
+    record_panel,
+    record_row,
+    record_variant,
+    row_label,
+    row_method,
+    within_panel,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -57,19 +66,28 @@ class ResultTable:
     chance_level: float | None
     selected_on: str = "validation"  # the split checkpoints were selected on (records' select_on)
     subset: str | None = None  # a named evaluation subset reported on its own (RACE: middle, high)
+    model: str | None = None  # a panel axis's value (`variants.record_panel`: "graph2tree"); None: the recipe's model
     variants: dict[str, Variant] = field(default_factory=dict)  # row -> its variant (non-default axis values)
     selection: str = ""  # what the reported checkpoints are (see `selection_note`); "" for the old wording
     reference: list[ReferencePoint] = field(default_factory=list)  # the paper's points drawn beside it, if any
 
     @property
+    def qualifiers(self) -> list[str]:
+        return [q for q in (self.model, self.subset) if q]
+
+    @property
     def title(self) -> str:
-        """The panel's name: the recipe, and its subset if any ("race (middle)")."""
-        return f"{self.recipe} ({self.subset})" if self.subset else self.recipe
+        """The panel's name: the recipe, and its model and subset if any ("race (middle)", "asdiv_a (graph2tree)")."""
+        return f"{self.recipe} ({', '.join(self.qualifiers)})" if self.qualifiers else self.recipe
 
     @property
     def stem(self) -> str:
-        """The panel's file name without suffix: "race-middle" for a subset, else the recipe."""
-        return f"{self.recipe}-{self.subset}" if self.subset else self.recipe
+        """The panel's file name without suffix: "race-middle", "asdiv_a-graph2tree", else the recipe."""
+        return "-".join([self.recipe, *self.qualifiers])
+
+    def holds(self, record: Mapping[str, Any]) -> bool:
+        """Whether `record` is one of this table's runs (its recipe and model panel)."""
+        return record.get("recipe") == self.recipe and record_panel(record) == self.model
 
 
 # ---- aggregation ----------------------------------------------------------------------------------
@@ -146,8 +164,9 @@ def _by_seed(recipe: str, records: Sequence[Mapping[str, Any]], metric_key: str)
 
 
 def summarize_recipe(recipe: str, records: Sequence[Mapping[str, Any]], split: str = "auto",
-                     subset: str | None = None) -> ResultTable:
-    """The table of one recipe's records; with `subset`, of its `<split>_<subset>_<metric>` values."""
+                     subset: str | None = None, model: str | None = None) -> ResultTable:
+    """The table of one recipe's records (of one model panel: `within_panel` records); with `subset`, of its
+    `<split>_<subset>_<metric>` values."""
     metric = _recipe_metric(recipe, records)
     metric_key, split = choose_metric_key(records, f"{subset}_{metric}" if subset else metric, split)
     groups = _by_seed(recipe, records, metric_key)
@@ -164,6 +183,7 @@ def summarize_recipe(recipe: str, records: Sequence[Mapping[str, Any]], split: s
         chance_level=float(chance) if chance is not None else None,
         selected_on="/".join(sorted({str(r.get("select_on", "validation")) for r in records})),
         subset=subset,
+        model=model,
         variants={record_row(r): record_variant(r) for r in records},
         selection=selection_note(records),
     )
@@ -197,18 +217,18 @@ def record_subsets(records: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def summarize(records: Sequence[Mapping[str, Any]], split: str = "auto") -> list[ResultTable]:
-    """One table per recipe (in order of first appearance), or one per subset for a recipe with named
-    evaluation subsets (RACE: middle, high, like the paper's RACE-M / RACE-H panels); means and population
-    stds over seeds."""
+    """One table per recipe and model panel (in order of first appearance: GTS and Graph2Tree, as the paper's
+    Fig. 2), or one per subset for a recipe with named evaluation subsets (RACE: middle, high, like the paper's
+    RACE-M / RACE-H panels); means and population stds over seeds."""
     if split not in SPLITS:
         raise UsageError(f"--split must be one of {', '.join(SPLITS)}; got {split!r}")
-    by_recipe: dict[str, list[Mapping[str, Any]]] = {}
+    by_panel: dict[tuple[str, str | None], list[Mapping[str, Any]]] = {}
     for r in records:
-        by_recipe.setdefault(r["recipe"], []).append(r)
+        by_panel.setdefault((r["recipe"], record_panel(r)), []).append(within_panel(r))
     tables = []
-    for recipe, rs in by_recipe.items():
+    for (recipe, model), rs in by_panel.items():
         for subset in record_subsets(rs) or [None]:
-            table = summarize_recipe(recipe, rs, split, subset=subset)
+            table = summarize_recipe(recipe, rs, split, subset=subset, model=model)
             if table.cells or table.dense:
                 tables.append(table)
             else:
@@ -385,7 +405,7 @@ def write_report(ledger_path: str, out_dir: str, split: str = "auto", reference:
     markdown = os.path.join(out_dir, "results.md")
     with open(markdown, "w", encoding="utf-8") as fh:
         fh.write(f"# Results\n\nFrom `{ledger_path}` ({len(records)} runs).\n\n")
-        fh.write("\n".join(to_markdown(t) + collapse_notes([r for r in records if r["recipe"] == t.recipe])
+        fh.write("\n".join(to_markdown(t) + collapse_notes([within_panel(r) for r in records if t.holds(r)])
                            + _plot_links(t, densities) for t in tables))
     return {"markdown": [markdown], "csv": [to_csv(records, os.path.join(out_dir, "results.csv"), tables)], "png": pngs,
             "density": list(densities.values())}
@@ -393,25 +413,30 @@ def write_report(ledger_path: str, out_dir: str, split: str = "auto", reference:
 
 def write_density_plots(records: Sequence[Mapping[str, Any]], tables: Sequence[ResultTable], out_dir: str
                         ) -> dict[str, str]:
-    """<recipe>-density.png per recipe with per-layer counts, rows styled as in the recipe's first table;
-    returns recipe -> path."""
+    """<recipe>-density.png per recipe and model panel with per-layer counts (<recipe>-<model>-density.png), rows
+    styled as in its first table; returns its name (`_density_name`) -> path."""
     paths = {}
     for table in tables:
-        if table.recipe in paths:
+        name = _density_name(table)
+        if name in paths:
             continue
-        density = density_table(table.recipe, [r for r in records if r["recipe"] == table.recipe], table.methods)
+        density = density_table(table.recipe, [within_panel(r) for r in records if table.holds(r)], table.methods)
         if density is None:
             logger.info(f"{table.recipe}: no record carries per-layer counts; no density plot")
             continue
         styles = row_styles([*table.methods, *density.rows], table.variants)
-        paths[table.recipe] = plot_density(density, styles,
-                                           os.path.join(out_dir, f"{_file_name(table.recipe)}-density.png"))
+        paths[name] = plot_density(density, styles, os.path.join(out_dir, f"{_file_name(name)}-density.png"))
     return paths
+
+
+def _density_name(table: ResultTable) -> str:
+    """Subsets share their recipe's weights, so one density plot per recipe and model."""
+    return "-".join(q for q in (table.recipe, table.model) if q)
 
 
 def _plot_links(table: ResultTable, densities: Mapping[str, str]) -> str:
     links = [f"plot: [{_file_name(table.stem)}.png]({_file_name(table.stem)}.png)"]
-    if table.recipe in densities:
-        name = os.path.basename(densities[table.recipe])
+    if _density_name(table) in densities:
+        name = os.path.basename(densities[_density_name(table)])
         links.append(f"per-layer density (where each row kept its weights): [{name}]({name})")
     return "\n" + "; ".join(links) + "\n"

@@ -18,7 +18,7 @@ from transformers.utils import logging
 from smc_trainer.errors import UsageError
 from smc_trainer.runs.reference_curves import Gap, ReferencePanel, ReferencePoint, gaps, panels_for
 from smc_trainer.runs.report_style import sparsity_labels
-from smc_trainer.runs.variants import record_row
+from smc_trainer.runs.variants import record_row, within_panel
 
 if TYPE_CHECKING:
     from smc_trainer.runs.report import ResultTable
@@ -28,7 +28,8 @@ logger = logging.get_logger(__name__)
 REFERENCES = ("auto", "smc-bench", "none")
 GAP_FIELDS = ("paper_best_row", "paper_best", "delta_paper_best", "paper_dense", "delta_paper_dense",
               "paper_same_row", "delta_paper_same_row")
-"""The CSV's columns per table with a panel (prefixed `<subset>_` for a subset's table, RACE: `middle_...`)."""
+"""The CSV's columns per table with a panel (prefixed `<model>_` / `<subset>_` for a model's or a subset's table:
+`graph2tree_...`, RACE `middle_...`)."""
 REFERENCE_HELP = ("the paper's curves beside your rows (dashed, 'paper: GMP (During)') and each cell's gap to the "
                   "paper's best method and dense: auto (where the paper has a panel for the recipe), smc-bench "
                   "(required: an error where it has none) or none")
@@ -59,7 +60,7 @@ def table_reference(table: ResultTable, reference: str = "auto") -> list[Referen
 
 def _panel(table: ResultTable) -> ReferencePanel:
     """The one panel of the paper the table matches, in the table's metric; UsageError saying why there is none."""
-    panels = panels_for(table.recipe, subset=table.subset)
+    panels = panels_for(table.recipe, model=table.model, subset=table.subset)
     if len(panels) > 1:
         raise UsageError(f"recipe {table.recipe!r} has {len(panels)} panels in the paper "
                          f"({', '.join(p.dataset for p in panels)}) and its records name no evaluation subset")
@@ -127,7 +128,7 @@ def gaps_markdown(table: ResultTable, display: Mapping[str, str]) -> str:
 
 
 def _prefix(table: ResultTable) -> str:
-    return f"{table.subset}_" if table.subset else ""
+    return "".join(f"{q}_" for q in table.qualifiers)
 
 
 def gap_columns(tables: Sequence[ResultTable]) -> list[str]:
@@ -144,8 +145,9 @@ def record_gaps(record: Mapping[str, Any], tables: Sequence[ResultTable]) -> dic
     panel, keyed by `gap_columns`; empty values where the paper or the record has no number."""
     out: dict[str, Any] = {}
     for table in tables:
-        if not table.reference or table.recipe != record.get("recipe"):
+        if not table.reference or not table.holds(record):
             continue
+        record = within_panel(record)
         value = record.get("metrics", {}).get(table.metric_key)
         if not isinstance(value, (int, float)):
             continue

@@ -105,6 +105,9 @@ class VariantAxis:
     dense: bool = False
     """The axis changes the model itself, so it applies to the dense baseline too: each value has its own dense
     fine-tune (`dense_variant`), which the after and iterative methods of that value start from."""
+    panel: bool = False
+    """The axis picks the model, as the paper's panels do (Fig. 2: GTS and Graph2Tree side by side): the report gives
+    each value its own table, plot, dense line and reference curves, and the rows inside read as plain methods."""
 
     def applies(self, method: str) -> bool:
         method = base_method(method)  # a preset varies like the method it runs
@@ -168,7 +171,7 @@ VARIANT_AXES: tuple[VariantAxis, ...] = (
     VariantAxis("distill_temperature", lambda label, m, v: f"{label}, KD T {format_value(v)}", order=120),
     # the arithmetic model (GTS or Graph2Tree): it changes the dense baseline too
     VariantAxis("arithmetic_model", lambda label, m, v: f"{label}, {_word(v)}", choices=lambda: ARITHMETIC_MODELS,
-                order=130, dense=True),
+                order=130, dense=True, panel=True),
 )
 
 
@@ -277,6 +280,23 @@ def row_id(method: str, variant: Mapping[str, Any]) -> str:
 def record_row(record: Mapping[str, Any]) -> str:
     """A ledger record's row id (its `row` field, or derived from its variant for older records)."""
     return record.get("row") or row_id(record["method"], record_variant(record))
+
+
+def record_panel(record: Mapping[str, Any]) -> str | None:
+    """The model panel a record belongs to: its panel axes' non-default values ("graph2tree"), None for the
+    recipe's own model."""
+    variant = record_variant(record)
+    values = [format_value(variant[axis.flag]) for axis in axes() if axis.panel and axis.flag in variant]
+    return ", ".join(values) or None
+
+
+def within_panel(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The record as its panel's table reads it: the panel axes dropped from its variant and row, so Graph2Tree's
+    `omp_after:arithmetic_model=graph2tree` is the row `omp_after` of the Graph2Tree table (and meets the paper's
+    Graph2Tree curve of that method)."""
+    panel = {axis.flag for axis in axes() if axis.panel}
+    variant = {k: v for k, v in record_variant(record).items() if k not in panel}
+    return {**record, "variant": variant, "row": row_id(record["method"], variant)}
 
 
 def row_method(row: str) -> str:

@@ -183,3 +183,49 @@ def test_cli_prints_the_tables_to_stdout_and_errors_in_one_line(tmp_path, capsys
     with pytest.raises(SystemExit):
         main(["report", ledger, "--reference", "paper"])
     assert "invalid choice: 'paper'" in capsys.readouterr().err
+
+
+# ---- a model axis: GTS and Graph2Tree as the paper's two panels ------------------------------------------------
+
+
+def _two_model_ledger(tmp_path) -> str:
+    """asdiv_a rows of both arithmetic models, as `--methods dense,omp_after,dense:arithmetic_model=graph2tree,
+    omp_after:arithmetic_model=graph2tree` writes them (the ledger's `variant` and `row` fields)."""
+    ledger = Ledger(str(tmp_path / "ledger.jsonl"))
+    values = {("gts", "dense"): 0.48, ("gts", "omp_after"): 0.45, ("graph2tree", "dense"): 0.52,
+              ("graph2tree", "omp_after"): 0.50}
+    for (model, method), value in values.items():
+        variant = {} if model == "gts" else {"arithmetic_model": model}
+        row = method if model == "gts" else f"{method}:arithmetic_model={model}"
+        sparsity = 0.0 if method == "dense" else 0.36
+        ledger.append({"key": f"asdiv_a/{row}/{sparsity}", "recipe": "asdiv_a", "task": "arithmetic",
+                       "method": method, "variant": variant, "row": row, "target_sparsity": sparsity,
+                       "mask_sparsity": sparsity, "measured_sparsity": sparsity, "seed": 0, "round": None,
+                       "metrics": {"test_accuracy": value}, "metric": "accuracy", "chance_level": None,
+                       "wall_time_s": 1.0, "steps": 10, "version": "0.1", "git_commit": None,
+                       "output_dir": f"runs/{row}/{sparsity}"})
+    return ledger.path
+
+
+def test_each_arithmetic_model_is_its_own_panel_with_its_dense_and_the_papers_curve_of_that_model(tmp_path):
+    path = _two_model_ledger(tmp_path)
+    gts, g2t = [with_reference(t) for t in summarize(Ledger(path).records())]
+    assert (gts.title, g2t.title, g2t.stem) == ("asdiv_a", "asdiv_a (graph2tree)", "asdiv_a-graph2tree")
+    assert gts.methods == g2t.methods == ["dense", "omp_after"]  # Graph2Tree's dense is its line, not a row
+    assert (gts.dense[0], g2t.dense[0]) == (0.48, 0.52)
+    assert g2t.cells[("omp_after", 0.36)][0] == 0.50 and gts.cells[("omp_after", 0.36)][0] == 0.45
+    paper_g2t, paper_gts = _yaml_panel("asdiv_a", "graph2tree"), _yaml_panel("asdiv_a", "gts")
+    by_method = {(p.method, p.sparsity): p.value for p in g2t.reference}
+    assert by_method[("dense", 0.0)] == pytest.approx(paper_g2t["dense"]["value"] / 100)
+    assert by_method[("omp_after", 0.36)] == pytest.approx(paper_g2t["series"]["omp_after"][1] / 100)
+    assert {(p.method, p.sparsity): p.value for p in gts.reference}[("omp_after", 0.36)] == pytest.approx(
+        paper_gts["series"]["omp_after"][1] / 100)
+    out = write_report(path, str(tmp_path / "out"))
+    assert sorted(Path(p).name for p in out["png"]) == ["asdiv_a-graph2tree.png", "asdiv_a.png"]
+    with open(out["csv"][0], newline="", encoding="utf-8") as fh:
+        rows = {r["row"]: r for r in csv.DictReader(fh)}
+    g2t_gap = float(rows["omp_after:arithmetic_model=graph2tree"]["graph2tree_delta_paper_same_row"])
+    assert g2t_gap == pytest.approx(0.50 - paper_g2t["series"]["omp_after"][1] / 100)
+    gts_gap = float(rows["omp_after"]["delta_paper_same_row"])
+    assert gts_gap == pytest.approx(0.45 - paper_gts["series"]["omp_after"][1] / 100)
+    assert rows["omp_after"]["graph2tree_delta_paper_same_row"] == ""
