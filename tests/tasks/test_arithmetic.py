@@ -26,6 +26,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from transformers import AutoModel, AutoTokenizer, EvalPrediction, TrainingArguments
 
 from smc_trainer.engine.targets import find_targets
+from smc_trainer.errors import UsageError
 from smc_trainer.runs import pipeline
 from smc_trainer.runs.config import parse_run_config
 from smc_trainer.runs.folds import pool_metrics
@@ -41,7 +42,7 @@ from smc_trainer.tasks.arithmetic.data import (
 )
 from smc_trainer.tasks.arithmetic.equations import evaluate_prefix, is_correct, parse_numbers, tokenize
 from smc_trainer.tasks.arithmetic.loading import load_model_and_tokenizer
-from smc_trainer.tasks.arithmetic.metrics import make_compute_metrics
+from smc_trainer.tasks.arithmetic.metrics import make_compute_metrics, most_frequent_equation_accuracy
 from smc_trainer.tasks.arithmetic.optim import gts_optimizers, update_steps_per_epoch
 from smc_trainer.tasks.arithmetic.vocab import EquationVocab
 from smc_trainer.tasks.quickstart import quickstart_model_path
@@ -100,6 +101,18 @@ KNOWN_MISMATCHES = {
     ("Mrs. Hilt bought a notebook for $ numb", "1.3"): WRONG_EQUATION,  # 1.3 / 0.05 = 26, not 1.3 / 5.0
     ("There was a stack of number0 sheets of", "700.0 100.0"): WRONG_EQUATION,  # 700 / 100 = 7, not 700 / 7
 }
+
+
+def test_trivial_baseline_scores_the_most_frequent_training_equation_by_its_answers():
+    train = [{"Equation": "+ number0 number1", "Numbers": "1 2"}, {"Equation": "- number0 number1", "Numbers": "5 3"},
+             {"Equation": "+ number0 number1", "Numbers": "4 4"}]
+    test = [{"Equation": "+ number1 number0", "Numbers": "2 7"},  # the same answer, another equation: right
+            {"Equation": "* number0 number1", "Numbers": "2 2"},  # 2 + 2 = 2 * 2: right by its answer
+            {"Equation": "- number0 number1", "Numbers": "9 1"},  # 10 against 8: wrong
+            {"Equation": "number0", "Numbers": "3"}]  # number1 is missing: the baseline's equation is invalid
+    assert most_frequent_equation_accuracy(train, test) == 0.5
+    with pytest.raises(UsageError, match="needs training rows"):
+        most_frequent_equation_accuracy([], test)
 
 
 def test_gold_equation_gives_the_answer_on_every_shared_row(shared_data):

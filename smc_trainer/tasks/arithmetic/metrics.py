@@ -7,13 +7,16 @@ the reference answer (|value - answer| < 1e-4); an invalid equation is wrong, ne
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import csv
+import os
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 from transformers import EvalPrediction
 
 from smc_trainer.errors import UsageError
-from smc_trainer.tasks.arithmetic.equations import evaluate_prefix, is_correct
+from smc_trainer.tasks.arithmetic.equations import evaluate_prefix, is_correct, parse_numbers, tokenize
 from smc_trainer.tasks.arithmetic.vocab import EquationVocab
 
 
@@ -26,6 +29,31 @@ def answer_accuracy(predictions: np.ndarray, numbers: np.ndarray, answers: np.nd
         correct += is_correct(evaluate_prefix(vocab.decode(ids), values), float(answer))
     total = len(answers)
     return {"accuracy": correct / total if total else 0.0, "correct": float(correct), "total": float(total)}
+
+
+def most_frequent_equation_accuracy(train_rows: Iterable[Mapping[str, str]],
+                                    test_rows: Iterable[Mapping[str, str]]) -> float:
+    """The trivial baseline: the answer accuracy of always predicting the training split's most frequent equation
+    (rows in the SVAMP authors' CSV layout: Numbers, Equation). A model below it has learnt nothing the data's
+    equation counts do not give; ties go to the equation seen first."""
+    counts = Counter(row["Equation"] for row in train_rows)
+    if not counts:
+        raise UsageError("the trivial baseline needs training rows; got none")
+    frequent = tokenize(counts.most_common(1)[0][0])
+    test = list(test_rows)
+    correct = sum(is_correct(evaluate_prefix(frequent, parse_numbers(r["Numbers"])),
+                             evaluate_prefix(tokenize(r["Equation"]), parse_numbers(r["Numbers"]))) for r in test)
+    return correct / len(test) if test else 0.0
+
+
+def fold_baseline(fold_dir: str) -> float:
+    """`most_frequent_equation_accuracy` of a cross-validation fold's folder (train.csv, dev.csv)."""
+
+    def rows(name: str) -> list[dict[str, str]]:
+        with open(os.path.join(fold_dir, name), newline="", encoding="utf-8") as fh:
+            return list(csv.DictReader(fh))
+
+    return most_frequent_equation_accuracy(rows("train.csv"), rows("dev.csv"))
 
 
 def make_compute_metrics(vocab: EquationVocab) -> Callable[[EvalPrediction], dict[str, float]]:
