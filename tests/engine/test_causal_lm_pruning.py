@@ -1,0 +1,140 @@
+"""One-shot pruning of tiny Llama, Qwen2, Mistral, OPT and GPT-2 through the methods' own path (`omp_before`,
+`wanda_before`, `sparsegpt_before`: the method's `initial_masks` on the calibrator SparseTrainer builds, the masks
+installed by `MaskSet.set_masks` as the SparsityCallback does), for every criterion x pattern, on the default
+prunable set (the decoder blocks' linears). Checked by hand here: exact kept counts, N of every M along the input
+dimension, the zeros in the weights, the embeddings and lm_head bit for bit, and the cached block-by-block
+calibration against the whole-model passes."""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import pytest
+import torch
+from llm_helpers import BYTES, CAUSAL_ARCHS, tiny_causal_lm
+from sparse_helpers import sparse_args
+
+from smc_trainer.engine.masks import MaskSet
+from smc_trainer.engine.sparsity import SparsityConfig
+from smc_trainer.engine.targets import PruneTarget
+from smc_trainer.methods import get_method_class
+from smc_trainer.methods.base import SparseContext
+from smc_trainer.training.calibration import HookCalibrator
+
+METHODS = {"magnitude": "omp_before", "wanda": "wanda_before", "sparsegpt": "sparsegpt_before"}
+# magnitude: one global threshold (the paper's OMP); wanda / sparsegpt: the references' per-layer budgets
+DISTRIBUTION = {"magnitude": "global", "wanda": "uniform", "sparsegpt": "uniform"}
+PATTERNS = ("unstructured", "2:4", "4:8")
+SPARSITY = Fraction(59, 100)  # unstructured; N:M runs at 1 - N/M
+
+
+def _batches() -> list[dict[str, torch.Tensor]]:
+    """Two batches of 4 byte-token sequences of 12, right-padded (the padding is left out of the statistics)."""
+    gen = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, BYTES, (8, 12), generator=gen)
+    mask = torch.ones(8, 12, dtype=torch.long)
+    mask[1::2, 9:] = 0
+    ids[mask == 0] = BYTES  # <pad>
+    return [{"input_ids": ids[:4], "attention_mask": mask[:4]}, {"input_ids": ids[4:], "attention_mask": mask[4:]}]
+
+
+def _sparsity(pattern: str) -> Fraction:
+    if pattern == "unstructured":
+        return SPARSITY
+    n, m = map(int, pattern.split(":"))
+    return 1 - Fraction(n, m)
+
+
+def prune(tmp_path, arch: str, criterion: str, pattern: str, cached: bool = True):
+    """(model, targets, masks) after the criterion's one-shot method on the default prunable set."""
+    model = tiny_causal_lm(arch)
+    method = METHODS[criterion]
+    args = sparse_args(tmp_path, method, float(_sparsity(pattern)), distribution=DISTRIBUTION[criterion],
+                       sparsity_pattern=pattern)
+    sparsity = SparsityConfig.from_flags(args)
+    targets = sparsity.targets(model)
+    batches = _batches()
+    calibrator = HookCalibrator(model, lambda: iter(batches), cache_inputs=cached)
+    masks = MaskSet(targets)
+    ctx = SparseContext(targets, masks, sparsity, 0, lambda n: None, calibrator=calibrator)
+    masks.set_masks(get_method_class(method).from_args(args).initial_masks(ctx))
+    return model, targets, masks.masks
+
+
+def round_half_up(x: Fraction) -> int:
+    return math.floor(x + Fraction(1, 2))
+
+
+def uniform_counts(targets: list[PruneTarget], density: Fraction) -> dict[str, int]:
+    """The uniform distribution's budgets by hand: floor(d x N_l) per layer, then one more to the layers with the
+    largest remainders (earlier layer first on ties) until they sum to round-half-up(d x N) over the set."""
+    counts = {t.name: math.floor(density * t.numel) for t in targets}
+    remainder = {t.name: density * t.numel - counts[t.name] for t in targets}
+    missing = round_half_up(density * sum(t.numel for t in targets)) - sum(counts.values())
+    order = sorted(range(len(targets)), key=lambda i: (-remainder[targets[i].name], i))
+    for i in order[:missing]:
+        counts[targets[i].name] += 1
+    return counts
+
+
+def linear_layout(t: PruneTarget, tensor: torch.Tensor) -> torch.Tensor:
+    """[out, in] (a GPT-2 Conv1D stores [in, out])."""
+    return tensor if t.input_dim == 1 else tensor.t()
+
+
+def _dense_outside(model) -> dict[str, torch.Tensor]:
+    """Every parameter outside the decoder blocks: embeddings, lm_head, final norm."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if ".h." not in n and ".layers." not in n}
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+@pytest.mark.parametrize("criterion", list(METHODS))
+@pytest.mark.parametrize("arch", CAUSAL_ARCHS)
+def test_exact_masks_zeros_in_weights_and_dense_embeddings(tmp_path, arch, criterion, pattern):
+    before = _dense_outside(tiny_causal_lm(arch))
+    model, targets, masks = prune(tmp_path, arch, criterion, pattern)
+    assert {t.group for t in targets} == {"layer_00", "layer_01"}  # the decoder blocks only
+    density = 1 - _sparsity(pattern)
+    budgets = uniform_counts(targets, density)
+    if pattern == "unstructured":  # the budgets are not merely each layer's own rounding
+        assert any(round_half_up(density * t.numel) != budgets[t.name] for t in targets)
+    for t in targets:
+        mask, weight = linear_layout(t, masks[t.name]), linear_layout(t, t.param.detach())
+        assert mask.dtype == torch.bool
+        assert torch.equal(weight != 0, mask), t.name  # zeros exactly where pruned, nothing else zero
+        if pattern != "unstructured":
+            n, m = map(int, pattern.split(":"))
+            groups = (weight != 0).reshape(weight.shape[0], -1, m).sum(dim=-1)  # consecutive inputs per row
+            assert groups.eq(n).all(), (t.name, groups.unique())
+        elif DISTRIBUTION[criterion] == "uniform":
+            keep = budgets[t.name]
+            assert int(mask.sum()) == keep, t.name
+            if criterion == "wanda":  # compared within each output row: the layer's budget spread over its rows
+                rows = mask.sum(dim=1)
+                assert set(rows.tolist()) <= {keep // mask.shape[0], keep // mask.shape[0] + 1}, t.name
+    if pattern == "unstructured" and DISTRIBUTION[criterion] == "global":
+        total = sum(t.numel for t in targets)
+        assert sum(int(masks[t.name].sum()) for t in targets) == round_half_up(density * total)
+    after = dict(model.named_parameters())
+    for name, value in before.items():  # embeddings, lm_head, final norm: untouched bit for bit
+        assert torch.equal(after[name].detach(), value), name
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+@pytest.mark.parametrize("criterion", ["wanda", "sparsegpt"])
+@pytest.mark.parametrize("arch", CAUSAL_ARCHS)
+def test_cached_block_calibration_equals_the_whole_model_path(tmp_path, arch, criterion, pattern):
+    """The same masks and weights bit for bit (torch.equal, no tolerance): on CPU both paths run the same block
+    forwards on the same inputs in the same order, so the Hessians / norms are the same float32 sums."""
+    whole, targets, whole_masks = prune(tmp_path, arch, criterion, pattern, cached=False)
+    cached, _, cached_masks = prune(tmp_path, arch, criterion, pattern, cached=True)
+    assert whole_masks.keys() == cached_masks.keys() == {t.name for t in targets}
+    for name, mask in whole_masks.items():
+        assert torch.equal(mask, cached_masks[name]), name
+    cached_state = cached.state_dict()
+    for name, value in whole.state_dict().items():
+        assert torch.equal(cached_state[name], value), name
+    if criterion == "sparsegpt":  # it updates the kept weights too: the comparison is not one of dense weights
+        dense = tiny_causal_lm(arch).state_dict()
+        assert all(not torch.equal(cached_state[n][mask], dense[n][mask]) for n, mask in whole_masks.items())
