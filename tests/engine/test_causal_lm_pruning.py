@@ -83,6 +83,43 @@ def linear_layout(t: PruneTarget, tensor: torch.Tensor) -> torch.Tensor:
     return tensor if t.input_dim == 1 else tensor.t()
 
 
+def dense_scores(arch: str, criterion: str, targets: list[PruneTarget]) -> dict[str, torch.Tensor] | None:
+    """Magnitude |W| or Wanda |W_ij| x ||X_j|| of the dense model, [out, in], by hand: the input norms from plain
+    hooks over the calibration batches' non-padding tokens, in float64. None for SparseGPT (its mask follows its
+    weight updates, column block by column block)."""
+    if criterion == "sparsegpt":
+        return None
+    model = tiny_causal_lm(arch)
+    params = dict(model.named_parameters())
+    weights = {t.name: linear_layout(t, params[t.name].detach()).double().abs() for t in targets}
+    if criterion == "magnitude":
+        return weights
+    squares = {t.name: torch.zeros(weights[t.name].shape[1], dtype=torch.float64) for t in targets}
+    token_mask: list[torch.Tensor] = []
+
+    def hook(module, inputs, name):
+        x = inputs[0].detach().double().reshape(-1, inputs[0].shape[-1])[token_mask[0].reshape(-1) != 0]
+        squares[name] += (x * x).sum(dim=0)
+
+    handles = [model.get_submodule(t.name.rsplit(".", 1)[0]).register_forward_pre_hook(
+        lambda m, i, name=t.name: hook(m, i, name)) for t in targets]
+    with torch.no_grad():
+        for batch in _batches():
+            token_mask[:] = [batch["attention_mask"]]
+            model(**batch)
+    for h in handles:
+        h.remove()
+    return {name: w * squares[name].sqrt() for name, w in weights.items()}
+
+
+def assert_keeps_the_highest(scores: torch.Tensor, mask: torch.Tensor, tol: float) -> None:
+    """Within each row of `scores` / `mask` ([groups, members]) no pruned score beats a kept one (beyond `tol`,
+    relative: float32 statistics against the float64 ones here)."""
+    kept_min = torch.where(mask, scores, torch.inf).amin(dim=-1)
+    pruned_max = torch.where(mask, -torch.inf, scores).amax(dim=-1)
+    assert (kept_min >= pruned_max - tol * pruned_max.abs()).all()
+
+
 def _dense_outside(model) -> dict[str, torch.Tensor]:
     """Every parameter outside the decoder blocks: embeddings, lm_head, final norm."""
     return {n: p.detach().clone() for n, p in model.named_parameters() if ".h." not in n and ".layers." not in n}
@@ -116,6 +153,19 @@ def test_exact_masks_zeros_in_weights_and_dense_embeddings(tmp_path, arch, crite
     if pattern == "unstructured" and DISTRIBUTION[criterion] == "global":
         total = sum(t.numel for t in targets)
         assert sum(int(masks[t.name].sum()) for t in targets) == round_half_up(density * total)
+    scores = dense_scores(arch, criterion, targets)
+    if scores is not None:  # the kept weights are the highest scores of their comparison set
+        tol = 0.0 if criterion == "magnitude" else 1e-5
+        for t in targets:
+            score, mask = scores[t.name], linear_layout(t, masks[t.name])
+            if pattern != "unstructured":
+                m = int(pattern.split(":")[1])
+                assert_keeps_the_highest(score.reshape(-1, m), mask.reshape(-1, m), tol)
+            elif criterion == "wanda":
+                assert_keeps_the_highest(score, mask, tol)
+        if pattern == "unstructured" and criterion == "magnitude":
+            assert_keeps_the_highest(torch.cat([scores[t.name].reshape(-1) for t in targets])[None],
+                                     torch.cat([linear_layout(t, masks[t.name]).reshape(-1) for t in targets])[None], 0)
     after = dict(model.named_parameters())
     for name, value in before.items():  # embeddings, lm_head, final norm: untouched bit for bit
         assert torch.equal(after[name].detach(), value), name
@@ -138,3 +188,35 @@ def test_cached_block_calibration_equals_the_whole_model_path(tmp_path, arch, cr
     if criterion == "sparsegpt":  # it updates the kept weights too: the comparison is not one of dense weights
         dense = tiny_causal_lm(arch).state_dict()
         assert all(not torch.equal(cached_state[n][mask], dense[n][mask]) for n, mask in whole_masks.items())
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_sparse_trainer_prunes_only_the_blocks_calibrated_on_text_windows(tmp_path, arch):
+    """The whole public path: windows of a local text file (`calibration_samples`), SparseTrainer's calibrator over
+    them, sparsegpt_before at 2:4 with every prunable-set flag at its default but --prune_embeddings false (the
+    activation criteria's flag check); a step at learning rate 0 leaves the dense weights as they were."""
+    from datasets import Dataset
+    from llm_helpers import byte_tokenizer
+
+    from smc_trainer import SparseTrainer
+    from smc_trainer.tasks.causal_lm.text_data import calibration_samples
+
+    path = tmp_path / "calib.txt"
+    path.write_text("".join(f"sentence {i} about sparse models.\n" for i in range(30)), encoding="utf-8")
+    windows = calibration_samples(byte_tokenizer(), str(path), n_samples=8, seq_len=16, seed=0)
+    rows = [{"input_ids": w["input_ids"].tolist(), "attention_mask": w["attention_mask"].tolist(),
+             "labels": w["input_ids"].tolist()} for w in windows]
+    model = tiny_causal_lm(arch)
+    before = _dense_outside(model)
+    args = sparse_args(tmp_path / "run", "sparsegpt_before", 0.5, sparsity_pattern="2:4", max_steps=1,
+                       learning_rate=0.0, weight_decay=0.0, calibration_samples=8, per_device_eval_batch_size=4)
+    trainer = SparseTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows))
+    trainer.train()
+    blocks = {n for n, p in model.named_parameters() if p.dim() == 2 and (".h." in n or ".layers." in n)}
+    assert set(trainer.masks.masks) == blocks
+    for t in trainer.masks.targets:
+        weight = linear_layout(t, t.param.detach())
+        assert (weight != 0).reshape(weight.shape[0], -1, 4).sum(dim=-1).eq(2).all(), t.name
+    after = dict(model.named_parameters())
+    for name, value in before.items():
+        assert torch.equal(after[name].detach(), value), name
