@@ -220,3 +220,13 @@ def test_sparse_trainer_prunes_only_the_blocks_calibrated_on_text_windows(tmp_pa
     after = dict(model.named_parameters())
     for name, value in before.items():
         assert torch.equal(after[name].detach(), value), name
+    # the release says what was prunable: the blocks only, not the flags' "True / True"
+    from smc_trainer.release.hub import write_release_files
+
+    out = str(tmp_path / "release")
+    trainer.save_model(out)
+    sparsity = write_release_files(out, trainer.masks, trainer.sparsity_metadata())
+    assert sparsity["scope"]["decoder_blocks_only"] is True and sparsity["scope"]["prune_heads"] is True
+    card = (tmp_path / "release" / "README.md").read_text(encoding="utf-8")
+    row = "| embeddings / task head prunable | False / False (a decoder LM prunes its decoder blocks' linears only) |"
+    assert row in card
