@@ -11,6 +11,12 @@ weights are the base layers' weights and the active copies of fully trained modu
 model (`bert.encoder.layer.0.attention.self.query.weight`, `classifier.weight`), so masks move between a
 LoRA run and the plain model. Wrappers are recognised by duck typing (`plain_named_modules`); the engine
 never imports peft.
+
+Decoder language models (GPT-2, Llama, Qwen2, Mistral, OPT, ...: `is_decoder_lm`, told by structure) keep
+everything outside their decoder blocks dense by default, as Wanda and SparseGPT prune only the blocks' linears:
+the input and output embeddings (`lm_head`) and any projection between them and the blocks. `include` opts those
+weights back in by naming them (`include=r"lm_head|layers"`); `prune_embeddings` / `prune_heads` only ever remove.
+Every other model's prunable set is what it always was.
 """
 
 from __future__ import annotations
@@ -110,6 +116,30 @@ def _head_prefixes(model: nn.Module) -> tuple[set[str], set[int]]:
     return {base_prefix + "."}, head_ids
 
 
+def is_decoder_lm(model: nn.Module) -> bool:
+    """Whether `model` is a decoder-only language model: it generates (`can_generate()`, which masked LMs do not),
+    predicts over its input vocabulary (an output embedding with one row per input-embedding row) and has no
+    encoder (`config.is_encoder_decoder` false, which leaves T5 / mBART out). Read from the model's structure,
+    never from a list of architectures, so a new *ForCausalLM is recognised the day it appears."""
+    model = unwrap_adapters(model)
+    if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
+        return False
+    can_generate = getattr(model, "can_generate", None)
+    if not (callable(can_generate) and can_generate()):
+        return False
+    get_in, get_out = getattr(model, "get_input_embeddings", None), getattr(model, "get_output_embeddings", None)
+    if not (callable(get_in) and callable(get_out)):
+        return False
+    inp, out = get_in(), get_out()
+    w_in, w_out = getattr(inp, "weight", None), getattr(out, "weight", None)
+    return (isinstance(w_in, nn.Parameter) and isinstance(w_out, nn.Parameter) and w_in.dim() == w_out.dim() == 2
+            and w_out.shape[0] == w_in.shape[0])
+
+
+def _in_block(target: PruneTarget) -> bool:
+    return target.group.startswith("layer_")
+
+
 def _module_weights(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, nn.Parameter]]:
     """(module name, module, attribute, weight) for every 2-D weight of a prunable module: `weight` of a
     Linear / Conv1D / Embedding, each `weight_ih_l<k>` / `weight_hh_l<k>` (and `_reverse`) of a recurrent layer."""
@@ -140,9 +170,14 @@ def find_targets(
     `modules` names a module group of the transformer layers (`smc_trainer.engine.module_groups`, e.g. "qkv"):
     only the weights of those linears stay prunable.
 
+    A decoder LM (`is_decoder_lm`) prunes only its blocks' weights unless `include` names the others (module
+    docstring).
+
     Raises ValueError when a regex matches no candidate weight or when nothing is left to prune.
     """
     model = unwrap_adapters(model)
+    include_regex = _compile(include, "prune_include")
+    decoder_lm = is_decoder_lm(model)
     base_prefixes, head_ids = _head_prefixes(model)
     keep_dense = getattr(model, "keep_dense_weights", None)
     conv1d = prunable_module_types()[len(BASE_PRUNABLE_MODULES):]
@@ -169,6 +204,7 @@ def find_targets(
         for t in candidates
         if (prune_embeddings or t.group != "embeddings") and (prune_heads or t.group != "head")
         and not (keep_dense and re.search(keep_dense, t.name))
+        and not (decoder_lm and not _in_block(t) and not (include_regex and include_regex.search(t.name)))
     ]
     targets = _apply_regex(targets, candidates, include, "prune_include", keep_matches=True)
     targets = _apply_regex(targets, candidates, exclude, "prune_exclude", keep_matches=False)
@@ -185,13 +221,19 @@ def find_targets(
 def _apply_regex(
     targets: list[PruneTarget], candidates: list[PruneTarget], pattern: str | None, flag: str, keep_matches: bool
 ) -> list[PruneTarget]:
-    if pattern is None:
+    regex = _compile(pattern, flag)
+    if regex is None:
         return targets
-    try:
-        regex = re.compile(pattern)
-    except re.error as err:
-        raise UsageError(f"--{flag} is not a valid regular expression: {pattern!r} ({err})") from None
     if not any(regex.search(t.name) for t in candidates):
         examples = ", ".join(t.name for t in candidates[:4])
         raise UsageError(f"--{flag} {pattern!r} matches no prunable parameter; names look like: {examples}, ...")
     return [t for t in targets if bool(regex.search(t.name)) == keep_matches]
+
+
+def _compile(pattern: str | None, flag: str) -> re.Pattern[str] | None:
+    if pattern is None:
+        return None
+    try:
+        return re.compile(pattern)
+    except re.error as err:
+        raise UsageError(f"--{flag} is not a valid regular expression: {pattern!r} ({err})") from None

@@ -10,9 +10,15 @@ from tiny_models import CLASSIFIER_MODELS, dummy_inputs, make_tiny
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from smc_trainer.engine.targets import PruneTarget, find_targets
+from smc_trainer.engine.targets import PruneTarget, find_targets, is_decoder_lm
 
 PRUNABLE = (nn.Linear, nn.Embedding, Conv1D)
+
+
+def opt_in(model: nn.Module) -> dict[str, str]:
+    """The keywords that make every candidate weight prunable: a decoder LM keeps everything outside its blocks
+    dense unless `include` names it (tests/engine/test_causal_lm_targets.py); other models prune all by default."""
+    return {"include": "."} if is_decoder_lm(model) else {}
 
 
 def expected_weights(model: nn.Module) -> dict[int, tuple[str, nn.Module]]:
@@ -50,7 +56,7 @@ def test_tiny_models_run_and_are_tiny(tiny_model):
 
 def test_every_prunable_weight_is_a_target_and_nothing_else(tiny_model):
     name, model = tiny_model
-    targets = find_targets(model)
+    targets = find_targets(model, **opt_in(model))
     expected = expected_weights(model)
     got = ids(targets)
     assert len(got) == len(set(got)), f"{name}: a weight appears twice"
@@ -103,16 +109,16 @@ def test_tied_lm_head_appears_once(tiny_gpt2_lm, tiny_mbart, tiny_t5):
     for model in (tiny_gpt2_lm, tiny_mbart, tiny_t5):
         out = model.get_output_embeddings().weight
         assert out is model.get_input_embeddings().weight  # the fixtures are tied
-        targets = find_targets(model)
+        targets = find_targets(model, **opt_in(model))
         assert sum(t.param is out for t in targets) == 1
         assert len(set(ids(targets))) == len(targets)
-    names = [t.name for t in find_targets(tiny_gpt2_lm)]
+    names = [t.name for t in find_targets(tiny_gpt2_lm, include=".")]
     assert "transformer.wte.weight" in names and "lm_head.weight" not in names
 
 
 def test_embeddings_group_is_exactly_the_embedding_weights(tiny_model):
     name, model = tiny_model
-    targets = find_targets(model)
+    targets = find_targets(model, **opt_in(model))
     got = {id(t.param) for t in targets if t.group == "embeddings"}
     assert got == embedding_weight_ids(model), (
         f"{name}: embeddings group {sorted(t.name for t in targets if t.group == 'embeddings')}"
@@ -146,16 +152,16 @@ def test_layer_groups_name_the_block_index(tiny_bert):
 
 def test_prune_embeddings_false_removes_exactly_the_embeddings(tiny_model):
     name, model = tiny_model
-    full = find_targets(model)
-    without = find_targets(model, prune_embeddings=False)
+    full = find_targets(model, **opt_in(model))
+    without = find_targets(model, prune_embeddings=False, **opt_in(model))
     assert [t.name for t in without] == [t.name for t in full if t.group != "embeddings"]
     assert not (set(ids(without)) & embedding_weight_ids(model)), f"{name}: an nn.Embedding weight is still pruned"
 
 
 def test_prune_heads_false_removes_exactly_the_head(tiny_model):
     name, model = tiny_model
-    full = find_targets(model)
-    without = find_targets(model, prune_heads=False)
+    full = find_targets(model, **opt_in(model))
+    without = find_targets(model, prune_heads=False, **opt_in(model))
     assert [t.name for t in without] == [t.name for t in full if t.group != "head"]
     if name in CLASSIFIER_MODELS:
         assert len(without) < len(full)

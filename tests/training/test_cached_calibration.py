@@ -62,9 +62,10 @@ def _layers(model: torch.nn.Module) -> torch.nn.ModuleList:
 
 
 def _prune(tmp_path, arch: str, cached: bool, memory: str = "block", heads: bool = True, **flags):
-    """(model, masks, calls into the transformer layers) after sparsegpt_before."""
+    """(model, masks, calls into the transformer layers) after sparsegpt_before; `heads`: the head is pruned too
+    (a decoder LM's lm_head is dense unless named: --prune_include)."""
     model = _model(arch)
-    targets = find_targets(model, prune_embeddings=False, prune_heads=heads)
+    targets = find_targets(model, prune_embeddings=False, prune_heads=heads, include="." if heads else None)
     layers = _layers(model)
     calls = [0]
     handles = [layer.register_forward_pre_hook(lambda m, a: calls.__setitem__(0, calls[0] + 1)) for layer in layers]

@@ -39,13 +39,21 @@ class MethodArguments:
         },
     ), key="run", dense_reset=True)
     prune_embeddings: bool = declare(field(
-        default=True, metadata={"help": "Include embedding matrices in the prunable set (the paper does)."}
+        default=True, metadata={"help": "Include embedding matrices in the prunable set (the paper does). A decoder LM "
+                             "(*ForCausalLM, GPT2LMHeadModel) keeps its embeddings dense by default, as Wanda and "
+                             "SparseGPT: name them in --prune_include to prune them."}
     ), key="run")
     prune_heads: bool = declare(field(
-        default=True, metadata={"help": "Include the task head (weights outside the base model) (the paper does)."}
+        default=True, metadata={"help": "Include the task head (weights outside the base model) (the paper does). A "
+                             "decoder LM (*ForCausalLM, GPT2LMHeadModel) prunes only its decoder blocks' linears by "
+                             "default, keeping lm_head and the embeddings dense (as Wanda and SparseGPT); opt lm_head "
+                             "in by naming it: --prune_include 'lm_head|layers' (GPT-2's lm_head is its tied wte: "
+                             "'wte|\\.h\\.')."}
     ), key="run")
     prune_include: str | None = declare(field(
-        default=None, metadata={"help": "Regex: only parameters whose name matches are prunable (re.search)."}
+        default=None, metadata={"help": "Regex: only parameters whose name matches are prunable (re.search). On a "
+                             "decoder LM it also opts in the weights outside the decoder blocks that it names "
+                             "(lm_head, embeddings), which are dense by default."}
     ), key="run")
     prune_exclude: str | None = declare(field(
         default=None, metadata={"help": "Regex: parameters whose name matches are never pruned (re.search)."}
