@@ -256,3 +256,70 @@ def test_sweep_interrupted_after_its_first_run_finishes_only_the_rest(files, tmp
     assert calls == [0.7], "the rerun trains only the run the interruption left"
     assert records[0] == first[0] and [r["target_sparsity"] for r in records] == [0.5, 0.7]
     assert all("test_perplexity" in r["metrics"] and "test_accuracy_norm" in r["metrics"] for r in records)
+
+
+WINOGRANDE = [{"sentence": "The cup fell off the table because the _ was tilted.", "option1": "cup",
+               "option2": "table", "answer": "2"},
+              {"sentence": "Anna gave Maria a gift because _ was kind.", "option1": "Anna", "option2": "Maria",
+               "answer": "1"},
+              {"sentence": "The dog chased the cat until the _ got tired.", "option1": "dog", "option2": "cat",
+               "answer": "1"}]
+RACE = [{"example_id": f"{level}{i}.txt", "article": f"Tom has a {pet}. It likes to play in the garden every day.",
+         "question": "What does Tom have?" if i % 2 else "Tom has a _ .", "options": [pet, "car", "house", "boat"],
+         "answer": "A"} for level in ("middle", "high") for i, pet in enumerate(["dog", "cat", "bird"])]
+
+
+@pytest.mark.parametrize("recipe,rows,requests", [("llm_winogrande", WINOGRANDE, "winogrande_requests"),
+                                                  ("llm_race", RACE, "race_requests")])
+def test_winogrande_and_race_report_the_scorers_numbers_per_subset_and_pooled(files, tmp_path, recipe, rows,
+                                                                               requests):
+    data = write_jsonl(tmp_path / "rows.jsonl", rows)
+    out = tmp_path / recipe
+    metrics = main(["--recipe", recipe, "--model_name_or_path", files["model"], "--train_file", data, "--test_file",
+                    data, "--perplexity_text", "none", "--sparse_method", "omp_before", "--sparsity", "0.5",
+                    "--max_steps", "0", "--output_dir", str(out), *CHEAP])
+    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    canonical = [dict(r) for r in to_canonical(load_dataset("json", data_files=data)["train"], where="test")]
+    build = getattr(prompts, requests)
+    if recipe == "llm_race":  # each level on its own, then pooled over both
+        for level in ("middle", "high"):
+            part = [r for r in canonical if r["subset"] == level]
+            direct = scoring.score_choices(model, byte_tokenizer(), build(part), batch_size=4, progress=False)
+            assert metrics[f"test_{level}_accuracy"] == direct["accuracy"]
+            assert metrics[f"test_{level}_accuracy_norm"] == direct["accuracy_norm"]
+        assert metrics["test_accuracy"] == pytest.approx((metrics["test_middle_accuracy"]
+                                                          + metrics["test_high_accuracy"]) / 2)
+    else:
+        direct = scoring.score_choices(model, byte_tokenizer(), build(canonical), batch_size=4, progress=False)
+        assert metrics["test_accuracy"] == direct["accuracy"] and metrics["test_samples"] == 3
+        assert metrics["test_accuracy_norm"] == direct["accuracy_norm"]
+
+
+def test_wikitext2_recipe_recovers_on_text_windows_and_reports_their_perplexity(files, tmp_path):
+    out = tmp_path / "wikitext"
+    metrics = main(["--recipe", "llm_wikitext2", "--model_name_or_path", files["model"], "--perplexity_text",
+                    files["text"], "--train_text", files["text"], "--perplexity_seq_len", "64", "--max_seq_length",
+                    "128", "--sparse_method", "omp_before", "--sparsity", "0.5", "--max_steps", "2",
+                    "--output_dir", str(out), *CHEAP])
+    windows = len(byte_tokenizer()(TEXT)["input_ids"]) // 128  # one token per byte
+    assert metrics["train_samples"] == windows and math.isfinite(metrics["train_loss"])
+    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    assert metrics["test_perplexity"] == pytest.approx(scoring.perplexity(model, byte_tokenizer(), TEXT, seq_len=64,
+                                                                          progress=False), rel=1e-6)
+    assert not any(k.startswith("test_accuracy") for k in metrics)
+
+
+@pytest.mark.slow
+def test_mawps_fold_on_the_real_files_reports_the_generation_scorers_accuracy(files, tmp_path, shared_data):
+    out = tmp_path / "mawps"
+    metrics = main(["--recipe", "llm_mawps", "--model_name_or_path", files["model"], "--data_dir",
+                    str(shared_data / "arithmetic"), "--fold", "0", "--max_eval_samples", "6", "--perplexity_text",
+                    "none", "--sparse_method", "omp_before", "--sparsity", "0.5", "--max_steps", "0",
+                    "--generation_max_length", "8", "--output_dir", str(out), *CHEAP])
+    fold = shared_data / "arithmetic" / "cv_mawps" / "fold0"
+    expected, answers = prompts.arithmetic_prompts(_csv_rows(fold / "train.csv"), _csv_rows(fold / "dev.csv")[:6],
+                                                   shots=4, seed=0)
+    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    direct = scoring.score_generation(model, byte_tokenizer(), expected, answers, max_new_tokens=8, batch_size=4,
+                                      progress=False)
+    assert metrics["test_accuracy"] == direct["accuracy"] and metrics["test_total"] == 6
