@@ -99,7 +99,8 @@ def sparsity_config(masks: MaskSet, info: Mapping[str, Any], total_parameters: i
     from smc_trainer.methods import get_method_class, method_names
 
     report = masks.report()
-    scope_keys = ("prune_embeddings", "prune_heads", "prune_include", "prune_exclude", "prune_modules")
+    scope_keys = ("prune_embeddings", "prune_heads", "prune_include", "prune_exclude", "prune_modules",
+                  "decoder_blocks_only")
     return {
         "format": "smc_trainer",
         "smc_trainer_version": __version__,

@@ -202,7 +202,7 @@ def _sparsity_section(facts: CardFacts) -> list[str]:
         ("pattern", facts.pattern),
         ("sparsity of all parameters (zeros in every saved tensor)", facts.overall_sparsity),
         ("prunable weights", f"{_fmt(s['prunable_parameters'])} of {_fmt(s.get('total_parameters'))} parameters"),
-        ("embeddings / task head prunable", f"{scope.get('prune_embeddings')} / {scope.get('prune_heads')}"),
+        ("embeddings / task head prunable", _scope_cell(scope)),
         ("include / exclude regex", " / ".join(f"`{v}`" if v else "-" for v in (scope.get("prune_include"),
                                                                                    scope.get("prune_exclude")))),
         ("optimizer steps", _fmt(s.get("optimizer_steps"))),
@@ -329,3 +329,13 @@ def model_card(facts: CardFacts) -> ModelCard:
     body = [f"# {title}", "", intro, "", *_sparsity_section(facts), *_results_section(facts),
             *_adapter_section(facts), *_training_section(facts), *_usage_section(facts), *_files_section(facts)]
     return ModelCard(f"---\n{card_data(facts).to_yaml()}\n---\n\n" + "\n".join(body))
+
+
+def _scope_cell(scope: Mapping[str, Any]) -> str:
+    """The embeddings / head flags, or what a decoder LM prunes: its blocks, plus only what --prune_include names."""
+    flags = f"{scope.get('prune_embeddings')} / {scope.get('prune_heads')}"
+    if not scope.get("decoder_blocks_only"):
+        return flags
+    if scope.get("prune_include"):
+        return f"where --prune_include `{scope['prune_include']}` names them (a decoder LM: dense unless named)"
+    return "False / False (a decoder LM prunes its decoder blocks' linears only)"

@@ -103,14 +103,24 @@ class HookCalibrator:
 
     # ---- running the model -----------------------------------------------------------------------
 
+    def _token_keep(self, x: Tensor) -> Tensor | None:
+        """Which rows of `x` flattened to [rows, in] are real tokens of the current batch (None: keep them all).
+        An input is laid out as the batch's tokens when it is [..., seq, in] over the mask's [batch, seq], or
+        already flattened to [batch x seq, in] (OPT's MLP flattens its hidden states before fc1)."""
+        mask = self._token_mask
+        if mask is None:
+            return None
+        rows = x.numel() // x.shape[-1]
+        if mask.numel() != rows or not (x.dim() == 2 or (x.dim() >= 3 and mask.shape[-1] == x.shape[-2])):
+            return None
+        return mask.reshape(-1).to(x.device) != 0
+
     def _rows(self, x: Tensor) -> Tensor:
         """A linear's input `x` as float32 [tokens, in], without the padding tokens of the current batch."""
         x = x.detach()
         rows = x.reshape(-1, x.shape[-1]).float()
-        mask = self._token_mask
-        if mask is not None and x.dim() >= 3 and mask.shape[-1] == x.shape[-2] and mask.numel() == rows.shape[0]:
-            rows = rows[mask.reshape(-1).to(rows.device) != 0]
-        return rows
+        keep = self._token_keep(x)
+        return rows if keep is None else rows[keep]
 
     def _row_chunks(self, x: Tensor) -> Iterator[Tensor]:
         """`_rows(x)` in pieces, for the Hessian: the input itself when it is float32 without padding (a view, no
@@ -118,11 +128,8 @@ class HookCalibrator:
         never holds a float32 copy of the whole batch's input beside the Hessian."""
         x = x.detach()
         flat = x.reshape(-1, x.shape[-1])
-        mask = self._token_mask
-        keep = None
-        if mask is not None and x.dim() >= 3 and mask.shape[-1] == x.shape[-2] and mask.numel() == flat.shape[0]:
-            keep = mask.reshape(-1).to(flat.device) != 0
-            keep = None if bool(keep.all()) else keep
+        keep = self._token_keep(x)
+        keep = None if keep is None or bool(keep.all()) else keep
         if keep is None and flat.dtype == torch.float32:
             yield flat
             return

@@ -24,7 +24,7 @@ from transformers.utils import logging
 from smc_trainer.engine.masks import MaskSet
 from smc_trainer.engine.patterns import check_pattern_shapes, parse_pattern
 from smc_trainer.engine.sparsity import SparsityConfig
-from smc_trainer.engine.targets import unwrap_adapters
+from smc_trainer.engine.targets import is_decoder_lm, unwrap_adapters
 from smc_trainer.errors import UsageError
 from smc_trainer.methods import get_method_class
 from smc_trainer.release.hub import check_push_args, check_release_dir, push_sparse_folder, write_release_files
@@ -332,6 +332,7 @@ class SparseTrainer(Seq2SeqTrainer):
             "prune_include": a.prune_include,
             "prune_exclude": a.prune_exclude,
             "prune_modules": a.prune_modules,
+            **({"decoder_blocks_only": True} if is_decoder_lm(self.model) else {}),  # embeddings, lm_head dense
             "sparsity_pattern": "unstructured" if below_pattern else a.sparsity_pattern,
             "semi_structured": a.export_semi_structured and not below_pattern,
             **({"imp_round": a.imp_round, "pattern_floor": a.sparsity_pattern} if below_pattern else {}),

@@ -84,3 +84,18 @@ def test_a_lora_wrapped_decoder_lm_keeps_the_rule():
     wrapped = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
     assert is_decoder_lm(wrapped)
     assert [t.name for t in find_targets(wrapped)] == plain
+
+
+def test_projections_outside_the_blocks_stay_dense_too():
+    """OPT-350m's shape: embeddings narrower than the blocks, with project_in / project_out linears between."""
+    import torch
+    from transformers import OPTConfig, OPTForCausalLM
+
+    torch.manual_seed(0)
+    model = OPTForCausalLM(OPTConfig(vocab_size=50, hidden_size=32, word_embed_proj_dim=16, ffn_dim=32,
+                                     num_hidden_layers=LAYERS, num_attention_heads=4, max_position_embeddings=32))
+    projections = {id(model.model.decoder.project_in.weight), id(model.model.decoder.project_out.weight)}
+    assert is_decoder_lm(model)
+    assert {id(t.param) for t in find_targets(model)} == block_linear_ids(model)
+    opted_in = find_targets(model, include=r"project_|layers")
+    assert {id(t.param) for t in opted_in} == block_linear_ids(model) | projections

@@ -1,7 +1,8 @@
 """Decoder LLMs (causal LMs) on SMC-Bench's tasks: multiple choice by the log-likelihood of each choice, arithmetic
 by greedy generation with a few-shot prompt, and perplexity (`scoring`), from the recipes' rows (`prompts`).
 
-The task family `causal_lm` (recipes `llm_*`, docs/llm.md): `build` (`family`) loads the rows through the encoder
+Loading in bf16 / fp16 (`loading`: `load_causal_lm`, `is_causal_lm`), calibration and perplexity text
+(`text_data`). The task family `causal_lm` (recipes `llm_*`, docs/llm.md): `build` (`family`) loads the rows through the encoder
 recipes' loaders, the model in `--torch_dtype` (`loading`), the calibration windows (`text_data`) and the
 recovery fine-tune's data (`data`), and hands the pipeline its own evaluator (`evaluation`). `redirect` refuses an
 encoder recipe given a causal LM, naming its `llm_*` twin.
