@@ -2,10 +2,10 @@
 by greedy generation with a few-shot prompt, and perplexity (`scoring`), from the recipes' rows (`prompts`).
 
 Loading in bf16 / fp16 (`loading`: `load_causal_lm`, `is_causal_lm`), calibration and perplexity text
-(`text_data`). The task family `causal_lm` (recipes `llm_*`, docs/llm.md): `build` (`family`) loads the rows through the encoder
-recipes' loaders, the model in `--torch_dtype` (`loading`), the calibration windows (`text_data`) and the
-recovery fine-tune's data (`data`), and hands the pipeline its own evaluator (`evaluation`). `redirect` refuses an
-encoder recipe given a causal LM, naming its `llm_*` twin.
+(`text_data`). The task family `causal_lm` (recipes `llm_*`, docs/llm.md): `build` (`family`) loads the rows
+through the encoder recipes' loaders, the model in `--torch_dtype`, the calibration windows and the recovery
+fine-tune's data (`data`), and hands the pipeline its own evaluator (`evaluation`). `redirect` refuses an encoder
+recipe given a causal LM, naming its `llm_*` twin.
 """
 
 from __future__ import annotations
