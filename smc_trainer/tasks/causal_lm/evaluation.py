@@ -46,7 +46,7 @@ class CausalLmEvaluator:
 
     def score(self, model: Any, part: Any, prefix: str) -> dict[str, float]:
         """The task metric of one set, prefixed; nothing for a split without task rows."""
-        from smc_trainer.tasks.causal_lm import scoring
+        import smc_trainer.tasks.causal_lm.scoring as scoring
 
         if isinstance(part, ChoiceSet):
             result = scoring.score_choices(model, self.tokenizer, part.requests, batch_size=self.batch_size,
@@ -61,7 +61,7 @@ class CausalLmEvaluator:
         return {**{f"{prefix}_{k}": float(v) for k, v in result.items()}, f"{prefix}_samples": float(len(part))}
 
     def perplexity(self, model: Any, split: str) -> float:
-        from smc_trainer.tasks.causal_lm import scoring
+        import smc_trainer.tasks.causal_lm.scoring as scoring
         from smc_trainer.tasks.causal_lm.text_data import load_text
 
         if split not in self._texts:

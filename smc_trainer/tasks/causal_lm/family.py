@@ -14,9 +14,9 @@ from typing import Any
 
 from transformers.utils import logging
 
+import smc_trainer.tasks.causal_lm.data as llm_data
 from smc_trainer.errors import UsageError
 from smc_trainer.tasks import TaskBundle
-from smc_trainer.tasks.causal_lm import data as llm_data
 from smc_trainer.tasks.causal_lm.evaluation import CausalLmEvaluator
 from smc_trainer.tasks.loading import checkpoint_name, offline_hint
 from smc_trainer.training.arguments.causal_lm import DEFAULT_CALIBRATION_TEXT, NO_PERPLEXITY
@@ -170,7 +170,7 @@ def eval_set(task: str, rows: Rows | dict[str, Rows] | None, train_rows: Rows, s
         return None
     if isinstance(rows, dict):
         return {name: eval_set(task, part, train_rows, shots, seed) for name, part in rows.items()}
-    from smc_trainer.tasks.causal_lm import prompts
+    import smc_trainer.tasks.causal_lm.prompts as prompts
 
     if task == "arithmetic":
         prompt_texts, answers = prompts.arithmetic_prompts(train_rows, rows, shots=shots, seed=seed)

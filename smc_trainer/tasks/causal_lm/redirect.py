@@ -12,6 +12,7 @@ from typing import Any
 from smc_trainer.errors import UsageError
 
 TWIN_PREFIX = "llm_"
+TWINS = ("csqa", "winogrande", "race", "mawps", "asdiv_a", "svamp")  # recipes/llm_<name>.yaml reads <name>'s data
 
 
 def refuse_causal_lm(config: Any, model_args: Any, recipe: Any, task: str) -> None:
@@ -27,10 +28,7 @@ def refuse_causal_lm(config: Any, model_args: Any, recipe: Any, task: str) -> No
 
 
 def twin_hint(name: str | None) -> str:
-    """`--recipe llm_<name>` when that recipe ships, else the list of llm_* recipes."""
-    from smc_trainer.runs.recipes import available_recipes
-
-    recipes = [r for r in available_recipes() if r.startswith(TWIN_PREFIX)]
-    if name is not None and f"{TWIN_PREFIX}{name}" in recipes:
+    """`--recipe llm_<name>` for a recipe with a shipped twin, else the llm_* recipes."""
+    if name in TWINS:
         return f"--recipe {TWIN_PREFIX}{name}"
-    return f"one of the llm_* recipes ({', '.join(recipes)})"
+    return f"one of the llm_* recipes ({', '.join(TWIN_PREFIX + t for t in TWINS)})"
