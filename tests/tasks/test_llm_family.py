@@ -76,10 +76,12 @@ def saved_results(out) -> dict[str, float]:
     return json.loads((out / "all_results.json").read_text(encoding="utf-8"))
 
 
-def test_one_shot_wanda_run_reports_what_the_scorers_give_on_the_saved_model(files, tmp_path):
+def test_one_shot_wanda_run_reports_what_the_scorers_give_on_the_saved_model(files, tmp_path, capsys):
     out = tmp_path / "oneshot"
     main(csqa_flags(files, out, *wanda_flags(), "--max_steps", "0"))
     metrics = saved_results(out)
+    summary = capsys.readouterr().out
+    assert f"test_accuracy {metrics['test_accuracy']:.4f}, test_perplexity {metrics['test_perplexity']:.4f}" in summary
     model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     tokenizer = byte_tokenizer()
     rows = list(to_canonical(load_dataset("json", data_files=files["test"])["train"],
@@ -323,3 +325,16 @@ def test_mawps_fold_on_the_real_files_reports_the_generation_scorers_accuracy(fi
     direct = scoring.score_generation(model, byte_tokenizer(), expected, answers, max_new_tokens=8, batch_size=4,
                                       progress=False)
     assert metrics["test_accuracy"] == direct["accuracy"] and metrics["test_total"] == 6
+
+
+def test_dense_baseline_is_the_pretrained_model_and_snip_reads_the_training_pairs(files, tmp_path):
+    dense = main(csqa_flags(files, tmp_path / "dense", "--sparse_method", "dense"))
+    pretrained = tiny_causal_lm("llama")
+    rows = list(to_canonical(load_dataset("json", data_files=files["test"])["train"], where="test"))
+    direct = scoring.score_choices(pretrained, byte_tokenizer(), prompts.csqa_requests(rows), batch_size=4,
+                                   progress=False)
+    assert dense["test_accuracy"] == direct["accuracy"] and dense["test_accuracy_norm"] == direct["accuracy_norm"]
+    assert dense["train_samples"] == 0  # num_train_epochs 0: nothing tokenized, no step taken
+    snip = main(csqa_flags(files, tmp_path / "snip", "--sparse_method", "snip", "--sparsity", "0.5",
+                           "--max_steps", "0"))
+    assert snip["train_samples"] == 4 and snip["sparsity/overall"] == pytest.approx(0.5)

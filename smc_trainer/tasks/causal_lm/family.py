@@ -181,9 +181,11 @@ def eval_set(task: str, rows: Rows | dict[str, Rows] | None, train_rows: Rows, s
 
 
 def needs_training_rows(training_args) -> bool:
-    """Whether the run reads training batches: it trains (--max_steps other than 0), or its criterion scores with
-    gradients of training batches (SNIP, oBERT)."""
-    if training_args.max_steps != 0:
+    """Whether the run reads training batches: it trains (not `trains_no_steps`: --max_steps 0, or 0 epochs), or
+    its criterion scores with gradients of training batches (SNIP, oBERT)."""
+    from smc_trainer.training.trainer import trains_no_steps
+
+    if not trains_no_steps(training_args):
         return True
     from smc_trainer.engine.criteria import get_criterion_class
     from smc_trainer.methods import get_method_class
