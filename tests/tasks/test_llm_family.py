@@ -338,3 +338,22 @@ def test_dense_baseline_is_the_pretrained_model_and_snip_reads_the_training_pair
     snip = main(csqa_flags(files, tmp_path / "snip", "--sparse_method", "snip", "--sparsity", "0.5",
                            "--max_steps", "0"))
     assert snip["train_samples"] == 4 and snip["sparsity/overall"] == pytest.approx(0.5)
+
+
+def test_sparsegpt_calibrates_a_lora_wrapped_model_as_the_plain_one(files, tmp_path):
+    """Under --peft lora the hooks sit on each LoRA layer's base layer; with the adapters at zero (before any step)
+    SparseGPT sees the same inputs, so it chooses the same masks and writes the same weights."""
+    weights, masks = {}, {}
+    for name, extra in (("plain", []), ("lora", ["--peft", "lora"])):
+        out = tmp_path / name
+        main(csqa_flags(files, out, "--sparse_method", "sparsegpt_before", "--sparsity", "0.5", "--max_steps", "0",
+                        "--perplexity_text", "none", *extra))
+        weights[name] = load_file(os.path.join(out, "model.safetensors"))
+        masks[name] = load_file(os.path.join(out, MASKS_NAME))
+    assert masks["plain"].keys() == masks["lora"].keys() and len(masks["plain"]) == 14  # 7 linears x 2 blocks
+    assert all(torch.equal(masks["lora"][k], m) for k, m in masks["plain"].items())
+    assert weights["plain"].keys() == weights["lora"].keys()
+    for key, value in weights["plain"].items():
+        torch.testing.assert_close(weights["lora"][key], value, rtol=0, atol=1e-6, msg=key)
+    assert not torch.equal(weights["plain"]["model.layers.1.self_attn.q_proj.weight"],
+                           tiny_causal_lm("llama").model.layers[1].self_attn.q_proj.weight)  # SparseGPT updated it
