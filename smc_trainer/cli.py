@@ -162,6 +162,7 @@ def summarize(config: RunConfig, outcome: RunOutcome) -> None:
     """The run's one-line summary, on stdout: what the command exists to show, not a log line."""
     metric, recipe = config.recipe.metric, config.recipe
     names = [metric, *(f"{subset}_{metric}" for subset in recipe.subsets)]  # RACE: middle and high as well
+    names += [] if metric == "perplexity" else ["perplexity"]  # a causal LM's perplexity beside its task metric
     shown = {f"{split}_{name}" for split in ("eval", "test") for name in names}
     scores = ", ".join(f"{k} {v:.4f}" for k, v in outcome.metrics.items() if k in shown)
     chance = f" (chance {recipe.chance_level:g})" if recipe.chance_level is not None else ""

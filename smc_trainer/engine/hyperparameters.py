@@ -1,13 +1,13 @@
 """A method's or criterion's own hyper-parameters: a small typed dataclass, as peft's `LoraConfig` is for a tuner.
 
 Each field is one knob: its default, its help text and (for a closed set) its choices in `metadata`, and the
-roles the runs layer reads (`key`: "run" | "dense" | "never"; `omit_at_default`; `variant`: a report-row label
-template such as "{label}, window {value}/halving", with `variant_order`, its place in row ids). On the command
-line a field is the flag `prefix + name` (`GmpConfig.start` is `--gmp_start`) unless its metadata names another
-(`"flag": "prune_frequency"`). Python users build the config directly (`GmpConfig(start=0.1, end=0.8)`); the
-CLI builds it from the flags (`from_flags`). `validate()` names the bad value and the valid ones, in the words
-of whoever built it: the parameter (`start`) for a config built in Python, the flag (`--gmp_start`) for one
-built from flags.
+roles the runs layer reads (`key`: "run" | "dense" | "never"; `omit_at_default`; `dense_reset`; `variant`: a
+report-row label template such as "{label}, window {value}/halving", with `variant_order`, its place in row ids).
+On the command line a field is the flag `prefix + name` (`GmpConfig.start` is `--gmp_start`) unless its metadata
+names another (`"flag": "prune_frequency"`). Python users build the config directly (`GmpConfig(start=0.1,
+end=0.8)`); the CLI builds it from the flags (`from_flags`). `validate()` names the bad value and the valid ones,
+in the words of whoever built it: the parameter (`start`) for a config built in Python, the flag (`--gmp_start`)
+for one built from flags.
 """
 
 from __future__ import annotations

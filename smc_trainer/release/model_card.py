@@ -25,6 +25,7 @@ TASK_TYPES = {
     "arithmetic": ("text2text-generation", "Math word problems (equation generation)"),
     "protein": ("text-classification", "Protein property classification"),
     "translation": ("translation", "Translation"),
+    "causal_lm": ("text-generation", "Causal language model scored on SMC-Bench's tasks"),
 }
 # a model class's head -> the Hub's task type, for runs without a recipe (the Python API)
 HEAD_TASK_TYPES = {

@@ -22,6 +22,7 @@ from smc_trainer.runs.presets import given_flags, is_preset, load_preset, preset
 from smc_trainer.runs.recipes import Recipe, did_you_mean, load_recipe
 from smc_trainer.runs.run_config import RunConfig
 from smc_trainer.training.arguments import DataArguments, ModelArguments
+from smc_trainer.training.arguments.causal_lm import causal_lm_defaults
 from smc_trainer.training.arguments.plugin_arguments import arguments_class
 from smc_trainer.training.calibration_file import check_task_support
 
@@ -29,6 +30,7 @@ CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
 # argparse prints the usage above each of its errors: one line, not the hundreds of flags (--help lists them)
 USAGE = "run_smc.py [sweep | report | push] [--recipe NAME] [--sparse_method NAME] [FLAG VALUE ...] (--help: all flags)"
 DEFAULT_RECIPE = DataArguments.recipe
+CAUSAL_LM_TASK = "causal_lm"
 
 
 def make_parser(description: str | None = None, argv: list[str] | None = None) -> HfArgumentParser:
@@ -114,7 +116,19 @@ def parse_run_config(argv: list[str], description: str | None = None) -> RunConf
         raise UsageError(str(err)) from err
     if training_args.calibration_file is not None:  # the file itself was checked with the flags
         check_task_support(recipe.task)
+    check_causal_lm_flags(training_args, recipe)
     return RunConfig(model_args, data_args, training_args, recipe, flags=flags)
+
+
+def check_causal_lm_flags(training_args: Any, recipe: Recipe) -> None:
+    """The causal-LM flags (--torch_dtype, --perplexity_text, ...) off their defaults only for a causal_lm recipe:
+    another task would ignore them silently."""
+    if recipe.task == CAUSAL_LM_TASK:
+        return
+    changed = [name for name, default in causal_lm_defaults().items() if getattr(training_args, name) != default]
+    if changed:
+        raise UsageError(f"--{changed[0]} is a flag of the causal_lm task (the llm_* recipes); recipe {recipe.name!r} "
+                         f"is a {recipe.task} task, which does not read it: leave it out, or run an llm_* recipe")
 
 
 def check_method_name(name: str | None) -> None:

@@ -54,7 +54,6 @@ logger = logging.get_logger(__name__)
 def build_task(config: RunConfig):
     """Build the task bundle (model, data, metric) for `config`, seeded so the head init is reproducible."""
     from smc_trainer.tasks import get_task
-
     set_seed(config.training_args.seed)
     return get_task(config.recipe.task).build(config.model_args, config.data_args, config.training_args,
                                                config.recipe)
@@ -169,9 +168,12 @@ def fine_tune(
 
 def evaluate_split(trainer: SparseTrainer, bundle, split: str, dataset) -> dict[str, float]:
     """Metrics of one split; a dict of named subsets is evaluated subset by subset (`<split>_<name>_...`, with
-    the subset's `bundle.eval_kwargs`), then the task's `aggregate_metrics` may add the split's headline numbers."""
-    if isinstance(dataset, dict):
-        metrics: dict[str, float] = {}
+    the subset's `bundle.eval_kwargs`), then the task's `aggregate_metrics` may add the split's headline numbers.
+    A task with its own `bundle.evaluate` (causal LMs) evaluates the model as trained itself."""
+    metrics: dict[str, float] = {}
+    if bundle.evaluate is not None:
+        metrics.update(bundle.evaluate(trainer.model, dataset, split))
+    elif isinstance(dataset, dict):
         for name, subset in dataset.items():
             prefix = f"{split}_{name}"
             metrics.update(trainer.evaluate(subset, metric_key_prefix=prefix, **bundle.eval_kwargs.get(name, {})))

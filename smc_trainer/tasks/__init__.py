@@ -16,6 +16,7 @@ from smc_trainer.errors import UsageError
 
 TASK_FAMILIES = {
     "arithmetic": "smc_trainer.tasks.arithmetic",
+    "causal_lm": "smc_trainer.tasks.causal_lm",
     "multiple_choice": "smc_trainer.tasks.multiple_choice",
     "protein": "smc_trainer.tasks.protein",
     "quickstart": "smc_trainer.tasks.quickstart",
@@ -52,6 +53,12 @@ class TaskBundle:
     eval_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per named evaluation subset, extra keyword arguments for `trainer.evaluate` (e.g. a translation
     direction's generation kwargs: its target language's decoder start / forced BOS token)."""
+    evaluate: Callable[[Any, EvalSets, str], dict[str, float]] | None = None
+    """The task's own evaluation, called instead of `trainer.evaluate`: `evaluate(model, dataset, split)` gets the
+    model as trained (a PeftModel under `--peft lora`: the masked adapters' forward), a split's dataset (or dict of
+    named subsets) as the bundle holds it and the split's prefix (`eval` / `test`), and returns that split's metrics,
+    prefixed (`test_accuracy`, `test_perplexity`, ...). The causal-LM family scores choices and generations this
+    way, which no Trainer loss or logits expresses."""
 
 
 def task_names() -> list[str]:

@@ -106,11 +106,15 @@ def _load_local(path: str, split: str, cache_dir: str | None) -> Dataset:
     return load_dataset(builder, data_files={split: path}, cache_dir=cache_dir)[split]
 
 
-def load_model_and_tokenizer(model_args) -> tuple[Any, Any, str]:
-    """(model, tokenizer, description of where the weights came from) for `--model_name_or_path`."""
+def load_model_and_tokenizer(model_args, recipe=None) -> tuple[Any, Any, str]:
+    """(model, tokenizer, description of where the weights came from) for `--model_name_or_path`; a causal LM is
+    refused once its config is read, naming the recipe that scores it (`causal_lm.redirect`)."""
+    from smc_trainer.tasks.causal_lm.redirect import refuse_causal_lm
+
     name = checkpoint_name(model_args)
     with offline_hint(name):
         tokenizer, config = load_tokenizer_and_config(model_args)
+        refuse_causal_lm(config, model_args, recipe, "multiple_choice")
         if model_args.from_scratch:
             return AutoModelForMultipleChoice.from_config(config), tokenizer, f"{name} config, random weights"
         model = AutoModelForMultipleChoice.from_pretrained(name, config=config, **hub_kwargs(model_args))
@@ -262,7 +266,7 @@ def make_collator(tokenizer: Any, training_args) -> DataCollatorForMultipleChoic
 def build(model_args, data_args, training_args, recipe) -> TaskBundle:
     """Model, tokenized splits, collator and accuracy metric for a multiple-choice recipe."""
     calibration = load_calibration_file(training_args, model_args.cache_dir)  # before the model: errors first
-    model, tokenizer, source = load_model_and_tokenizer(model_args)
+    model, tokenizer, source = load_model_and_tokenizer(model_args, recipe)
     logger.info(f"multiple_choice: model {source}")
     raw = load_raw_splits(data_args, model_args, recipe)
     chance = recipe.chance_level if recipe is not None else None

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from transformers.utils import logging
 
 from smc_trainer.engine.criteria.base import CALIBRATION_MEMORY
-from smc_trainer.engine.targets import PruneTarget
+from smc_trainer.engine.targets import PruneTarget, plain_named_modules
 from smc_trainer.errors import UsageError
 
 logger = logging.get_logger(__name__)
@@ -51,8 +51,20 @@ class _BlockDone(Exception):
 
 
 def module_of(model: nn.Module, target: PruneTarget) -> nn.Module:
-    """The module that owns `target`'s weight."""
-    return model.get_submodule(target.name.rsplit(".", 1)[0]) if "." in target.name else model
+    """The module that owns `target`'s weight, found by its plain name through adapters: under `--peft lora` the
+    base layer inside the LoRA wrapper, whose input is the wrapper's (so a one-shot criterion calibrates the
+    PeftModel a LoRA recovery trains)."""
+    return plain_submodule(model, target.name.rsplit(".", 1)[0]) if "." in target.name else model
+
+
+def plain_submodule(model: nn.Module, name: str) -> nn.Module:
+    """`model.get_submodule(name)` for a plain (adapter-free) module name; a model without adapters directly."""
+    if not callable(getattr(model, "get_base_model", None)):
+        return model.get_submodule(name)
+    for plain, module in plain_named_modules(model):
+        if plain == name:
+            return module
+    raise AttributeError(f"{type(model).__name__} has no module {name!r} (seen through its adapters)")
 
 
 @dataclass
@@ -241,14 +253,14 @@ class HookCalibrator:
             if len(common) < 2 or not common[-1].isdigit():
                 break
             parent, index = ".".join(common[:-1]), int(common[-1])
-            if not isinstance(self.model.get_submodule(parent), nn.ModuleList):
+            if not isinstance(plain_submodule(self.model, parent), nn.ModuleList):
                 break
             if found and (parent != found[0][0] or index != found[-1][1] + 1):
                 break
             found.append((parent, index))
         if len(found) < 2:
             return []
-        layers = self.model.get_submodule(found[0][0])
+        layers = plain_submodule(self.model, found[0][0])
         return [layers[i] for _, i in found]
 
     def _capture_inputs(self, layer: nn.Module) -> list[_BlockInput]:

@@ -67,6 +67,12 @@ def _prepare_adapters(model: torch.nn.Module, args: SparseTrainingArguments) -> 
     return wrap_with_lora(model, args)
 
 
+def trains_no_steps(args: Any) -> bool:
+    """`--max_steps 0`, or no --max_steps and `--num_train_epochs 0` (the dense stage of a one-shot recipe: the
+    pretrained model as it is): the run prunes and evaluates without an optimizer step."""
+    return args.max_steps == 0 or (args.max_steps < 0 and args.num_train_epochs == 0)
+
+
 class SparseTrainer(Seq2SeqTrainer):
     """A Trainer that trains a sparse model with the method named by `args.sparse_method`.
 
@@ -383,7 +389,7 @@ class SparseTrainer(Seq2SeqTrainer):
 
     def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, **kwargs: Any):
         """`Trainer.train`, resuming only from complete checkpoints (True: the last complete one)."""
-        if self.args.max_steps == 0:  # Trainer would run one step (or the epochs) for max_steps 0
+        if trains_no_steps(self.args):  # Trainer would run one step (or the epochs) for max_steps 0
             return self.prune_without_training()
         resume = resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
         result = super().train(resume_from_checkpoint=resume, trial=trial, **kwargs)

@@ -230,7 +230,6 @@ def test_old_names_mean_exactly_the_method_with_the_criterion(tmp_path, alias, m
     ("omp_after", dict(criterion="wanda", calibration_samples=0), "calibration_samples"),
     ("omp_after", dict(distribution="owl"), "--criterion wanda or sparsegpt"),
     ("snip", dict(distribution="owl"), "--criterion wanda or sparsegpt"),
-    ("omp_after", dict(criterion="wanda", peft="lora"), "LoRA wraps"),
 ])
 def test_activation_criteria_refuse_invalid_pairs_at_parse_time(tmp_path, method, flags, needle):
     with pytest.raises(ValueError, match=needle):

@@ -75,7 +75,7 @@ def test_unknown_top_level_key_and_malformed_yaml(tmp_path):
     bad.write_text("task: [unclosed\n", encoding="utf-8")
     with pytest.raises(ValueError, match="not valid YAML"):
         load_recipe(str(bad))
-    families = "arithmetic, multiple_choice, protein, quickstart, translation"
+    families = "arithmetic, causal_lm, multiple_choice, protein, quickstart, translation"
     with pytest.raises(ValueError, match=f"task must be one of {families}; got 'translations'"):
         load_recipe(write_yaml(tmp_path / "t.yaml", {"task": "translations", "metric": "bleu"}))
 

@@ -48,7 +48,7 @@ def train_args(tmp_path) -> TrainingArguments:
 def test_registry_errors_list_valid_names():
     assert set(task_names()) >= {"multiple_choice", "quickstart"}
     assert hasattr(get_task("multiple_choice"), "build")
-    families = "arithmetic, multiple_choice, protein, quickstart, translation"
+    families = "arithmetic, causal_lm, multiple_choice, protein, quickstart, translation"
     with pytest.raises(ValueError, match=f"task must be one of {families}; got 'nope'"):
         get_task("nope")
 

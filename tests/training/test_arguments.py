@@ -202,7 +202,7 @@ def test_flag_groups_compose_in_order_each_flag_once():
               "GmpArguments", "DynamicArguments", "IterativeArguments",
               "OutputArguments", "LoraArguments", "SelectionArguments", "CriterionArguments",
               "ObertArguments", "DistillationArguments", "LrRewindArguments", "ArithmeticArguments",
-              "ExtensionArguments")
+              "CausalLmArguments", "ExtensionArguments")
     declared = [f.name for g in groups for f in dataclasses.fields(getattr(arguments_package, g))]
     assert len(declared) == len(set(declared))
     base = {f.name for f in dataclasses.fields(transformers.Seq2SeqTrainingArguments)}

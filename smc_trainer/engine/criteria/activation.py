@@ -4,7 +4,7 @@ checking that every target is a linear its hooks can see, Wanda scores per layer
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -12,7 +12,7 @@ from smc_trainer.engine.criteria.base import Calibrator, Criterion, ScoringView
 from smc_trainer.engine.distributions import outlier_ratio
 from smc_trainer.engine.oneshot import linear_view
 from smc_trainer.engine.oneshot.wanda import wanda_scores
-from smc_trainer.engine.targets import PruneTarget
+from smc_trainer.engine.targets import PruneTarget, plain_named_modules
 from smc_trainer.errors import UsageError
 
 LINEAR_TYPE_NAMES = ("Linear", "Conv1D")
@@ -22,8 +22,6 @@ class ActivationCriterion(Criterion):
     """Base of the criteria scored from calibration activations: masks (and, for SparseGPT, weights) in one shot."""
 
     needs = "calibration"
-    frozen_base_conflict: ClassVar[str | None] = (
-        "its calibration hooks read the inputs of plain Linear/Conv1D layers, which LoRA wraps (not supported yet)")
 
     @classmethod
     def validate_args(cls, args: Any) -> None:
@@ -43,8 +41,9 @@ class ActivationCriterion(Criterion):
             raise UsageError(f"--criterion {self.name} prunes in one shot; it cannot prune within an existing mask")
         model = getattr(view.calibrator, "model", None)
         if isinstance(model, nn.Module):
+            modules = dict(plain_named_modules(model))  # through adapters: a LoRA layer's base layer
             for t in view.targets:
-                module = model.get_submodule(t.name.rsplit(".", 1)[0])
+                module = modules[t.name.rsplit(".", 1)[0]]
                 if type(module).__name__ not in LINEAR_TYPE_NAMES:
                     raise UsageError(f"--criterion {self.name}: {t.name} belongs to a {type(module).__name__}, not a "
                                      f"Linear or Conv1D; {self.name} prunes linear layers only. Leave it out with "

@@ -37,7 +37,7 @@ class SparseGptConfig(HyperParameters):
     dampening: float = field(default=0.01, metadata={
         "help": "SparseGPT: Hessian dampening, a fraction of its mean diagonal (paper: 0.01)."})
     memory: str = field(default="block", metadata={
-        "flag": "calibration_memory", "choices": CALIBRATION_MEMORY, "key": "never",
+        "flag": "calibration_memory", "choices": CALIBRATION_MEMORY, "key": "never", "dense_reset": True,
         "help": "SparseGPT: block (default) collects one block's (transformer layer's) Hessians per forward pass, so "
                 "memory holds that block's Hessians; layer collects one Hessian per pass (q, k, v share one), holding "
                 "only one at a time at the cost of one pass per layer group instead of one per block. Masks and "

@@ -58,7 +58,7 @@ def build(model_args, data_args, training_args, recipe) -> TaskBundle:
     raw = load_raw_splits(data_args, model_args, recipe, columns)  # data errors surface before any model download
     calibration = load_calibration_file(getattr(training_args, "calibration_file", None), model_args.cache_dir,
                                         columns)
-    model, tokenizer, source = load_model_and_tokenizer(model_args, data_args, training_args, raw)
+    model, tokenizer, source = load_model_and_tokenizer(model_args, data_args, training_args, raw, recipe)
     logger.info(f"arithmetic: model {source}")
     chance = recipe.chance_level if recipe is not None else None
     if is_seq2seq(model.config):

@@ -67,13 +67,16 @@ def check_decoding_flags(name: str, config: Any, training_args) -> None:
 
 
 def load_model_and_tokenizer(model_args, data_args, training_args,
-                             raw: dict[str, Dataset | None]) -> tuple[Any, Any, str]:
+                             raw: dict[str, Dataset | None], recipe=None) -> tuple[Any, Any, str]:
     """(model, fast tokenizer, where the weights came from): GTS over an encoder, or an encoder-decoder model
-    (`seq2seq`); errors name the id and the local-folder flag."""
+    (`seq2seq`); errors name the id and the local-folder flag, and a causal LM's the recipe that scores it."""
+    from smc_trainer.tasks.causal_lm.redirect import refuse_causal_lm
+
     name, common = checkpoint_name(model_args), hub_kwargs(model_args)
     with offline_hint(name, "a local folder with the encoder's config, weights and tokenizer as "
                       "--model_name_or_path (and the data as --data_dir)"):
         tokenizer, config = load_tokenizer_and_config(model_args)
+        refuse_causal_lm(config, model_args, recipe, "arithmetic")
         check_decoding_flags(name, config, training_args)  # before any weights load
         if is_seq2seq(config):
             if model_args.from_scratch:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable
 
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from torch import nn
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 from transformers.pytorch_utils import Conv1D
 from transformers.utils import logging
 
@@ -95,16 +96,25 @@ def lora_target_modules(model: nn.Module, args) -> list[str]:
     return chosen
 
 
+def is_causal_lm_model(model: nn.Module) -> bool:
+    """A transformers causal LM (`AutoModelForCausalLM`'s classes: LlamaForCausalLM, GPT2LMHeadModel, ...)."""
+    return type(unwrap_adapters(model)).__name__ in set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+
+
 def lora_config_for(model: nn.Module, args) -> LoraConfig:
-    """The `LoraConfig` of `--lora_r/--lora_alpha/--lora_dropout/--lora_target_modules/--sparse_adapter`."""
+    """The `LoraConfig` of `--lora_r/--lora_alpha/--lora_dropout/--lora_target_modules/--sparse_adapter`; a causal
+    LM gets peft's CAUSAL_LM task type (a `PeftModelForCausalLM`, whose `generate` the scorers use) and a frozen
+    language-model head."""
     targets = lora_target_modules(model, args)
     linears = _plain_linears(model)
     kinds = {type(linears[t]) is Conv1D for t in targets}
     if len(kinds) > 1:
         raise UsageError("--lora_target_modules mixes Conv1D and Linear modules; target one kind per run")
+    causal = is_causal_lm_model(model)
+    # a causal LM's head is its language-model head (vocabulary x hidden): frozen, as LoRA recovery of LLMs does
     config = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
-                        target_modules=targets, modules_to_save=head_modules(model) or None,
-                        fan_in_fan_out=kinds == {True})
+                        target_modules=targets, modules_to_save=None if causal else head_modules(model) or None,
+                        fan_in_fan_out=kinds == {True}, task_type=TaskType.CAUSAL_LM if causal else None)
     return sparse_lora_config(config) if args.sparse_adapter else config
 
 

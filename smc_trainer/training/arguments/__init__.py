@@ -5,7 +5,8 @@
 `SparseTrainingArguments` extends `transformers.TrainingArguments` with every sparse flag, so a
 user (or a recipe YAML) configures training and sparsity in one place. The flags are grouped by concern
 into mixin dataclasses, one module each (method and prunable set, one-shot and N:M, schedules, outputs,
-LoRA, criterion, distillation, LR rewinding, extensions), with the checks of their values beside them.
+LoRA, criterion, distillation, LR rewinding, arithmetic, causal LM, extensions), with the checks of their values
+beside them.
 A check may read other groups' fields (and TrainingArguments') through `self`: the mixins are built only as
 parts of `SparseTrainingArguments`.
 Validation runs in `__post_init__`, before any model download or training starts.
@@ -21,6 +22,7 @@ from transformers import Seq2SeqTrainingArguments
 from smc_trainer.engine.hyperparameters import HyperParameters
 from smc_trainer.errors import UsageError
 from smc_trainer.training.arguments.arithmetic import ARITHMETIC_MODELS, ArithmeticArguments
+from smc_trainer.training.arguments.causal_lm import LLM_TASKS, TORCH_DTYPES, CausalLmArguments
 from smc_trainer.training.arguments.criterion import CriterionArguments, ObertArguments
 from smc_trainer.training.arguments.distillation import DISTILL_SOURCES, DistillationArguments
 from smc_trainer.training.arguments.extensions import ExtensionArguments
@@ -46,8 +48,9 @@ from smc_trainer.training.parallel import check_parallel_support
 from smc_trainer.training.task_arguments import DataArguments, ModelArguments
 
 # the flag groups and, as before the split, the choices, lora_defaults and check_peft_flags
-__all__ = ["ADAPTER_GRADIENTS", "ARITHMETIC_MODELS", "DISTILL_SOURCES", "DISTRIBUTIONS", "LORA_RELEASES",
-           "PEFT_CHOICES", "SELECT_ON", "ArithmeticArguments", "CriterionArguments", "DataArguments",
+__all__ = ["ADAPTER_GRADIENTS", "ARITHMETIC_MODELS", "DISTILL_SOURCES", "DISTRIBUTIONS", "LLM_TASKS", "LORA_RELEASES",
+           "PEFT_CHOICES", "SELECT_ON", "TORCH_DTYPES", "ArithmeticArguments", "CausalLmArguments",
+           "CriterionArguments", "DataArguments",
            "DistillationArguments", "DynamicArguments", "ExtensionArguments", "GmpArguments", "ImpArguments",
            "IterativeArguments", "LoraArguments", "LrRewindArguments", "MethodArguments", "ModelArguments",
            "ObertArguments", "OneShotArguments", "OutputArguments", "SelectionArguments", "SnipArguments",
@@ -60,6 +63,7 @@ __all__ = ["ADAPTER_GRADIENTS", "ARITHMETIC_MODELS", "DISTILL_SOURCES", "DISTRIB
 @dataclass
 class SparseTrainingArguments(
     ExtensionArguments,
+    CausalLmArguments,
     ArithmeticArguments,
     LrRewindArguments,
     DistillationArguments,
@@ -152,6 +156,7 @@ class SparseTrainingArguments(
         self.validate_training_variants(method)
         check_peft_flags(self)
         self._check_arithmetic_model()
+        self._check_causal_lm_flags()
         check_parallel_support(self)  # FSDP / DeepSpeed with a sparse method: refused before any model loads
 
     def validate_training_variants(self, method) -> None:

@@ -26,7 +26,8 @@ def flag_mixin(config: type[HyperParameters], name: str | None = None, *, module
         meta = knob.metadata
         spec = field(default=knob.default, default_factory=knob.default_factory,
                      metadata={key: meta[key] for key in PARSER_METADATA if key in meta})
-        declare(spec, key=meta.get("key", "run"), omit_at_default=omit_at_default or meta.get("omit_at_default", False))
+        declare(spec, key=meta.get("key", "run"), omit_at_default=omit_at_default or meta.get("omit_at_default", False),
+                dense_reset=meta.get("dense_reset", False))
         specs.append((config.flag_of(knob.name), types[knob.name], spec))
     cls = make_dataclass(name or config.__name__.removesuffix("Config") + "Arguments", specs)
     cls.__module__ = module or config.__module__
