@@ -201,7 +201,8 @@ def test_flag_groups_compose_in_order_each_flag_once():
     groups = ("MethodArguments", "SnipArguments", "OneShotArguments", "WandaArguments", "SparseGptArguments",
               "GmpArguments", "DynamicArguments", "IterativeArguments",
               "OutputArguments", "LoraArguments", "SelectionArguments", "CriterionArguments",
-              "ObertArguments", "DistillationArguments", "LrRewindArguments", "ArithmeticArguments",
+              "ObertArguments", "DistillationArguments", "LrRewindArguments", "ArithmeticArguments", "ProteinArguments",
+              "TranslationArguments",
               "ExtensionArguments")
     declared = [f.name for g in groups for f in dataclasses.fields(getattr(arguments_package, g))]
     assert len(declared) == len(set(declared))
