@@ -23,6 +23,7 @@ from smc_trainer.runs.recipes import Recipe, did_you_mean, load_recipe
 from smc_trainer.runs.run_config import RunConfig
 from smc_trainer.training.arguments import DataArguments, ModelArguments
 from smc_trainer.training.arguments.plugin_arguments import arguments_class
+from smc_trainer.training.arguments.renamed import canonical_argv, canonical_values
 from smc_trainer.training.calibration_file import check_task_support
 
 CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
@@ -67,11 +68,13 @@ def is_config_file(argv: list[str]) -> bool:
 def parse_run_config(argv: list[str], description: str | None = None) -> RunConfig:
     """Flags (or one config file) over recipe defaults over dataclass defaults, plus the recipe itself."""
     load_plugins_of(argv)  # a plugin's method or criterion is a valid name below, its flags are flags
+    argv = canonical_argv(argv)  # a renamed flag's former name (--init_method) warns once and reads as the new one
     parser = make_parser(description)
     file_values: dict[str, Any] = {}
     if is_config_file(argv):
         file_values = read_config_file(argv[0])
         load_plugins(file_values.get("plugins"))
+        file_values = canonical_values(file_values, f"config file {argv[0]}")
         parser = make_parser(description)  # with the flags of the file's plugins
         dests = [a.dest for a in parser._actions]
         unknown = sorted(set(file_values) - set(dests))
