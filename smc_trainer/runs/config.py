@@ -18,6 +18,7 @@ from smc_trainer.errors import MissingFileError, UsageError
 from smc_trainer.methods import get_method_class, method_names
 from smc_trainer.plugins import load_plugins
 from smc_trainer.release.provenance import override_flags
+from smc_trainer.runs.help_groups import group_flags
 from smc_trainer.runs.presets import given_flags, is_preset, load_preset, preset_names
 from smc_trainer.runs.recipes import Recipe, did_you_mean, load_recipe
 from smc_trainer.runs.run_config import RunConfig
@@ -28,7 +29,8 @@ from smc_trainer.training.calibration_file import check_task_support
 
 CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
 # argparse prints the usage above each of its errors: one line, not the hundreds of flags (--help lists them)
-USAGE = "run_smc.py [sweep | report | push] [--recipe NAME] [--sparse_method NAME] [FLAG VALUE ...] (--help: all flags)"
+USAGE = ("run_smc.py [sweep | report | push] [--recipe NAME] [--sparse_method NAME] [FLAG VALUE ...] "
+         "(--help: the flags; --help-all: every TrainingArguments flag too)")
 DEFAULT_RECIPE = DataArguments.recipe
 
 
@@ -37,8 +39,10 @@ def make_parser(description: str | None = None, argv: list[str] | None = None) -
     criterion's config, the plugins' too (those named by `--plugins` in `argv` are loaded first)."""
     if argv is not None:
         load_plugins_of(argv)
-    return HfArgumentParser((ModelArguments, DataArguments, arguments_class()), description=description,
-                            prog="run_smc.py", usage=USAGE)
+    types = [ModelArguments, DataArguments, arguments_class()]
+    parser = HfArgumentParser(types, description=description, prog="run_smc.py", usage=USAGE)
+    group_flags(parser, types)  # --help by method and axis; --help-all adds every TrainingArguments flag
+    return parser
 
 
 def load_plugins_of(argv: list[str]) -> None:

@@ -7,11 +7,14 @@ sparsity flags; both are parsed together by `HfArgumentParser` and reach `--help
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 
 @dataclass
 class ModelArguments:
     """Which checkpoint to start from and how to load it."""
+
+    help_group: ClassVar[str] = "Model (checkpoint and loading)"
 
     model_name_or_path: str | None = field(
         default=None,
@@ -34,6 +37,8 @@ class ModelArguments:
 @dataclass
 class DataArguments:
     """Which benchmark row (recipe) to run and which data to feed it."""
+
+    help_group: ClassVar[str] = "Recipe and data"
 
     recipe: str = field(
         default="quickstart",
