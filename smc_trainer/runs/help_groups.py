@@ -16,7 +16,7 @@ from typing import Any
 TRAINING_GROUP = "Training (transformers TrainingArguments)"
 # TrainingArguments' flags that `--help` keeps in view; `--help-all` shows the other ones
 COMMON_TRAINING_FLAGS = (
-    "output_dir", "overwrite_output_dir", "learning_rate", "num_train_epochs", "max_steps",
+    "output_dir", "learning_rate", "num_train_epochs", "max_steps",
     "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "warmup_steps",
     "weight_decay", "seed", "fp16", "bf16", "use_cpu", "eval_strategy", "save_strategy", "logging_steps",
     "report_to", "resume_from_checkpoint", "push_to_hub", "hub_model_id",
