@@ -1,7 +1,9 @@
 """The model and data flags: which checkpoint a run starts from and which data it reads, for every task family.
 
 Kept apart from `SparseTrainingArguments` (`smc_trainer.training.arguments`), which holds the training and
-sparsity flags; both are parsed together by `HfArgumentParser` and reach `--help` the same way.
+sparsity flags, the task models' settings among them (GTS's sizes, the protein head's learning rate, the
+translation dropouts: `ArithmeticArguments`, `ProteinArguments`, `TranslationArguments`); both are parsed together
+by `HfArgumentParser` and reach `--help` the same way, each group under its title (`help_group`).
 """
 
 from __future__ import annotations

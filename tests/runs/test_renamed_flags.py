@@ -102,3 +102,15 @@ def test_task_model_settings_are_keyed_with_the_data_flags(tmp_path):
              "translation_attention_dropout": None}
     assert {name: dense["data"][name] for name in moved} == moved
     assert not set(moved) & set(dense["training"])
+
+
+def test_a_config_file_may_use_a_former_name(tmp_path):
+    from smc_trainer.runs.config import parse_run_config
+
+    path = tmp_path / "run.yaml"
+    path.write_text(f"recipe: quickstart\nsparse_method: rigl\nsparsity: 0.5\ninit_method: snip\n"
+                    f"output_dir: {tmp_path / 'out'}\n", encoding="utf-8")
+    config = parse_run_config([str(path)])
+    assert config.training_args.rigl_init_method == "snip"
+    flags = quickstart_config(tmp_path, "rigl", 0.5, "--rigl_init_method", "snip", seed=config.training_args.seed)
+    assert run_key(config) == run_key(flags)
