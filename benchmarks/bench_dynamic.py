@@ -50,8 +50,8 @@ class StopAfter(TrainerCallback):
 def method_flags(method: str, interval: int) -> dict:
     if method == "gmp":
         return dict(sparse_method="gmp", sparsity=0.5, prune_frequency=interval, gmp_start=0.0, gmp_end=1.0)
-    return dict(sparse_method=method, sparsity=0.5, update_interval=interval, drop_fraction=0.3, update_end=1.0,
-                init_method="omp_before")
+    return dict(sparse_method=method, sparsity=0.5, rigl_update_interval=interval, rigl_drop_fraction=0.3,
+                rigl_update_end=1.0, rigl_init_method="omp_before")
 
 
 def prepared_trainer(method: str, interval: int, events: int, warmup: int, out_dir: str):

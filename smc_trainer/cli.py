@@ -178,12 +178,13 @@ def sweep_command(argv: list[str]) -> dict[str, float]:
     """`run_smc.py sweep`: the sweep's own flags, then any run flag applied to every run."""
     from smc_trainer.runs.config import make_parser
     from smc_trainer.runs.executors import ExecutorArguments
+    from smc_trainer.runs.help_groups import print_help
     from smc_trainer.runs.sweep import SweepArguments, run_sweep
 
-    if "-h" in argv or "--help" in argv:
+    if "-h" in argv or "--help" in argv or "--help-all" in argv:
         HfArgumentParser((SweepArguments, ExecutorArguments),
                          description="Sweep flags (any run flag may follow):").print_help()
-        make_parser(argv=argv).print_help()
+        print_help(make_parser(argv=argv), full="--help-all" in argv)
         return {}
     parser = HfArgumentParser((SweepArguments, ExecutorArguments))
     sweep_args, executor_args, run_argv = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)

@@ -12,7 +12,6 @@ import argparse
 import ast
 import dataclasses
 import inspect
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -54,17 +53,6 @@ def _table(title: str, doc: str, rows: list[str]) -> list[str]:
     return [f"## {title}", "", doc, "", "| flag | default | meaning |", "| --- | --- | --- |", *rows, ""]
 
 
-_WORDS = {"Gmp": "GMP", "Lora": "LoRA", "Lr": "LR", "One": "One-", "Shot": "shot"}
-
-
-def _title(camel: str) -> str:
-    """"LrRewind" -> "LR rewind", "OneShot" -> "One-shot"."""
-    words = [_WORDS.get(w, w) for w in re.findall(r"[A-Z][a-z]*", camel)]
-    text = words[0] + "".join(w if words[i].endswith("-") else " " + (w if w.isupper() or w == "LoRA" else w.lower())
-                              for i, w in enumerate(words[1:]))
-    return text
-
-
 def _first_paragraph(obj: Any) -> str:
     doc = inspect.getdoc(obj) or ""
     return " ".join(doc.split("\n\n")[0].split())
@@ -86,21 +74,22 @@ def flags_markdown() -> str:
 
     base = {f.name for f in dataclasses.fields(Seq2SeqTrainingArguments)}
     lines = ["# Flags", "", GENERATED, "",
-             "`python run_smc.py --help` lists every flag, `TrainingArguments`' own included (they all work). "
+             "`python run_smc.py --help` lists the flags by method and axis, in the groups below, and the most used "
+             "of `TrainingArguments`' own; `--help-all` lists every one of those too (they all work). "
              "Below: the flags this package adds, by group, with their defaults and choices. A flag with closed "
              "choices refuses any other value with one `run_smc.py: error:` line; every other bad value is "
              "refused the same way before any download or training, naming the flag, the value and the valid "
              "ones. A plugin's method or criterion brings its own flags (`--plugins FILE --help` lists them; "
              "[extending.md](extending.md)).", ""]
-    lines += _table("Task, model and data", _first_paragraph(DataArguments), _flag_rows(DataArguments))
-    lines += _table("Model loading", _first_paragraph(ModelArguments), _flag_rows(ModelArguments))
+    lines += _table(DataArguments.help_group, _first_paragraph(DataArguments), _flag_rows(DataArguments))
+    lines += _table(ModelArguments.help_group, _first_paragraph(ModelArguments), _flag_rows(ModelArguments))
     seen = set(base)
     groups = [b for b in reversed(SparseTrainingArguments.__mro__) if dataclasses.is_dataclass(b)
               and b.__module__.startswith("smc_trainer.training.arguments") and b is not SparseTrainingArguments]
     for group in groups:
         names = {f.name for f in dataclasses.fields(group)} - seen
         seen |= names
-        title = _title(group.__name__.removesuffix("Arguments"))
+        title = group.__dict__.get("help_group") or group.__name__  # the group's title in --help
         config = getattr(group, "config_class", None)
         doc = _first_paragraph(config or group)
         if config is not None:

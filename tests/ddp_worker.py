@@ -44,12 +44,12 @@ KD_SCALE = dict(sparse_method="omp_before", distill_teacher="dense", distill_har
                 max_steps=1, optim="sgd", learning_rate=0.5, weight_decay=0.0, max_grad_norm=0.0, warmup_steps=0,
                 lr_scheduler_type="constant")
 # every trainer case: 6 optimizer steps of 2 micro-batches of 4 examples per process
-COMMON = dict(max_steps=6, per_device_train_batch_size=4, gradient_accumulation_steps=2, update_interval=2,
-              prune_frequency=1, gmp_start=0.0, gmp_end=1.0, snip_batches=2, drop_fraction=0.5)
+COMMON = dict(max_steps=6, per_device_train_batch_size=4, gradient_accumulation_steps=2, rigl_update_interval=2,
+              prune_frequency=1, gmp_start=0.0, gmp_end=1.0, snip_batches=2, rigl_drop_fraction=0.5)
 TRAINER_CASES: dict[str, dict] = {
-    "rigl": dict(sparse_method="rigl", init_method="random_before"),
-    "rigl_snip": dict(sparse_method="rigl", init_method="snip"),
-    "set": dict(sparse_method="set", init_method="omp_before"),
+    "rigl": dict(sparse_method="rigl", rigl_init_method="random_before"),
+    "rigl_snip": dict(sparse_method="rigl", rigl_init_method="snip"),
+    "set": dict(sparse_method="set", rigl_init_method="omp_before"),
     "gmp": dict(sparse_method="gmp"),
     "random_before": dict(sparse_method="random_before"),
     "snip": dict(sparse_method="snip"),

@@ -68,8 +68,8 @@ def sparse_args(output_dir, method: str, sparsity: float, **overrides) -> Sparse
     kw = dict(
         output_dir=str(output_dir), sparse_method=method, sparsity=sparsity, max_steps=8,
         per_device_train_batch_size=8, gradient_accumulation_steps=2, learning_rate=5e-3, weight_decay=0.1,
-        max_grad_norm=1.0, prune_frequency=2, gmp_start=0.0, gmp_end=0.5, update_interval=2, report_to="none",
-        save_strategy="no", use_cpu=True, logging_steps=1000, disable_tqdm=True, seed=0, init_method="omp_before",
+        max_grad_norm=1.0, prune_frequency=2, gmp_start=0.0, gmp_end=0.5, rigl_update_interval=2, report_to="none",
+        save_strategy="no", use_cpu=True, logging_steps=1000, disable_tqdm=True, seed=0, rigl_init_method="omp_before",
     )
     kw.update(method_flags(method, overrides.get("criterion")))
     kw.update(overrides)

@@ -29,6 +29,11 @@ class HyperParameters:
 
     prefix: ClassVar[str] = ""
     """Prepended to each field's name to make its flag (`gmp_` + `start` = `--gmp_start`)."""
+    former_prefix: ClassVar[str | None] = None
+    """The prefix the flags had before `prefix` was given them (None: never renamed). Each former flag stays a
+    deprecated alias (`--init_method` for `--rigl_init_method`), and keys and report rows keep its name."""
+    title: ClassVar[str] = ""
+    """The flags' group title in `--help` ("GMP (gradual magnitude pruning)"); empty: the class name's stem."""
 
     @classmethod
     def fields(cls) -> tuple[dataclasses.Field, ...]:
@@ -39,6 +44,13 @@ class HyperParameters:
         """The command-line name of field `name` (without the dashes)."""
         spec = cls.__dataclass_fields__[name]
         return spec.metadata.get("flag", cls.prefix + name)
+
+    @classmethod
+    def former_flag_of(cls, name: str) -> str | None:
+        """The flag field `name` had before the config's flags were renamed (None: the flag was never renamed)."""
+        if cls.former_prefix is None or "flag" in cls.__dataclass_fields__[name].metadata:
+            return None
+        return cls.former_prefix + name
 
     @classmethod
     def flags(cls) -> dict[str, str]:

@@ -24,6 +24,8 @@ from smc_trainer.methods.base import SparseContext, SparseMethod, register_metho
 class GmpConfig(HyperParameters):
     """GMP's pruning window, its events, and GMP*'s large first step and sparsity-scaled window."""
 
+    title = "GMP (gradual magnitude pruning)"
+
     prefix = "gmp_"
 
     start: float = field(default=0.1, metadata={

@@ -88,6 +88,8 @@ def round_changes(sparsity: float, rate: float, pattern: NMPattern | None) -> di
 class ImpConfig(HyperParameters):
     """Iterative magnitude pruning's knob: the fraction of the remaining weights each round removes."""
 
+    title = "LTH / LRR (iterative magnitude pruning)"
+
     prefix = "imp_"
 
     rate: float = field(default=0.2, metadata={

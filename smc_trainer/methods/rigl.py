@@ -1,11 +1,14 @@
 """`rigl` and `set`: dynamic sparse training with a fixed per-layer budget.
 
-Every `--update_interval` optimizer steps until `--update_end`, each layer drops the `round(f_t *
+Every `--rigl_update_interval` optimizer steps until `--rigl_update_end`, each layer drops the `round(f_t *
 nnz)` smallest-magnitude kept weights and regrows as many inactive positions: by the magnitude of
-the dense gradient (RigL) or at random (SET). `f_t` decays from `--drop_fraction` by a cosine (to
-`--drop_fraction_floor`: 0, or the official code's 0.005). Grown weights start at zero with zero
+the dense gradient (RigL) or at random (SET). `f_t` decays from `--rigl_drop_fraction` by a cosine (to
+`--rigl_drop_fraction_floor`: 0, or the official code's 0.005). Grown weights start at zero with zero
 optimizer state; a weight dropped and regrown in the same update keeps its value. The initial mask
-comes from `--init_method` (omp_before, random_before or snip), giving the paper's "X+RigL" rows.
+comes from `--rigl_init_method` (omp_before, random_before or snip), giving the paper's "X+RigL" rows.
+
+The flags were named without the `rigl_` prefix before (`--init_method`, ...): those names stay deprecated
+aliases, and keys and report rows keep them (`rigl:init_method=snip`), so ledgers and caches stay valid.
 """
 
 from __future__ import annotations
@@ -36,7 +39,11 @@ SET_GROWTH_STREAM = 0x534554
 
 @dataclass
 class DynamicConfig(HyperParameters):
-    """RigL/SET: mask updates during training and the initial mask (flags named as the fields)."""
+    """RigL/SET: mask updates during training and the initial mask (flags `--rigl_<field>`)."""
+
+    prefix = "rigl_"
+    former_prefix = ""  # --update_interval, --drop_fraction, ... before the prefix: deprecated aliases
+    title = "RigL / SET (dynamic sparse training: drop and grow)"
 
     update_interval: int = field(default=100, metadata={
         "help": "RigL/SET: optimizer steps between mask updates (paper: GMP's frequency)."})
@@ -45,8 +52,8 @@ class DynamicConfig(HyperParameters):
     update_end: float = field(default=1.0, metadata={
         "help": "RigL/SET: fraction of training steps after which the mask is frozen."})
     drop_fraction_floor: float = field(default=0.0, metadata={
-        "help": "RigL/SET: the value the cosine decay of --drop_fraction ends at (0, as RigL; the official SMC-Bench "
-                "code: 0.005)."})
+        "help": "RigL/SET: the value the cosine decay of --rigl_drop_fraction ends at (0, as RigL; the official "
+                "SMC-Bench code: 0.005)."})
     init_method: str = field(default="omp_before", metadata={
         "choices": INIT_METHODS,
         "help": "RigL/SET: method giving the initial mask: omp_before, random_before or snip."})
@@ -69,7 +76,7 @@ class RigL(SparseMethod):
     phase = "dynamic"
     order = 30
     pattern_refusal = "drop-and-grow moves weights between groups of M"
-    default_criterion = "magnitude"  # the drop step; the initial mask's score is --init_method's
+    default_criterion = "magnitude"  # the drop step; the initial mask's score is --rigl_init_method's
     accepts_criterion = False
     frozen_base_conflict = ("RigL/SET grow pruned weights back from zero and train them; in a frozen base a grown "
                             "weight gets no gradient (RigL's growth score) and stays zero (use gmp)")
@@ -82,7 +89,7 @@ class RigL(SparseMethod):
         from smc_trainer.methods import get_method_class
 
         self.init = init if init is not None else get_method_class(self.config.init_method)(sparsity=self.sparsity)
-        """The method of the initial mask (--init_method: omp_before, random_before, snip)."""
+        """The method of the initial mask (--rigl_init_method: omp_before, random_before, snip)."""
         self._grad_scores: dict[str, Tensor] | None = None
 
     @classmethod
@@ -100,7 +107,7 @@ class RigL(SparseMethod):
         (SNIP's batches)."""
         from smc_trainer.methods import get_method_class
 
-        init = get_method_class(args.init_method)
+        init = get_method_class(args.rigl_init_method)
         init.validate_config(args)
         init.validate_args(args)
         init.validate_criterion(args)

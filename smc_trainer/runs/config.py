@@ -18,17 +18,20 @@ from smc_trainer.errors import MissingFileError, UsageError
 from smc_trainer.methods import get_method_class, method_names
 from smc_trainer.plugins import load_plugins
 from smc_trainer.release.provenance import override_flags
+from smc_trainer.runs.help_groups import group_flags
 from smc_trainer.runs.presets import given_flags, is_preset, load_preset, preset_names
 from smc_trainer.runs.recipes import Recipe, did_you_mean, load_recipe
 from smc_trainer.runs.run_config import RunConfig
 from smc_trainer.training.arguments import DataArguments, ModelArguments
 from smc_trainer.training.arguments.causal_lm import causal_lm_defaults
 from smc_trainer.training.arguments.plugin_arguments import arguments_class
+from smc_trainer.training.arguments.renamed import canonical_argv, canonical_values
 from smc_trainer.training.calibration_file import check_task_support
 
 CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
 # argparse prints the usage above each of its errors: one line, not the hundreds of flags (--help lists them)
-USAGE = "run_smc.py [sweep | report | push] [--recipe NAME] [--sparse_method NAME] [FLAG VALUE ...] (--help: all flags)"
+USAGE = ("run_smc.py [sweep | report | push] [--recipe NAME] [--sparse_method NAME] [FLAG VALUE ...] "
+         "(--help: the flags; --help-all: every TrainingArguments flag too)")
 DEFAULT_RECIPE = DataArguments.recipe
 CAUSAL_LM_TASK = "causal_lm"
 
@@ -38,8 +41,10 @@ def make_parser(description: str | None = None, argv: list[str] | None = None) -
     criterion's config, the plugins' too (those named by `--plugins` in `argv` are loaded first)."""
     if argv is not None:
         load_plugins_of(argv)
-    return HfArgumentParser((ModelArguments, DataArguments, arguments_class()), description=description,
-                            prog="run_smc.py", usage=USAGE)
+    types = [ModelArguments, DataArguments, arguments_class()]
+    parser = HfArgumentParser(types, description=description, prog="run_smc.py", usage=USAGE)
+    group_flags(parser, types)  # --help by method and axis; --help-all adds every TrainingArguments flag
+    return parser
 
 
 def load_plugins_of(argv: list[str]) -> None:
@@ -69,11 +74,13 @@ def is_config_file(argv: list[str]) -> bool:
 def parse_run_config(argv: list[str], description: str | None = None) -> RunConfig:
     """Flags (or one config file) over recipe defaults over dataclass defaults, plus the recipe itself."""
     load_plugins_of(argv)  # a plugin's method or criterion is a valid name below, its flags are flags
+    argv = canonical_argv(argv)  # a renamed flag's former name (--init_method) warns once and reads as the new one
     parser = make_parser(description)
     file_values: dict[str, Any] = {}
     if is_config_file(argv):
         file_values = read_config_file(argv[0])
         load_plugins(file_values.get("plugins"))
+        file_values = canonical_values(file_values, f"config file {argv[0]}")
         parser = make_parser(description)  # with the flags of the file's plugins
         dests = [a.dest for a in parser._actions]
         unknown = sorted(set(file_values) - set(dests))

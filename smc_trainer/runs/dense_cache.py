@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from transformers.utils import logging
 
-from smc_trainer.training.arguments.roles import defaults_where, names_where
+from smc_trainer.training.arguments.roles import defaults_where, key_names, names_where
 from smc_trainer.training.parallel import decided_by_main, wait_for_all
 from smc_trainer.version import __version__
 
@@ -64,16 +64,20 @@ def config_fingerprint(config: RunConfig, *, include_sparse: bool = False) -> di
     """The JSON-able description of a run that cache keys and ledger keys are hashed from."""
     training = config.training_args.to_dict()
     cls = type(config.training_args)  # with a plugin's flags, a subclass (training.arguments.generated)
+    # the task-model settings are keyed with the data flags, where they were declared when keys were first written
+    data = {**dataclasses.asdict(config.data_args), **{k: training.pop(k) for k in names_where(cls, section="data")}}
     skip = _volatile(cls) | (set() if include_sparse else _sparse_fields(cls))
     training = {k: v for k, v in training.items() if k not in skip and not k.startswith("_")}
     omitted = _omitted_defaults(cls)
     training = {k: v for k, v in training.items() if k not in omitted or v != omitted[k]}
+    renamed = key_names(cls)  # a renamed flag keeps its former name in keys
+    training = {renamed.get(k, k): v for k, v in training.items()}
     return {
         "recipe": config.recipe.name,
-        "recipe_args": config.recipe.args,
+        "recipe_args": {renamed.get(k, k): v for k, v in config.recipe.args.items()},
         "task": config.recipe.task,
         "model": dataclasses.asdict(config.model_args),
-        "data": dataclasses.asdict(config.data_args),
+        "data": data,
         "training": training,
         "smc_trainer": ".".join(__version__.split(".")[:2]),
     }

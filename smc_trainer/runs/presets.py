@@ -57,7 +57,9 @@ def load_preset(name: str) -> Preset:
         raise UsageError(f"preset {path}: args.sparse_method must be one of {', '.join(method_names())}; "
                          f"got {args.get('sparse_method')!r}")
     from smc_trainer.training.arguments import SparseTrainingArguments
+    from smc_trainer.training.arguments.renamed import canonical_values
 
+    args = canonical_values(args, f"preset {path}")
     known = {f.name for f in dataclasses.fields(SparseTrainingArguments) if f.init}
     unknown = sorted(set(args) - known)
     if unknown:

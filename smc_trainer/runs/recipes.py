@@ -83,6 +83,9 @@ def load_recipe(name_or_path: str) -> Recipe:
     recipe = recipe_from_dict(data, name=path.stem, path=str(path))
     if recipe.task not in task_names():
         raise UsageError(f"recipe {path}: task must be one of {', '.join(task_names())}; got {recipe.task!r}")
+    from smc_trainer.training.arguments.renamed import canonical_values
+
+    recipe.args = canonical_values(recipe.args, f"recipe {path}")  # a renamed flag's former name warns once
     check_recipe_args(recipe)
     return recipe
 

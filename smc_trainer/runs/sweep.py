@@ -41,6 +41,7 @@ from smc_trainer.runs.variants import (
     parse_method_specs,
     row_id,
     run_method,
+    variant_flags,
 )
 from smc_trainer.tasks.loading import check_model_sources
 from smc_trainer.version import __version__
@@ -107,7 +108,8 @@ class Job:
 
     def training_changes(self) -> dict[str, Any]:
         """The training flags this job sets besides the method and sparsity."""
-        return {**({} if self.module_group is None else {"prune_modules": self.module_group}), **dict(self.variant)}
+        return {**({} if self.module_group is None else {"prune_modules": self.module_group}),
+                **variant_flags(self.variant)}
 
 
 @dataclass

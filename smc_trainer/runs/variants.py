@@ -8,8 +8,10 @@ too); the axes that belong to no one method are `VARIANT_AXES`. An axis whose fl
 not have is skipped everywhere. An axis's default is the flag's own dataclass default.
 
 A run's *variant* is the dict of its applicable axes whose value differs from the default, and its *row*
-is the stable id `method[:flag=value]...` (axes in declared order), which is also the `--methods` syntax
-of a sweep: `rigl:init_method=snip`.
+is the stable id `method[:key=value]...` (axes in declared order), which is also the `--methods` syntax
+of a sweep: `rigl:init_method=snip`. An axis's *key* is its flag's name in keys (`roles.key_names`): the flag
+itself, or a renamed flag's former name (`init_method` for `--rigl_init_method`), so rows and variants stored
+in ledgers keep their ids; `--methods` accepts the current flag name too (`rigl:rigl_init_method=snip`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from smc_trainer.methods import get_method_class, method_names
 from smc_trainer.runs.presets import base_method, is_preset, load_preset, preset_names
 from smc_trainer.training.arguments import ARITHMETIC_MODELS, DISTRIBUTIONS
 from smc_trainer.training.arguments.plugin_arguments import arguments_class
+from smc_trainer.training.arguments.roles import key_names
 
 Variant = dict[str, Any]
 _SPEC_PARTS = re.compile(r":(?=[^:=]*=)")  # a ':' that starts `key=`; values may hold ':' (an N:M pattern)
@@ -88,6 +91,7 @@ class VariantAxis:
     """One flag that makes a different row: where it applies, its valid values, how a value is labelled."""
 
     flag: str
+    """The field of the training arguments the axis sets."""
     label: Callable[[str, str, Any], str]
     """(label so far, method, value) -> label: how the value reads in the paper's words."""
     applies_to: tuple[str, ...] | None = None
@@ -114,6 +118,11 @@ class VariantAxis:
         if method == "dense":
             return self.dense
         return self.applies_to is None or method in self.applies_to
+
+    @property
+    def key(self) -> str:
+        """The axis's name in row ids, variants and fingerprints: the flag, or a renamed flag's former name."""
+        return _key_names(arguments_class()).get(self.flag, self.flag)
 
     @property
     def default(self) -> Any:
@@ -152,7 +161,7 @@ def _rigl_init_methods() -> Sequence[str]:
 # its config (`metadata={"variant": "{label}, window {value}/halving", "variant_order": 100}`; a plugin's knobs
 # are axes unless they say `"variant": False`), read by `config_axes`.
 VARIANT_AXES: tuple[VariantAxis, ...] = (
-    VariantAxis("init_method", _init_label, applies_to=("rigl", "set"), choices=_rigl_init_methods,
+    VariantAxis("rigl_init_method", _init_label, applies_to=("rigl", "set"), choices=_rigl_init_methods,
                 label_default=True, order=0),
     VariantAxis("prune_modules", lambda label, m, v: f"{label} [{v}]", check=parse_module_group, order=10),
     VariantAxis("criterion", lambda label, m, v: _criterion_label(label, m, v), order=20),
@@ -214,6 +223,11 @@ def _fields_of(cls: type) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(cls)}
 
 
+@cache
+def _key_names(cls: type) -> dict[str, str]:
+    return key_names(cls)
+
+
 def axes() -> list[VariantAxis]:
     """Every axis whose flag exists, in row-id order (the built-in ones, then those the configs declare)."""
     fields = _flag_fields()
@@ -222,7 +236,14 @@ def axes() -> list[VariantAxis]:
 
 
 def axis_names() -> list[str]:
-    return [axis.flag for axis in axes()]
+    """The axes' keys, in row-id order."""
+    return [axis.key for axis in axes()]
+
+
+def variant_flags(variant: Mapping[str, Any] | Sequence[tuple[str, Any]]) -> dict[str, Any]:
+    """A variant (keyed by axis key) as the training flags it sets (`init_method` -> `rigl_init_method`)."""
+    flags = {axis.key: axis.flag for axis in axes()}
+    return {flags.get(key, key): value for key, value in dict(variant).items()}
 
 
 # ---- a run's variant and row ------------------------------------------------------------------------
@@ -232,20 +253,23 @@ def dense_variant(variant: Mapping[str, Any] | Sequence[tuple[str, Any]]) -> tup
     """The values of a variant that the dense baseline shares (axes declared `dense=True`), in row-id order: the
     dense fine-tune a run of this variant starts from."""
     values = dict(variant)
-    return tuple((axis.flag, values[axis.flag]) for axis in axes() if axis.dense and axis.flag in values)
+    return tuple((axis.key, values[axis.key]) for axis in axes() if axis.dense and axis.key in values)
 
 
 def variant_of(method: str, values: Mapping[str, Any] | Any) -> Variant:
-    """The non-default values of the axes that apply to `method`, read from a mapping (a record's config) or
-    from an arguments object. For a method preset, "default" is the preset's own value of the flag."""
-    get = values.get if isinstance(values, Mapping) else lambda flag, default: getattr(values, flag, default)
+    """The non-default values of the axes that apply to `method`, by axis key, read from a mapping keyed as
+    fingerprints are (a record's training config) or from an arguments object. For a method preset, "default"
+    is the preset's own value of the flag."""
     preset_args = load_preset(method).args if is_preset(method) else {}
     variant = {}
     for axis in axes():
-        value = get(axis.flag, axis.default)
+        if isinstance(values, Mapping):
+            value = values.get(axis.key, axis.default)
+        else:
+            value = getattr(values, axis.flag, axis.default)
         default = preset_args.get(axis.flag, axis.default)
         if axis.applies(method) and value is not None and value != default:
-            variant[axis.flag] = value
+            variant[axis.key] = value
     return variant
 
 
@@ -310,8 +334,8 @@ def row_label(method: str, variant: Mapping[str, Any]) -> str:
     for axis in axes():
         if not axis.applies(method):
             continue
-        value = variant.get(axis.flag, axis.default)
-        if axis.flag in variant or (axis.label_default and value is not None):
+        value = variant.get(axis.key, axis.default)
+        if axis.key in variant or (axis.label_default and value is not None):
             label = axis.label(label, method, value)
     return label
 
@@ -342,8 +366,9 @@ def parse_method_spec(text: str) -> MethodSpec:
     if method not in method_names() and not is_preset(method):
         raise UsageError(f"--sparse_method must be one of {', '.join(method_names())}, or a method preset "
                          f"({', '.join(preset_names()) or 'none'}); got {method!r} in --methods {text!r}")
-    known = {axis.flag: axis for axis in axes()}
-    aliases = {alias: axis.flag for axis in known.values() if axis.applies(method) for alias in axis.aliases}
+    known = {axis.key: axis for axis in axes()}
+    aliases = {alias: axis.key for axis in known.values() if axis.applies(method)
+               for alias in (*axis.aliases, axis.flag) if alias != axis.key}
     variant: Variant = {}
     for part in parts:
         flag, _, raw = part.partition("=")
@@ -367,12 +392,12 @@ def parse_method_spec(text: str) -> MethodSpec:
 
 def _parse_value(axis: VariantAxis, raw: str, spec: str) -> Any:
     if not raw:
-        raise UsageError(f"--methods {spec!r}: {axis.flag} has no value")
+        raise UsageError(f"--methods {spec!r}: {axis.key} has no value")
     if axis.choices is not None:
         choices = [format_value(c) for c in axis.choices()]
         if raw not in choices:
-            raise UsageError(f"--methods {spec!r}: {axis.flag} must be one of {', '.join(choices)}; got {raw!r}")
-    value = _typed(axis.flag, raw, spec)
+            raise UsageError(f"--methods {spec!r}: {axis.key} must be one of {', '.join(choices)}; got {raw!r}")
+    value = _typed(axis, raw, spec)
     if axis.check is not None:
         try:
             axis.check(value)
@@ -381,9 +406,9 @@ def _parse_value(axis: VariantAxis, raw: str, spec: str) -> Any:
     return value
 
 
-def _typed(flag: str, raw: str, spec: str) -> Any:
-    """`raw` converted to the flag's declared type (bool, int, float, or text)."""
-    declared = _flag_fields()[flag].type
+def _typed(axis: VariantAxis, raw: str, spec: str) -> Any:
+    """`raw` converted to the axis flag's declared type (bool, int, float, or text)."""
+    flag, declared = axis.key, _flag_fields()[axis.flag].type
     kind = declared if isinstance(declared, str) else getattr(declared, "__name__", str(declared))
     try:
         if kind.startswith("bool"):

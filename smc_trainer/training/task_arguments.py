@@ -1,17 +1,22 @@
 """The model and data flags: which checkpoint a run starts from and which data it reads, for every task family.
 
 Kept apart from `SparseTrainingArguments` (`smc_trainer.training.arguments`), which holds the training and
-sparsity flags; both are parsed together by `HfArgumentParser` and reach `--help` the same way.
+sparsity flags, the task models' settings among them (GTS's sizes, the protein head's learning rate, the
+translation dropouts: `ArithmeticArguments`, `ProteinArguments`, `TranslationArguments`); both are parsed together
+by `HfArgumentParser` and reach `--help` the same way, each group under its title (`help_group`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 
 @dataclass
 class ModelArguments:
     """Which checkpoint to start from and how to load it."""
+
+    help_group: ClassVar[str] = "Model (checkpoint and loading)"
 
     model_name_or_path: str | None = field(
         default=None,
@@ -34,6 +39,8 @@ class ModelArguments:
 @dataclass
 class DataArguments:
     """Which benchmark row (recipe) to run and which data to feed it."""
+
+    help_group: ClassVar[str] = "Recipe and data"
 
     recipe: str = field(
         default="quickstart",
@@ -66,27 +73,6 @@ class DataArguments:
         metadata={"help": "Arithmetic: run only this fold of a cross-validated recipe (MAWPS, ASDiv-A: 0-4). "
                   "Default: every fold, reported pooled (total correct / total problems) and per fold."},
     )
-    encoder_learning_rate: float = field(
-        default=8e-6,
-        metadata={"help": "Arithmetic: learning rate of the pretrained encoder (paper: 8e-6); --learning_rate is "
-                  "the BiLSTM and tree decoder's (paper: 1e-3)."},
-    )
-    lr_step_epochs: int = field(
-        default=20, metadata={"help": "Arithmetic: StepLR period in epochs (paper: every 20 epochs)."}
-    )
-    lr_step_gamma: float = field(
-        default=0.5, metadata={"help": "Arithmetic: StepLR factor applied every --lr_step_epochs (paper: 0.5)."}
-    )
-    gts_hidden_size: int = field(default=512, metadata={"help": "Arithmetic: GTS hidden size (paper: 512)."})
-    gts_num_layers: int = field(
-        default=2, metadata={"help": "Arithmetic: BiLSTM layers over the encoder states (paper: 2)."}
-    )
-    gts_dropout: float = field(default=0.5, metadata={"help": "Arithmetic: GTS dropout (paper: 0.5)."})
-    gts_encoder_dropout: float = field(
-        default=0.0,
-        metadata={"help": "Arithmetic: dropout on the pretrained encoder's states before the BiLSTM (official code: "
-                  "none, the default; earlier smc-trainer versions used --gts_dropout here)."},
-    )
     # ---- protein (smc_trainer/tasks/protein) -------------------------------------------------------
     protein_labels: str | None = field(
         default=None,
@@ -103,21 +89,6 @@ class DataArguments:
         default=1022,
         metadata={"help": "Protein: longer sequences are cropped to their first N (N-terminal) residues and the "
                   "count is logged. ESM-1b and ESM-2 take at most 1022 residues + 2 special tokens."},
-    )
-    protein_head_learning_rate: float | None = field(
-        default=None,
-        metadata={"help": "Protein: learning rate of the new classification head (paper: 2e-2); --learning_rate is "
-                  "the backbone's (paper: 1e-6). Default: --learning_rate."},
-    )
-    protein_lr_schedule: str = field(
-        default="one_cycle",
-        metadata={"help": "Protein: one_cycle (torch OneCycleLR over all optimizer steps, each parameter group "
-                  "peaking at its own learning rate, as the paper) or trainer (--lr_scheduler_type)."},
-    )
-    protein_dropout: float | None = field(
-        default=None,
-        metadata={"help": "Protein: hidden and attention dropout of the ESM backbone (paper: 0 for ESM-1B). "
-                  "Default: the checkpoint's config."},
     )
     protein_validation_percentage: float = field(
         default=10.0,
@@ -152,12 +123,4 @@ class DataArguments:
         default="zh=zh,ja=char",
         metadata={"help": "Translation: sacreBLEU tokenizer per target language (LANG=NAME, comma-separated); other "
                   "targets use 13a. ja-mecab needs `pip install sacrebleu[ja]`."},
-    )
-    translation_dropout: float | None = field(
-        default=None, metadata={"help": "Translation: the model's dropout (mBART `dropout`; paper 0.3). Default: "
-                                "the checkpoint's."}
-    )
-    translation_attention_dropout: float | None = field(
-        default=None, metadata={"help": "Translation: the model's attention dropout (paper 0.1). Default: the "
-                                "checkpoint's."}
     )

@@ -1,6 +1,6 @@
 """Parity flags with the official SMC-Bench code (docs/differences.md, "Protocol differences"): GMP events at the
 multiples of the frequency (`--gmp_anchor absolute`) and RigL's drop fraction decaying to a floor
-(`--drop_fraction_floor 0.005`), checked on the CSQA recipe's own numbers and against torch's CosineAnnealingLR,
+(`--rigl_drop_fraction_floor 0.005`), checked on the CSQA recipe's own numbers and against torch's CosineAnnealingLR,
 which the official `CosineDecay` wraps."""
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def test_absolute_anchor_matches_the_official_condition_before_the_end():
 def test_drop_fraction_floor_is_the_official_cosine_decay():
     """With --drop_fraction_floor 0.005 the fraction at every step equals CosineAnnealingLR(lr 0.5, eta_min 0.005),
     the official `CosineDecay`; by default it decays to 0 (RigL)."""
-    args = csqa_args("--sparse_method", "rigl", "--drop_fraction_floor", "0.005")
+    args = csqa_args("--sparse_method", "rigl", "--rigl_drop_fraction_floor", "0.005")
     schedule = get_method_class("rigl").from_args(args).schedule(3000)
     assert (schedule.floor, schedule.interval) == (0.005, 500)
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
@@ -74,5 +74,6 @@ def test_drop_fraction_floor_is_the_official_cosine_decay():
 def test_parity_flags_are_validated(tmp_path):
     with pytest.raises(UsageError, match=r"--gmp_anchor must be one of start, absolute; got 'end'"):
         sparse_args(tmp_path, "gmp", 0.5, gmp_anchor="end")
-    with pytest.raises(UsageError, match=r"--drop_fraction_floor must be in \[0, --drop_fraction 0.5\]; got 0.6"):
-        sparse_args(tmp_path, "rigl", 0.5, drop_fraction_floor=0.6)
+    message = r"--rigl_drop_fraction_floor must be in \[0, --rigl_drop_fraction 0.5\]; got 0.6"
+    with pytest.raises(UsageError, match=message):
+        sparse_args(tmp_path, "rigl", 0.5, rigl_drop_fraction_floor=0.6)

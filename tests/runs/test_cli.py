@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -94,3 +95,75 @@ def test_help_lists_every_flag():
     for flag in ("--sparse_method", "--sparsity", "--recipe", "--model_name_or_path", "--learning_rate",
                  "--prune_frequency", "--train_file"):
         assert flag in result.stdout
+
+
+def _help(full: bool = False) -> tuple[object, str]:
+    """A fresh run parser and its help text (`--help`, or `--help-all` with `full`)."""
+    import contextlib
+    import io
+
+    from smc_trainer.runs.config import make_parser
+    from smc_trainer.runs.help_groups import print_help
+
+    parser, out = make_parser(), io.StringIO()
+    with contextlib.redirect_stdout(out):
+        print_help(parser, full=full)
+    return parser, out.getvalue()
+
+
+def _listed(text: str) -> list[str]:
+    """The first option string of every flag the help lists (its lines start with two spaces and `--`)."""
+    return [line.split()[0].rstrip(",") for line in text.splitlines() if line.startswith("  --")]
+
+
+def test_help_groups_every_flag_under_a_title_in_words_once():
+    from smc_trainer.runs.help_groups import TRAINING_GROUP
+
+    parser, text = _help()
+    groups = [g for g in parser._action_groups if g._group_actions]
+    titles = [g.title for g in groups]
+    assert len(titles) == len(set(titles))
+    for title in titles:  # a title in words, not a class name that slipped through the fallback
+        assert " " in title or title in ("options", "Plugins"), title
+    assert {"GMP (gradual magnitude pruning)", "RigL / SET (dynamic sparse training: drop and grow)",
+            "LTH / LRR (iterative magnitude pruning)", "LoRA (--peft lora)", "Arithmetic (GTS, Graph2Tree)",
+            "Recipe and data", TRAINING_GROUP} <= set(titles)
+    assert titles[-1] == TRAINING_GROUP  # our groups first, transformers' flags last
+    for action in parser._actions:  # every flag sits in exactly one group
+        assert sum(action in g._group_actions for g in parser._action_groups) == 1, action.dest
+    listed = _listed(text)
+    assert len(listed) == len(set(listed)), "a flag is listed twice"
+    group_of = {a.dest: g.title for g in groups for a in g._group_actions}
+    assert (group_of["gmp_start"], group_of["rigl_init_method"], group_of["lora_r"], group_of["gts_hidden_size"],
+            group_of["protein_head_learning_rate"], group_of["learning_rate"]) == (
+        "GMP (gradual magnitude pruning)", "RigL / SET (dynamic sparse training: drop and grow)", "LoRA (--peft lora)",
+        "Arithmetic (GTS, Graph2Tree)", "Protein model (ESM / ProteinBERT head and schedule)", TRAINING_GROUP)
+
+
+def test_help_folds_the_rarer_training_flags_and_help_all_lists_them():
+    from transformers import Seq2SeqTrainingArguments
+
+    from smc_trainer.runs.help_groups import COMMON_TRAINING_FLAGS
+
+    _, short = _help()
+    parser, full = _help(full=True)
+    short_flags, full_flags = set(_listed(short)), set(_listed(full))
+    rare_names = {f.name for f in dataclasses.fields(Seq2SeqTrainingArguments)} - set(COMMON_TRAINING_FLAGS)
+    rare = {a.option_strings[0] for a in parser._actions if a.dest in rare_names} & full_flags  # --no_* too
+    assert {"--lr_scheduler_type", "--no_remove_unused_columns"} <= rare
+    assert not rare & short_flags
+    assert short_flags | rare == full_flags  # nothing else differs
+    assert {f"--{name}" for name in COMMON_TRAINING_FLAGS} <= short_flags
+    hidden = {a.dest for a in parser._actions if a.option_strings and a.option_strings[0] in rare}
+    assert f"; {len(hidden)} more" in " ".join(short.split())
+    assert len(short.splitlines()) < len(full.splitlines())
+
+
+def test_former_rigl_flags_parse_but_are_not_listed():
+    parser, text = _help()
+    option_lines = [line for line in text.splitlines() if line.startswith("  --")]
+    assert "--rigl_init_method" in _listed(text)
+    assert not [line for line in option_lines if "--init_method" in line or "--init-method" in line]
+    assert "Formerly --init_method (deprecated, still accepted)." in " ".join(text.split())
+    namespace, _ = parser.parse_known_args(["--init_method", "snip", "--update-interval", "3"])
+    assert (namespace.rigl_init_method, namespace.rigl_update_interval) == ("snip", 3)

@@ -46,9 +46,9 @@ def test_csqa_recipe_has_the_paper_settings_and_no_test_split():
 def test_arithmetic_recipes_prune_and_update_every_1000_steps(name):
     """Every official GTS GMP / RigL script passes --update_frequency 1000 (reference/SMC-BENCH.md 3.2)."""
     args = load_recipe(name).args
-    assert (args["prune_frequency"], args["update_interval"]) == (1000, 1000)
+    assert (args["prune_frequency"], args["rigl_update_interval"]) == (1000, 1000)
     _, _, training_args, _ = parse_args(["--recipe", name, "--sparse_method", "gmp", "--sparsity", "0.5"])
-    assert (training_args.prune_frequency, training_args.update_interval) == (1000, 1000)
+    assert (training_args.prune_frequency, training_args.rigl_update_interval) == (1000, 1000)
 
 
 def test_unknown_recipe_lists_valid_names():

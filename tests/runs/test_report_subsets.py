@@ -20,7 +20,7 @@ SEEDS = (1, 2)
 
 
 def config_for(recipe: str, method: str, sparsity: float, seed: int, tmp_path: Path):
-    return quickstart_config(tmp_path, method, sparsity, "--prune_frequency", "1", "--update_interval", "1",
+    return quickstart_config(tmp_path, method, sparsity, "--prune_frequency", "1", "--rigl_update_interval", "1",
                              recipe=recipe, seed=seed)
 
 

@@ -36,7 +36,7 @@ TINY = ["--model_name_or_path", "tiny", "--max_steps", "3", "--num_synthetic_exa
 
 
 def config_for(tmp_path: Path, method: str, sparsity: float, seed: int, *flags: str):
-    return quickstart_config(tmp_path, method, sparsity, "--update_interval", "1", *flags, seed=seed)
+    return quickstart_config(tmp_path, method, sparsity, "--rigl_update_interval", "1", *flags, seed=seed)
 
 
 def outcome(config, value: float) -> RunOutcome:
@@ -56,7 +56,7 @@ def rigl_records(tmp_path: Path) -> list[dict]:
     for init in INITS:
         for sparsity in SPARSITIES:
             for seed in SEEDS:
-                config = config_for(tmp_path, "rigl", sparsity, seed, "--init_method", init)
+                config = config_for(tmp_path, "rigl", sparsity, seed, "--rigl_init_method", init)
                 records.append(make_record(config, outcome(config, rng.uniform(0.2, 0.9)), run_key(config)))
     return records
 
@@ -145,13 +145,14 @@ def test_distillation_knobs_make_their_own_rows_relative_to_a_preset(tmp_path):
 
 
 def test_run_keys_keep_variants_apart_and_plain_keys_unchanged(tmp_path):
-    keys = [run_key(config_for(tmp_path, "rigl", 0.5, 0, "--init_method", init)) for init in INITS]
+    keys = [run_key(config_for(tmp_path, "rigl", 0.5, 0, "--rigl_init_method", init)) for init in INITS]
     assert [k.split("/")[1] for k in keys] == list(ROWS) and len(set(keys)) == 3
     gmp = run_key(config_for(tmp_path, "gmp", 0.5, 0))
     assert gmp.startswith("quickstart/gmp/0.500000/seed0/")  # a default run's key has its older form
     assert run_key(config_for(tmp_path, "omp_after", 0.5, 0, "--prune_modules", "qk")).startswith(
         "quickstart/omp_after[qk]/0.500000/seed0/")
-    assert run_key(config_for(tmp_path, "gmp", 0.5, 0, "--init_method", "snip")).split("/")[1] == "gmp"  # not its axis
+    gmp = config_for(tmp_path, "gmp", 0.5, 0, "--rigl_init_method", "snip")
+    assert run_key(gmp).split("/")[1] == "gmp"  # not its axis
 
 
 def test_sweep_runs_each_variant_and_skips_only_what_is_done(tmp_path, monkeypatch):
@@ -162,7 +163,7 @@ def test_sweep_runs_each_variant_and_skips_only_what_is_done(tmp_path, monkeypat
     ran = []
 
     def fake_run(config, run_dir):
-        ran.append((config.training_args.sparse_method, config.training_args.init_method, run_dir))
+        ran.append((config.training_args.sparse_method, config.training_args.rigl_init_method, run_dir))
         return [outcome(config, 0.4)]
 
     import smc_trainer.runs.executors.node as node  # the in-process executor runs each fine-tune here
@@ -223,8 +224,8 @@ def test_plan_multiplies_variants_by_sparsities_and_module_groups():
         ("omp_after[qk]", (0.2,)), ("omp_after[qk]", (0.36,))]
     assert plan.fine_tunes == 1 + 6  # one shared dense fine-tune for omp_after
     grouped = make_plan(["q"], ["rigl:init_method=snip"], [0.2], [0], module_groups=["qk", "qv"])
-    assert [j.training_changes() for j in grouped.jobs] == [{"prune_modules": "qk", "init_method": "snip"},
-                                                            {"prune_modules": "qv", "init_method": "snip"}]
+    assert [j.training_changes() for j in grouped.jobs] == [{"prune_modules": "qk", "rigl_init_method": "snip"},
+                                                            {"prune_modules": "qv", "rigl_init_method": "snip"}]
 
 
 # ---- the axis registry --------------------------------------------------------------------------------

@@ -367,7 +367,7 @@ def test_exact_counts_and_zeros_after_every_step(shipped, tmp_path, model, metho
     extra = ["--arithmetic_model", model, "--graph2tree_hidden_size", "16", "--graph2tree_learning_rate", "1e-2"]
     config = parse_run_config(flags(
         shipped, tmp_path, "svamp", "--sparse_method", method, "--sparsity", "0.5", "--max_steps", "4",
-        "--per_device_train_batch_size", "4", "--save_strategy", "no", "--update_interval", "1",
+        "--per_device_train_batch_size", "4", "--save_strategy", "no", "--rigl_update_interval", "1",
         "--learning_rate", "1e-2", *TINY_GTS_FLAGS, *extra))
     bundle = pipeline.build_task(config)
     total = sum(t.numel for t in find_targets(bundle.model))

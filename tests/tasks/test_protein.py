@@ -35,6 +35,7 @@ from smc_trainer.engine.masks import MaskSet
 from smc_trainer.engine.module_groups import TABLE1_GROUPS, module_group_regex, parse_module_group
 from smc_trainer.engine.sparsity import SparsityConfig
 from smc_trainer.engine.targets import find_targets
+from smc_trainer.errors import UsageError
 from smc_trainer.methods import get_method_class
 from smc_trainer.methods.base import SparseContext
 from smc_trainer.runs.ledger import Ledger
@@ -51,7 +52,7 @@ from smc_trainer.tasks.protein.modeling import (
     residue_mask,
 )
 from smc_trainer.tasks.protein.tape_convert import IUPAC_VOCAB, iupac_tokenizer
-from smc_trainer.training.arguments import DataArguments, ModelArguments, SparseTrainingArguments
+from smc_trainer.training.arguments import DataArguments, ModelArguments, ProteinArguments, SparseTrainingArguments
 from smc_trainer.training.trainer import SparseTrainer
 
 ESM_VOCAB = ["<cls>", "<pad>", "<eos>", "<unk>", "L", "A", "G", "V", "S", "E", "R", "T", "I", "D", "P", "K", "Q", "N",
@@ -122,8 +123,10 @@ def write_split(path: Path, rows: list[tuple[str, str]], fmt: str, tm_of: dict[s
 # ---- data format -------------------------------------------------------------------------------------
 
 
-def settings(labels: str = "cold,hot", bins: str | None = None, **kw) -> ProteinSettings:
-    return ProteinSettings.from_args(DataArguments(protein_labels=labels, protein_tm_bins=bins, **kw))
+def settings(labels: str = "cold,hot", bins: str | None = None, protein_dropout: float | None = None,
+             **kw) -> ProteinSettings:
+    return ProteinSettings.from_args(DataArguments(protein_labels=labels, protein_tm_bins=bins, **kw),
+                                     ProteinArguments(protein_dropout=protein_dropout))
 
 
 def test_fasta_headers_carry_labels_and_sequences_span_lines(tmp_path):
@@ -164,12 +167,21 @@ def test_melting_temperatures_are_binned_at_the_thresholds():
     ({"protein_tm_bins": "80,45"}, "--protein_tm_bins must be 1 ascending thresholds"),
     ({"protein_tm_bins": "45,x"}, "--protein_tm_bins must be comma-separated numbers"),
     ({"protein_max_residues": 0}, "--protein_max_residues must be >= 1; got 0"),
-    ({"protein_lr_schedule": "cosine"}, "--protein_lr_schedule must be one of one_cycle, trainer; got 'cosine'"),
-    ({"protein_dropout": 1.5}, r"--protein_dropout must be in \[0, 1\); got 1.5"),
 ])
 def test_bad_protein_flags_fail_naming_the_flag(flags, message):
     with pytest.raises(ValueError, match=message):
         ProteinSettings.from_args(DataArguments(**{"protein_labels": "cold,hot", **flags}))
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    ({"protein_lr_schedule": "cosine"}, "--protein_lr_schedule must be one of one_cycle, trainer; got 'cosine'"),
+    ({"protein_dropout": 1.5}, r"--protein_dropout must be in \[0, 1\); got 1.5"),
+    ({"protein_head_learning_rate": 0.0}, "--protein_head_learning_rate must be > 0; got 0.0"),
+])
+def test_bad_protein_model_flags_are_refused_with_the_training_flags(flags, message):
+    """The head and backbone settings are training flags (ProteinArguments): refused as the arguments are built."""
+    with pytest.raises(UsageError, match=message):
+        SparseTrainingArguments(output_dir="unused", report_to="none", **flags)
 
 
 def test_data_dir_layout_and_missing_data_errors(tmp_path):
@@ -301,8 +313,9 @@ def test_too_many_residues_for_learned_positions_fail_early(esm_dir):
 def test_backbone_and_head_both_step_with_their_own_learning_rates(esm_dir, tmp_path):
     rows = synthetic_rows(12, ["cold", "hot"], seed=1)
     data = DataArguments(train_file=str(write_split(tmp_path / "train.csv", rows, "csv")), protein_labels="cold,hot",
-                         protein_head_learning_rate=2e-2, protein_max_residues=MAX_RESIDUES)
+                         protein_max_residues=MAX_RESIDUES)
     args = SparseTrainingArguments(output_dir=str(tmp_path / "out"), learning_rate=1e-3, weight_decay=0.01,
+                                   protein_head_learning_rate=2e-2,
                                    max_steps=3, per_device_train_batch_size=4, report_to="none", use_cpu=True,
                                    save_strategy="no", eval_strategy="no", seed=0)
     bundle = build(ModelArguments(model_name_or_path=str(esm_dir)), data, args, recipe=None)
@@ -346,9 +359,9 @@ def test_backbone_and_head_both_step_with_their_own_learning_rates(esm_dir, tmp_
 
 
 def test_trainer_schedule_option_and_head_lr_default():
-    data = DataArguments(protein_labels="a,b", protein_lr_schedule="trainer")
-    args = SparseTrainingArguments(output_dir="unused", learning_rate=3e-5, report_to="none")
-    kwargs = trainer_kwargs(data, args)
+    args = SparseTrainingArguments(output_dir="unused", learning_rate=3e-5, report_to="none",
+                                   protein_lr_schedule="trainer")
+    kwargs = trainer_kwargs(args)
     assert "lr_scheduler_factory" not in kwargs
     assert kwargs["optimizer_cls_and_kwargs"][1]["head_lr"] == kwargs["optimizer_cls_and_kwargs"][1]["backbone_lr"]
 

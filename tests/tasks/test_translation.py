@@ -37,7 +37,7 @@ from smc_trainer.tasks.translation.languages import (
     resolve_format,
 )
 from smc_trainer.tasks.translation.model import load_model_and_tokenizer
-from smc_trainer.training.arguments import DataArguments, ModelArguments, SparseTrainingArguments
+from smc_trainer.training.arguments import DataArguments, ModelArguments, SparseTrainingArguments, TranslationArguments
 
 ALL = list(SMC_LANGUAGES)
 DIRECTIONS = [d for lang in ALL for d in (f"{lang}-en", f"en-{lang}")]
@@ -158,8 +158,8 @@ def test_recipes_hold_the_paper_hyper_parameters():
 
 
 def test_dropout_flags_reach_the_model_config(tmp_path):
-    model, _, _ = load_model_and_tokenizer(ModelArguments(model_name_or_path=model_dir(tmp_path)),
-                                           DataArguments(translation_dropout=0.3, translation_attention_dropout=0.1))
+    dropouts = TranslationArguments(translation_dropout=0.3, translation_attention_dropout=0.1)
+    model, _, _ = load_model_and_tokenizer(ModelArguments(model_name_or_path=model_dir(tmp_path)), dropouts)
     assert (model.config.dropout, model.config.attention_dropout) == (0.3, 0.1)
 
 
@@ -371,7 +371,7 @@ def test_offline_hub_errors_name_the_ids_and_the_local_flags(tmp_path, monkeypat
                   ModelArguments(cache_dir=cache), None)
     with pytest.raises(OSError, match="(?s)'facebook/mbart-large-cc25'.*--model_name_or_path"):
         load_model_and_tokenizer(ModelArguments(model_name_or_path="facebook/mbart-large-cc25", cache_dir=cache),
-                                 DataArguments())
+                                 TranslationArguments())
 
 
 def test_local_files_errors(tmp_path):

@@ -38,19 +38,22 @@ BAD = [
     ("method", dict(sparse_method="magnitude", sparsity=0.5), ["--sparse_method"], "magnitude", list(ALL_METHODS)),
     ("distribution", dict(sparse_method="omp_before", sparsity=0.5, distribution="erk2"), ["--distribution"], "erk2",
      ["global", "uniform", "erk"]),
-    ("init-rigl", dict(sparse_method="rigl", sparsity=0.5, init_method="foo"), ["--init_method"], "foo",
+    ("init-rigl", dict(sparse_method="rigl", sparsity=0.5, rigl_init_method="foo"), ["--rigl_init_method"], "foo",
      list(INIT_METHODS)),
-    ("init-set", dict(sparse_method="set", sparsity=0.5, init_method="gmp"), ["--init_method"], "gmp",
+    ("init-set", dict(sparse_method="set", sparsity=0.5, rigl_init_method="gmp"), ["--rigl_init_method"], "gmp",
      list(INIT_METHODS)),
-    ("interval-rigl", dict(sparse_method="rigl", sparsity=0.5, update_interval=0), ["--update_interval"], "0", []),
-    ("interval-set", dict(sparse_method="set", sparsity=0.5, update_interval=0), ["--update_interval"], "0", []),
-    ("interval-neg", dict(sparse_method="rigl", sparsity=0.5, update_interval=-5), ["--update_interval"], "-5", []),
-    ("drop-0", dict(sparse_method="rigl", sparsity=0.5, drop_fraction=0.0), ["--drop_fraction"], "0", []),
-    ("drop-1", dict(sparse_method="rigl", sparsity=0.5, drop_fraction=1.0), ["--drop_fraction"], "1", []),
-    ("drop-set", dict(sparse_method="set", sparsity=0.5, drop_fraction=1.5), ["--drop_fraction"], "1.5", []),
-    ("update-end", dict(sparse_method="rigl", sparsity=0.5, update_end=0.0), ["--update_end"], "0", []),
+    ("interval-rigl", dict(sparse_method="rigl", sparsity=0.5, rigl_update_interval=0), ["--rigl_update_interval"], "0",
+     []),
+    ("interval-set", dict(sparse_method="set", sparsity=0.5, rigl_update_interval=0), ["--rigl_update_interval"], "0",
+     []),
+    ("interval-neg", dict(sparse_method="rigl", sparsity=0.5, rigl_update_interval=-5), ["--rigl_update_interval"],
+     "-5", []),
+    ("drop-0", dict(sparse_method="rigl", sparsity=0.5, rigl_drop_fraction=0.0), ["--rigl_drop_fraction"], "0", []),
+    ("drop-1", dict(sparse_method="rigl", sparsity=0.5, rigl_drop_fraction=1.0), ["--rigl_drop_fraction"], "1", []),
+    ("drop-set", dict(sparse_method="set", sparsity=0.5, rigl_drop_fraction=1.5), ["--rigl_drop_fraction"], "1.5", []),
+    ("update-end", dict(sparse_method="rigl", sparsity=0.5, rigl_update_end=0.0), ["--rigl_update_end"], "0", []),
     ("snip-batches", dict(sparse_method="snip", sparsity=0.5, snip_batches=0), ["--snip_batches"], "0", []),
-    ("snip-batches-rigl", dict(sparse_method="rigl", sparsity=0.5, init_method="snip", snip_batches=0),
+    ("snip-batches-rigl", dict(sparse_method="rigl", sparsity=0.5, rigl_init_method="snip", snip_batches=0),
      ["--snip_batches"], "0", []),
     ("gmp-order", dict(sparse_method="gmp", sparsity=0.5, gmp_start=0.9, gmp_end=0.5), ["--gmp_start", "--gmp_end"],
      "0.9", []),
@@ -132,9 +135,10 @@ GOOD = [
     dict(sparse_method="random_after", sparsity=0.2),
     dict(sparse_method="lth", sparsity=0.36),
     dict(sparse_method="lrr", sparsity=round(1 - 0.8**8, 4)),
-    dict(sparse_method="rigl", sparsity=0.9, init_method="snip", snip_batches=2, update_interval=1, drop_fraction=0.3),
-    dict(sparse_method="rigl", sparsity=0.5, init_method="random_before", update_end=1.0),
-    dict(sparse_method="set", sparsity=0.5, init_method="omp_before", drop_fraction=0.99),
+    dict(sparse_method="rigl", sparsity=0.9, rigl_init_method="snip", snip_batches=2, rigl_update_interval=1,
+         rigl_drop_fraction=0.3),
+    dict(sparse_method="rigl", sparsity=0.5, rigl_init_method="random_before", rigl_update_end=1.0),
+    dict(sparse_method="set", sparsity=0.5, rigl_init_method="omp_before", rigl_drop_fraction=0.99),
     dict(sparse_method="omp_before", sparsity=0.5, select_on="test"),
     dict(sparse_method="omp_before", sparsity=0.5, prune_include="encoder", prune_exclude="bias"),
 ]
@@ -187,7 +191,7 @@ def test_unknown_method_class_lists_choices():
 def test_help_lists_sparse_flags():
     parser = HfArgumentParser((ModelArguments, DataArguments, SparseTrainingArguments))
     text = parser.format_help()
-    for flag in ("--sparse_method", "--sparsity", "--distribution", "--init_method", "--select_on", "--recipe"):
+    for flag in ("--sparse_method", "--sparsity", "--distribution", "--rigl_init_method", "--select_on", "--recipe"):
         assert flag in text
 
 
@@ -201,8 +205,8 @@ def test_flag_groups_compose_in_order_each_flag_once():
     groups = ("MethodArguments", "SnipArguments", "OneShotArguments", "WandaArguments", "SparseGptArguments",
               "GmpArguments", "DynamicArguments", "IterativeArguments",
               "OutputArguments", "LoraArguments", "SelectionArguments", "CriterionArguments",
-              "ObertArguments", "DistillationArguments", "LrRewindArguments", "ArithmeticArguments",
-              "CausalLmArguments", "ExtensionArguments")
+              "ObertArguments", "DistillationArguments", "LrRewindArguments", "ArithmeticArguments", "ProteinArguments",
+              "TranslationArguments", "CausalLmArguments", "ExtensionArguments")
     declared = [f.name for g in groups for f in dataclasses.fields(getattr(arguments_package, g))]
     assert len(declared) == len(set(declared))
     base = {f.name for f in dataclasses.fields(transformers.Seq2SeqTrainingArguments)}

@@ -144,7 +144,7 @@ def test_schedules_count_optimizer_steps_and_methods_read_all_reduced_gradients(
     assert r0["sparse_step"] == r0["global_step"] == 6  # 6 optimizer steps of 2 micro-batches each
     assert r0["grad_digests"] == r1["grad_digests"], "the method read different gradients on the two processes"
     method = TRAINER_CASES[case]
-    reads_gradients = method["sparse_method"] in ("snip", "rigl") or method.get("init_method") == "snip"
+    reads_gradients = method["sparse_method"] in ("snip", "rigl") or method.get("rigl_init_method") == "snip"
     assert bool(r0["grad_digests"]) == reads_gradients
     if method["sparse_method"] in ("rigl", "set"):
         assert r0["mask_events"] == 3  # the initial mask + updates at steps 2 and 4

@@ -73,7 +73,8 @@ def inject_inf_at_pruned_position(trainer, at_step: int) -> dict:
 
 def trained_with_fp16_skip(tmp_path, method: str, optim: str, **overrides):
     args = sparse_args(tmp_path, method, 0.59, fp16=True, optim=optim, max_steps=8, gradient_accumulation_steps=2,
-                       prune_frequency=1, gmp_start=0.0, gmp_end=0.5, update_interval=1, update_end=1.0, **overrides)
+                       prune_frequency=1, gmp_start=0.0, gmp_end=0.5, rigl_update_interval=1, rigl_update_end=1.0,
+                       **overrides)
     trainer = make_trainer("bert", args)
     emulate_fp16_amp(trainer)
     planted = inject_inf_at_pruned_position(trainer, SKIP_AT)
@@ -143,7 +144,7 @@ def test_bf16_autocast_keeps_invariants(tmp_path, method):
     """bf16 autocast under gradient accumulation: the forward runs in bf16, while masks, gradients and Adam
     state live on the fp32 weights; pruned weights are exactly zero after every optimizer step."""
     args = sparse_args(tmp_path, method, 0.59, bf16=True, max_steps=6, gradient_accumulation_steps=2,
-                       prune_frequency=1, gmp_start=0.0, gmp_end=0.5, update_interval=2, init_method="snip")
+                       prune_frequency=1, gmp_start=0.0, gmp_end=0.5, rigl_update_interval=2, rigl_init_method="snip")
     trainer = make_trainer("bert", args)
     rec = AmpRecorder(trainer, trainer.model.bert.encoder.layer[0].intermediate.dense)
     trainer.add_callback(rec)

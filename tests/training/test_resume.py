@@ -14,7 +14,7 @@ from smc_trainer.engine.masks import MASKS_NAME, REPORT_NAME
 from smc_trainer.training.callbacks import STATE_NAME
 
 STEPS = dict(max_steps=6, save_strategy="steps", save_steps=3, gradient_accumulation_steps=2,
-             prune_frequency=1, gmp_start=0.0, gmp_end=1.0, update_interval=2)
+             prune_frequency=1, gmp_start=0.0, gmp_end=1.0, rigl_update_interval=2)
 
 
 def _final_state(trainer):

@@ -10,7 +10,7 @@ from transformers import Seq2SeqTrainingArguments
 from smc_trainer.errors import UsageError
 from smc_trainer.runs.pipeline import dense_resets
 from smc_trainer.training.arguments import SparseTrainingArguments, lora_defaults
-from smc_trainer.training.arguments.roles import declare, declared, role_of
+from smc_trainer.training.arguments.roles import Role, declare, declared, role_of
 
 
 def test_every_sparse_flag_declares_a_role():
@@ -39,3 +39,14 @@ def test_a_role_is_found_on_the_field_it_was_declared_on_only():
     assert role_of(dataclasses.field(default=1)) is None
     with pytest.raises(UsageError, match="key must be one of run, dense, never; got 'cache'"):
         declare(dataclasses.field(default=1), key="cache")
+    with pytest.raises(UsageError, match="section must be one of training, data; got 'model'"):
+        declare(dataclasses.field(default=1), section="model")
+
+
+def test_the_task_model_settings_are_keyed_with_the_data_flags():
+    """Moved out of DataArguments, they keep the role they had there: in every key, under "data"."""
+    data = {name for name, role in declared(SparseTrainingArguments).items() if role.section == "data"}
+    assert data == {"encoder_learning_rate", "lr_step_epochs", "lr_step_gamma", "gts_hidden_size", "gts_num_layers",
+                    "gts_dropout", "gts_encoder_dropout", "protein_head_learning_rate", "protein_lr_schedule",
+                    "protein_dropout", "translation_dropout", "translation_attention_dropout"}
+    assert all(declared(SparseTrainingArguments)[name] == Role(key="dense", section="data") for name in data)

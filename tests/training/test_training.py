@@ -97,7 +97,7 @@ def test_gmp_follows_cubic_schedule_exactly(tmp_path, distribution, accumulation
 
 @pytest.mark.parametrize("accumulation", [1, 2])
 def test_rigl_moves_connections_with_constant_layer_budgets(tmp_path, accumulation):
-    args = sparse_args(tmp_path, "rigl", 0.59, max_steps=12, update_interval=2,
+    args = sparse_args(tmp_path, "rigl", 0.59, max_steps=12, rigl_update_interval=2,
                        gradient_accumulation_steps=accumulation)
     trainer = make_trainer("bert", args)
     rec = train_with_recorder(trainer)
@@ -143,7 +143,7 @@ def test_rigl_grows_by_dense_gradient_and_drops_by_magnitude():
     grad = torch.zeros(16)
     grad[[0, 3, 5, 8]] = torch.tensor([0.5, -4.0, 3.0, 9.0])  # 8 is the weight about to be dropped
     layer[0].weight.grad = grad.view(4, 4).clone()
-    args = sparse_args("/tmp/unused", "rigl", 0.5, drop_fraction=0.5, update_interval=1)
+    args = sparse_args("/tmp/unused", "rigl", 0.5, rigl_drop_fraction=0.5, rigl_update_interval=1)
     targets = find_targets(layer)
     masks = MaskSet(targets)
     masks.set_masks({targets[0].name: mask.view(4, 4)})

@@ -41,6 +41,8 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 class ObertConfig(HyperParameters):
     """The optimal-BERT-surgeon (oBERT) settings: the block Fisher, its gradients, the OBS update, its storage."""
 
+    title = "oBERT criterion (--criterion obert)"
+
     prefix = "obert_"
 
     block_size: int = field(default=50, metadata={

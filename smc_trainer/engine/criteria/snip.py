@@ -18,6 +18,8 @@ from smc_trainer.engine.selection import LayerScores, product_scores, tensor_sco
 class SnipConfig(HyperParameters):
     """SNIP's one knob: how many training batches' gradients are summed into |w * g|."""
 
+    title = "SNIP (--sparse_method snip, a SNIP initial mask)"
+
     prefix = "snip_"
 
     batches: int = field(default=1, metadata={"help": "SNIP: training batches whose gradients are summed."})

@@ -31,6 +31,8 @@ from smc_trainer.errors import UsageError
 class SparseGptConfig(HyperParameters):
     """SparseGPT's knobs: the lazy-update block, the Hessian dampening, and how many Hessians are held at once."""
 
+    title = "SparseGPT criterion (--criterion sparsegpt)"
+
     prefix = "sparsegpt_"
 
     blocksize: int = field(default=128, metadata={"help": "SparseGPT: columns per lazy-update block (paper: 128)."})

@@ -30,6 +30,8 @@ WANDA_COMPARE = ("row", "layer")
 class WandaConfig(HyperParameters):
     """Wanda's one knob: which weights a score competes with."""
 
+    title = "Wanda criterion (--criterion wanda)"
+
     compare: str = field(default="row", metadata={
         "flag": "wanda_compare", "choices": WANDA_COMPARE,
         "help": "Wanda: compare scores within each output row (row, the paper's) at each layer's --distribution "

@@ -70,9 +70,9 @@ def build(model_args, data_args, training_args, recipe) -> TaskBundle:
     train, validation, test = (prepare_split(raw[s], s, tokenizer, vocab, data_args, training_args, graphs)
                                for s in SPLITS)
     calibration = prepare_split(calibration, CALIBRATION, tokenizer, vocab, data_args, training_args, graphs)
-    encoder_lr, head_lr = learning_rates(data_args, training_args)
-    optimization = gts_trainer_kwargs(training_args, encoder_lr, data_args.lr_step_epochs, data_args.lr_step_gamma,
-                                      len(train), head_learning_rate=head_lr)
+    encoder_lr, head_lr = learning_rates(training_args)
+    optimization = gts_trainer_kwargs(training_args, encoder_lr, training_args.lr_step_epochs,
+                                      training_args.lr_step_gamma, len(train), head_learning_rate=head_lr)
     half = training_args.fp16 or training_args.bf16
     return TaskBundle(
         model=model,
@@ -89,7 +89,7 @@ def build(model_args, data_args, training_args, recipe) -> TaskBundle:
     )
 
 
-def learning_rates(data_args, training_args) -> tuple[float, float]:
+def learning_rates(training_args) -> tuple[float, float]:
     """(pretrained encoder, everything else) learning rates: --encoder_learning_rate and --learning_rate for GTS,
     --graph2tree_encoder_learning_rate and --graph2tree_learning_rate for Graph2Tree."""
     if is_graph2tree(training_args):
@@ -98,7 +98,7 @@ def learning_rates(data_args, training_args) -> tuple[float, float]:
                     f"{training_args.graph2tree_encoder_learning_rate:g} apply; --learning_rate, "
                     "--encoder_learning_rate and --gts_hidden_size are GTS's")
         return training_args.graph2tree_encoder_learning_rate, training_args.graph2tree_learning_rate
-    return data_args.encoder_learning_rate, training_args.learning_rate
+    return training_args.encoder_learning_rate, training_args.learning_rate
 
 
 def build_seq2seq(model, tokenizer, source: str, raw, data_args, training_args, chance: float | None) -> TaskBundle:

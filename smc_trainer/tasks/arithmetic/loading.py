@@ -113,9 +113,9 @@ def _new_model(name: str, config, common: dict, model_args, data_args, training_
     else:
         encoder = AutoModel.from_pretrained(name, config=config, **common)
         source = f"{name} (pretrained) + new {choice}"
-    hidden = training_args.graph2tree_hidden_size if is_graph2tree(training_args) else data_args.gts_hidden_size
+    hidden = training_args.graph2tree_hidden_size if is_graph2tree(training_args) else training_args.gts_hidden_size
     model = MODEL_CLASSES[choice].from_encoder(
-        encoder, hidden_size=hidden, num_layers=data_args.gts_num_layers, dropout=data_args.gts_dropout,
-        encoder_dropout=data_args.gts_encoder_dropout, operators=list(vocab.operators),
+        encoder, hidden_size=hidden, num_layers=training_args.gts_num_layers, dropout=training_args.gts_dropout,
+        encoder_dropout=training_args.gts_encoder_dropout, operators=list(vocab.operators),
         constants=list(vocab.constants), max_numbers=vocab.max_numbers)
     return model, source

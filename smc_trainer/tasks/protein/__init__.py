@@ -74,9 +74,9 @@ def compute_accuracy(eval_pred: Any) -> dict[str, float]:
     return argmax_accuracy(eval_pred)
 
 
-def trainer_kwargs(data_args, training_args) -> dict[str, Any]:
+def trainer_kwargs(training_args) -> dict[str, Any]:
     """SparseTrainer kwargs: the two-group AdamW (backbone / head learning rates) and, by default, OneCycle."""
-    head_lr = data_args.protein_head_learning_rate
+    head_lr = training_args.protein_head_learning_rate
     head_lr = training_args.learning_rate if head_lr is None else head_lr
     if head_lr <= 0:
         raise UsageError(f"--protein_head_learning_rate must be > 0; got {head_lr}")
@@ -87,7 +87,7 @@ def trainer_kwargs(data_args, training_args) -> dict[str, Any]:
                  "weight_decay": training_args.weight_decay,
                  "betas": (training_args.adam_beta1, training_args.adam_beta2), "eps": training_args.adam_epsilon}
     kwargs: dict[str, Any] = {"optimizer_cls_and_kwargs": (HeadBackboneAdamW, optimizer)}
-    if data_args.protein_lr_schedule == "one_cycle":
+    if training_args.protein_lr_schedule == "one_cycle":
         kwargs["lr_scheduler_factory"] = one_cycle_schedule
     return kwargs
 
@@ -97,8 +97,8 @@ def build(model_args, data_args, training_args, recipe) -> TaskBundle:
 
     The data are read (and checked) before the model, so a bad file fails before a checkpoint download.
     """
-    settings = ProteinSettings.from_args(data_args)
-    kwargs = trainer_kwargs(data_args, training_args)
+    settings = ProteinSettings.from_args(data_args, training_args)
+    kwargs = trainer_kwargs(training_args)
     splits = load_splits(data_args, settings, seed=training_args.seed, cache_dir=model_args.cache_dir)
     model, tokenizer, source = load_model_and_tokenizer(model_args, settings)
     prepared = prepare(splits, tokenizer, settings, data_args, training_args)

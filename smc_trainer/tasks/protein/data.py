@@ -29,12 +29,11 @@ TM_COLUMNS = ("tm", "melting_temperature")
 DELIMITED = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
 FASTA = (".fasta", ".fa", ".faa")
 SUFFIXES = tuple(DELIMITED) + FASTA
-LR_SCHEDULES = ("one_cycle", "trainer")
 
 
 @dataclass(frozen=True)
 class ProteinSettings:
-    """The validated --protein_* flags."""
+    """The validated --protein_* data flags, with the backbone's dropout (a training flag, read by the loader)."""
 
     labels: tuple[str, ...]
     tm_bins: tuple[float, ...] | None
@@ -43,8 +42,9 @@ class ProteinSettings:
     dropout: float | None = None
 
     @classmethod
-    def from_args(cls, data_args) -> ProteinSettings:
-        """Parse and check the flags; errors name the flag, the value and what is valid."""
+    def from_args(cls, data_args, training_args=None) -> ProteinSettings:
+        """Parse and check the data flags; errors name the flag, the value and what is valid. The dropout is
+        `training_args.protein_dropout` (checked with the training flags; None without training arguments)."""
         if not data_args.protein_labels:
             raise UsageError("--protein_labels is required: comma-separated class names in label-id order, "
                              "e.g. cold,hot (the recipe sets none)")
@@ -57,12 +57,7 @@ class ProteinSettings:
         if not 0.0 <= data_args.protein_validation_percentage < 100.0:
             raise UsageError("--protein_validation_percentage must be in [0, 100); got "
                              f"{data_args.protein_validation_percentage}")
-        if data_args.protein_lr_schedule not in LR_SCHEDULES:
-            raise UsageError(f"--protein_lr_schedule must be one of {', '.join(LR_SCHEDULES)}; got "
-                             f"{data_args.protein_lr_schedule!r}")
-        dropout = data_args.protein_dropout
-        if dropout is not None and not 0.0 <= dropout < 1.0:
-            raise UsageError(f"--protein_dropout must be in [0, 1); got {dropout}")
+        dropout = getattr(training_args, "protein_dropout", None)
         return cls(labels, parse_tm_bins(data_args.protein_tm_bins, len(labels)), data_args.protein_max_residues,
                    data_args.protein_validation_percentage, dropout)
 

@@ -61,7 +61,7 @@ def build(model_args: Any, data_args: Any, training_args: Any, recipe: Any) -> T
     if data_args.lang_code_format not in CODE_FORMATS:
         raise UsageError(f"--lang_code_format must be one of {', '.join(CODE_FORMATS)}; "
                          f"got {data_args.lang_code_format!r}")
-    model, tokenizer, source = load_model_and_tokenizer(model_args, data_args)
+    model, tokenizer, source = load_model_and_tokenizer(model_args, training_args)
     code_format = resolve_format(tokenizer, data_args.lang_code_format)
     codes = LanguageCodes(tokenizer, train_languages + eval_languages, code_format)
     logger.info(f"translation: model {source}, {code_format} language-code format; training on "

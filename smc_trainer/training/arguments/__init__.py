@@ -5,8 +5,8 @@
 `SparseTrainingArguments` extends `transformers.TrainingArguments` with every sparse flag, so a
 user (or a recipe YAML) configures training and sparsity in one place. The flags are grouped by concern
 into mixin dataclasses, one module each (method and prunable set, one-shot and N:M, schedules, outputs,
-LoRA, criterion, distillation, LR rewinding, arithmetic, causal LM, extensions), with the checks of their values
-beside them.
+LoRA, criterion, distillation, LR rewinding, the task models' settings (arithmetic, protein, translation), causal LM,
+extensions), with the checks of their values beside them.
 A check may read other groups' fields (and TrainingArguments') through `self`: the mixins are built only as
 parts of `SparseTrainingArguments`.
 Validation runs in `__post_init__`, before any model download or training starts.
@@ -44,6 +44,7 @@ from smc_trainer.training.arguments.schedules import (
     ImpArguments,
     IterativeArguments,
 )
+from smc_trainer.training.arguments.task_models import ProteinArguments, TranslationArguments
 from smc_trainer.training.parallel import check_parallel_support
 from smc_trainer.training.task_arguments import DataArguments, ModelArguments
 
@@ -53,8 +54,9 @@ __all__ = ["ADAPTER_GRADIENTS", "ARITHMETIC_MODELS", "DISTILL_SOURCES", "DISTRIB
            "CriterionArguments", "DataArguments",
            "DistillationArguments", "DynamicArguments", "ExtensionArguments", "GmpArguments", "ImpArguments",
            "IterativeArguments", "LoraArguments", "LrRewindArguments", "MethodArguments", "ModelArguments",
-           "ObertArguments", "OneShotArguments", "OutputArguments", "SelectionArguments", "SnipArguments",
-           "SparseGptArguments", "SparseTrainingArguments", "WandaArguments", "check_peft_flags", "lora_defaults"]
+           "ObertArguments", "OneShotArguments", "OutputArguments", "ProteinArguments", "SelectionArguments",
+           "SnipArguments", "SparseGptArguments", "SparseTrainingArguments", "TranslationArguments", "WandaArguments",
+           "check_peft_flags", "lora_defaults"]
 
 
 # A dataclass lists its fields base first, walking the MRO backwards: the mixin named LAST comes first after
@@ -64,6 +66,8 @@ __all__ = ["ADAPTER_GRADIENTS", "ARITHMETIC_MODELS", "DISTILL_SOURCES", "DISTRIB
 class SparseTrainingArguments(
     ExtensionArguments,
     CausalLmArguments,
+    TranslationArguments,
+    ProteinArguments,
     ArithmeticArguments,
     LrRewindArguments,
     DistillationArguments,
@@ -157,6 +161,7 @@ class SparseTrainingArguments(
         check_peft_flags(self)
         self._check_arithmetic_model()
         self._check_causal_lm_flags()
+        self._check_protein_model()
         check_parallel_support(self)  # FSDP / DeepSpeed with a sparse method: refused before any model loads
 
     def validate_training_variants(self, method) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from smc_trainer.errors import MissingFileError, UsageError
 from smc_trainer.training.arguments.roles import declare
@@ -26,6 +27,8 @@ DEFAULT_CALIBRATION_TEXT = "c4"  # SparseGPT's and Wanda's calibration data
 @dataclass
 class CausalLmArguments:
     """How a causal LM is loaded, prompted, calibrated and scored (`--recipe llm_*`)."""
+
+    help_group: ClassVar[str] = "Causal LM (--recipe llm_*: loading, prompts, calibration text, perplexity)"
 
     torch_dtype: str = declare(field(
         default="auto",

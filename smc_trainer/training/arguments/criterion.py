@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from smc_trainer.engine.criteria.obert import ObertConfig
 from smc_trainer.training.arguments.generated import flag_mixin
@@ -12,6 +13,8 @@ from smc_trainer.training.arguments.roles import declare
 @dataclass
 class CriterionArguments:
     """The criterion that decides which weights go."""
+
+    help_group: ClassVar[str] = "Criterion (the score that decides which weights go)"
 
     criterion: str | None = declare(field(
         default=None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from smc_trainer.errors import MissingFileError, UsageError
 from smc_trainer.training.arguments.roles import declare
@@ -14,6 +15,8 @@ DISTILL_SOURCES = ("none", "dense")  # or a path to a model folder
 @dataclass
 class DistillationArguments:
     """The teacher and the weight and temperature of its term in the loss."""
+
+    help_group: ClassVar[str] = "Knowledge distillation"
 
     distill_teacher: str = declare(field(
         default="none",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from smc_trainer.training.arguments.roles import declare
 
@@ -11,6 +12,8 @@ from smc_trainer.training.arguments.roles import declare
 @dataclass
 class ExtensionArguments:
     """Plugin files loaded before the flags are checked, and the name of the method preset a run came from."""
+
+    help_group: ClassVar[str] = "Plugins"
 
     plugins: str | None = declare(field(
         default=None,

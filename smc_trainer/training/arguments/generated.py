@@ -18,19 +18,29 @@ from smc_trainer.training.arguments.roles import declare
 
 
 def flag_mixin(config: type[HyperParameters], name: str | None = None, *, module: str | None = None,
-               omit_at_default: bool = False) -> type:
+               omit_at_default: bool = False, title: str | None = None) -> type:
     """A dataclass of `config`'s flags: field `flag_of(knob)`, with the knob's type, default, help and choices."""
     types = config.types()
     specs: list[tuple[str, Any, dataclasses.Field]] = []
     for knob in config.fields():
         meta = knob.metadata
-        spec = field(default=knob.default, default_factory=knob.default_factory,
-                     metadata={key: meta[key] for key in PARSER_METADATA if key in meta})
+        parser_meta = {key: meta[key] for key in PARSER_METADATA if key in meta}
+        former = config.former_flag_of(knob.name)
+        if former is not None:  # the former flag stays an option string of the renamed one (renamed.py warns)
+            parser_meta["aliases"] = [*parser_meta.get("aliases", ()), *former_options(former)]
+            parser_meta["help"] = f"{parser_meta.get('help', '')} Formerly --{former} (deprecated, still accepted)."
+        spec = field(default=knob.default, default_factory=knob.default_factory, metadata=parser_meta)
         declare(spec, key=meta.get("key", "run"), omit_at_default=omit_at_default or meta.get("omit_at_default", False),
-                dense_reset=meta.get("dense_reset", False))
+                dense_reset=meta.get("dense_reset", False), key_name=former)
         specs.append((config.flag_of(knob.name), types[knob.name], spec))
     cls = make_dataclass(name or config.__name__.removesuffix("Config") + "Arguments", specs)
     cls.__module__ = module or config.__module__
     cls.__doc__ = f"The flags of `{config.__module__}.{config.__qualname__}`: {(config.__doc__ or '').strip()}"
     cls.config_class = config
+    cls.help_group = config.title or title or config.__name__.removesuffix("Config")  # its group in --help
     return cls
+
+
+def former_options(flag: str) -> list[str]:
+    """The option strings argparse accepted for a former flag: `--init_method` and `--init-method`."""
+    return list(dict.fromkeys((f"--{flag}", f"--{flag.replace('_', '-')}")))

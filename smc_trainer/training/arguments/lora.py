@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from smc_trainer.errors import UsageError
 from smc_trainer.training.arguments.common import _choices_error
@@ -20,6 +20,8 @@ ADAPTER_GRADIENTS = ("exact", "straight_through")
 @dataclass
 class LoraArguments:
     """--peft none (full fine-tuning) or lora, and the adapters' rank, scale, targets, gradient and release."""
+
+    help_group: ClassVar[str] = "LoRA (--peft lora)"
 
     peft: str = declare(field(
         default="none",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from smc_trainer.errors import UsageError
 from smc_trainer.training.arguments.common import _choices_error
@@ -12,6 +13,8 @@ from smc_trainer.training.arguments.roles import declare
 @dataclass
 class LrRewindArguments:
     """--lr_rewind and the LR each cycle ends at."""
+
+    help_group: ClassVar[str] = "Learning-rate rewinding"
 
     lr_rewind: bool = declare(field(
         default=False,

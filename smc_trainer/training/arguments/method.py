@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from smc_trainer.engine.criteria.snip import SnipConfig
 from smc_trainer.engine.distributions import DISTRIBUTIONS
@@ -16,6 +17,8 @@ from smc_trainer.training.arguments.roles import declare
 @dataclass
 class MethodArguments:
     """Which method prunes, how far, how the sparsity is spread over layers, and which weights are prunable."""
+
+    help_group: ClassVar[str] = "Method, sparsity and prunable set"
 
     sparse_method: str = declare(field(
         default="dense",

@@ -4,6 +4,7 @@ SparseGPT, OWL and the 2:4 export."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from smc_trainer.engine.criteria.sparsegpt import SparseGptConfig
 from smc_trainer.engine.criteria.wanda import WandaConfig
@@ -19,6 +20,8 @@ SparseGptArguments = flag_mixin(SparseGptConfig, "SparseGptArguments", module=__
 @dataclass
 class OneShotArguments:
     """N:M patterns and the flags of the calibrated criteria (wanda, sparsegpt) and of OWL."""
+
+    help_group: ClassVar[str] = "N:M patterns, calibration and OWL"
 
     sparsity_pattern: str = declare(field(
         default="unstructured",

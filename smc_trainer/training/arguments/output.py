@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from smc_trainer.engine.collapse import COLLAPSE_POLICIES
 from smc_trainer.engine.collapse import check_policy as check_collapse_policy
@@ -15,6 +16,8 @@ SELECT_ON = ("validation", "test")
 @dataclass
 class OutputArguments:
     """The dense cache, the ledger, the compressed release, output_dir reuse and collapsed layers."""
+
+    help_group: ClassVar[str] = "Outputs (dense cache, ledger, release)"
 
     dense_cache_dir: str = declare(field(
         default="smc_outputs/dense_cache",
@@ -47,6 +50,8 @@ class OutputArguments:
 @dataclass
 class SelectionArguments:
     """The split that checkpoint selection reads."""
+
+    help_group: ClassVar[str] = "Checkpoint selection"
 
     select_on: str = declare(field(
         default="validation",

@@ -53,7 +53,8 @@ def arguments_class() -> type:
     name = f"SparseTrainingArgumentsWithPlugins_{digest[:12]}"
     module = sys.modules[__name__]
     if not hasattr(module, name):
-        mixins = [flag_mixin(config, module=__name__, omit_at_default=True) for _, config in configs]
+        mixins = [flag_mixin(config, module=__name__, omit_at_default=True, title=f"{owner} (plugin)")
+                  for owner, config in configs]
         cls = make_dataclass(name, [], bases=(*reversed(mixins), SparseTrainingArguments))
         cls.__module__ = __name__
         cls.__doc__ = f"SparseTrainingArguments with the flags of {', '.join(owner for owner, _ in configs)}."

@@ -7,6 +7,11 @@
   and caches existed carry it, so the keys written before them stay byte-identical.
 - `dense_reset`: the dense stage of a run (the cached dense fine-tune) sets the flag back to its default.
 - `lora`: a LoRA setting, refused without `--peft lora` and reset to its default for full fine-tuning.
+- `section`: where the flag sits in a fingerprint, "training" (the default) or "data". The task-model settings
+  (`--gts_hidden_size`, `--protein_head_learning_rate`, ...) were data flags when the first keys were written and
+  are keyed as such (always present, in the dense-cache key too) wherever their dataclass now lives.
+- `key_name`: the name the flag has in fingerprints and variant rows when it differs from the field's: a renamed
+  flag (`--rigl_init_method`, once `--init_method`) keeps its keys and row ids under its former name.
 
 The role lives in a table keyed by the `Field` object rather than in `field.metadata`, because
 `HfArgumentParser` hands every metadata entry to `argparse.add_argument`; `dataclasses.fields()` returns those
@@ -23,6 +28,7 @@ from typing import Any
 from smc_trainer.errors import UsageError
 
 KEYS = ("run", "dense", "never")
+SECTIONS = ("training", "data")
 
 
 @dataclass(frozen=True)
@@ -33,17 +39,21 @@ class Role:
     omit_at_default: bool = False
     dense_reset: bool = False
     lora: bool = False
+    section: str = "training"
+    key_name: str | None = None
 
 
 _ROLES: dict[int, tuple[Field, Role]] = {}
 
 
 def declare(spec: Field, *, key: str = "run", omit_at_default: bool = False, dense_reset: bool = False,
-            lora: bool = False) -> Field:
+            lora: bool = False, section: str = "training", key_name: str | None = None) -> Field:
     """Attach a `Role` to a dataclass field as it is declared; returns the field."""
     if key not in KEYS:
         raise UsageError(f"key must be one of {', '.join(KEYS)}; got {key!r}")
-    _ROLES[id(spec)] = (spec, Role(key, omit_at_default, dense_reset, lora))
+    if section not in SECTIONS:
+        raise UsageError(f"section must be one of {', '.join(SECTIONS)}; got {section!r}")
+    _ROLES[id(spec)] = (spec, Role(key, omit_at_default, dense_reset, lora, section, key_name))
     return spec
 
 
@@ -74,3 +84,9 @@ def defaults_where(cls: type, **conditions: Any) -> dict[str, Any]:
     """`names_where` with each field's default."""
     chosen = set(names_where(cls, **conditions))
     return {f.name: default_of(f) for f in dataclasses.fields(cls) if f.name in chosen}
+
+
+def key_names(cls: type) -> dict[str, str]:
+    """Field -> the name keys use for it, for the fields of `cls` whose `key_name` differs from their own."""
+    return {name: role.key_name for name, role in declared(cls).items()
+            if role.key_name is not None and role.key_name != name}

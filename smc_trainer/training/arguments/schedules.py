@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from smc_trainer.methods.gmp import GmpConfig
 from smc_trainer.methods.iterative import ImpConfig
@@ -29,6 +30,8 @@ ImpArguments = flag_mixin(ImpConfig, "ImpArguments", module=__name__)
 @dataclass
 class IterativeArguments(ImpArguments):
     """LTH/LRR: the rate of each pruning round (`ImpConfig`), and the round of a chain onto an N:M pattern."""
+
+    help_group: ClassVar[str] = ImpConfig.title
 
     # internal state, not a flag (hidden from --help): set by the pipeline and sweeps on the LTH/LRR rounds of a
     # --sparsity_pattern chain that lie below the pattern's sparsity (the round's index), so those rounds pass the
