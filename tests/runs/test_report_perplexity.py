@@ -266,3 +266,16 @@ def test_runs_without_perplexity_leave_gaps_in_its_table(records):
     sgpt = [r["metrics"]["test_accuracy"] for r in records
             if r["row"] == row_of("sparsegpt", "unstructured") and r["target_sparsity"] == 0.6]
     assert table.cells[(row_of("sparsegpt", "unstructured"), 0.6)][0] == pytest.approx(mean(sgpt))
+
+
+def test_a_recipe_whose_primary_metric_is_perplexity_draws_it_on_a_log_scale():
+    base = {"recipe": "wikitext", "metric": "perplexity", "seed": 0}
+    values = {"dense": (0.0, 6.0), "wanda_before": (0.5, 7.5), "omp_before": (0.5, 2e4)}
+    records = [{**base, "key": method, "method": method, "target_sparsity": sparsity,
+                "metrics": {"eval_perplexity": value}} for method, (sparsity, value) in values.items()]
+    (table,) = summarize(records)
+    assert table.companion is None and table.metric_key == "eval_perplexity"
+    assert best_rows(table) == {0.5: "wanda_before"}
+    (ax,) = figure(table).axes
+    assert ax.get_yscale() == "log" and max(max(line.get_ydata()) for line in ax.get_lines()) == PERPLEXITY_CLIP
+    assert "**" not in to_markdown(table)  # one metric: no bold, as every single-metric table
