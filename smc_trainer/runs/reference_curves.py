@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from smc_trainer.errors import UsageError
+from smc_trainer.runs.metric_direction import best_key
 
 DATA_FILE = "smc_bench_reference.yaml"
 CONFIDENCES = ("exact", "figure, about 1 point")
@@ -239,8 +240,12 @@ def _at(points: Iterable[ReferencePoint], sparsity: float) -> list[ReferencePoin
 
 
 def _best(points: Sequence[ReferencePoint]) -> ReferencePoint | None:
-    """The highest of `points` (a range by its midpoint; ties: the first, the paper's order); None if empty."""
-    return max(points, key=lambda pt: pt.value) if points else None
+    """The best of `points` by their metric's direction (`metric_direction`: the highest accuracy or BLEU, the
+    lowest perplexity; a range by its midpoint; ties: the first, the paper's order); None if empty."""
+    if not points:
+        return None
+    index = best_key({i: pt.value for i, pt in enumerate(points)}, points[0].metric)
+    return points[index]
 
 
 def paper_best(recipe: str, sparsity: float, model: str | None = None,

@@ -7,11 +7,20 @@ the dense model as a flat black line and the chance level as a dashed grey one. 
 for the recipe, its curves are drawn beside them as thin dashed lines ("paper: GMP (During)") and a second
 table gives each cell's gap to the paper (`smc_trainer.runs.report_reference`). Next to it, a per-layer
 density plot (`smc_trainer.runs.layer_density`) shows where each row kept its weights.
+
+Where the runs also measured a perplexity (`test_perplexity` / `eval_perplexity`, a causal LM's), it is the
+table's *companion*: the figure gets a second panel on the same sparsity axis and row colours (the task metric
+left, perplexity right on a log scale, values above `PERPLEXITY_CLIP` drawn at the clip and marked), and the
+markdown a second table, each column's best sparse cell in bold by its metric's direction
+(`smc_trainer.runs.metric_direction`: the highest accuracy, the lowest perplexity). LLM-KICK's finding,
+perplexity near dense while task accuracy collapses, is then on one plot. Ledgers without a perplexity render
+as before.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import os
 import re
@@ -22,10 +31,12 @@ from typing import Any
 
 from transformers.utils import logging
 
+from smc_trainer.engine.patterns import parse_pattern
 from smc_trainer.errors import UsageError
 from smc_trainer.methods import method_names
 from smc_trainer.runs.layer_density import density_table, plot_density
 from smc_trainer.runs.ledger import Ledger
+from smc_trainer.runs.metric_direction import best_key, direction_words
 from smc_trainer.runs.reference_curves import ReferencePoint, plot_reference
 from smc_trainer.runs.report_reference import check_reference, gap_columns, gaps_markdown, record_gaps, with_reference
 from smc_trainer.runs.report_style import RowStyle, row_styles, sparsity_labels
@@ -48,6 +59,9 @@ CSV_LEADING = ("key", "recipe", "method", "row", "label", "module_group", "targe
                "measured_sparsity", "seed", "round")
 CSV_TRAILING = ("wall_time_s", "steps", "version", "git_commit", "output_dir")
 PLOT_STYLE = {"font.size": 11, "axes.spines.top": False, "axes.spines.right": False}
+COMPANION_METRIC = "perplexity"  # drawn and tabled beside a recipe's primary metric when the runs measured it
+PERPLEXITY_CLIP = 1e4  # perplexities above it are drawn at it, marked with their value (a collapsed model's)
+DODGE = 0.08  # x offset between N:M rows at the same sparsity (2:4 and 4:8 are both 50%), in category widths
 
 Stat = tuple[float, float, int]  # (mean, population std, number of seeds)
 
@@ -70,6 +84,7 @@ class ResultTable:
     variants: dict[str, Variant] = field(default_factory=dict)  # row -> its variant (non-default axis values)
     selection: str = ""  # what the reported checkpoints are (see `selection_note`); "" for the old wording
     reference: list[ReferencePoint] = field(default_factory=list)  # the paper's points drawn beside it, if any
+    companion: ResultTable | None = None  # the same runs' perplexity, tabled and drawn beside this table
 
     @property
     def qualifiers(self) -> list[str]:
@@ -164,10 +179,11 @@ def _by_seed(recipe: str, records: Sequence[Mapping[str, Any]], metric_key: str)
 
 
 def summarize_recipe(recipe: str, records: Sequence[Mapping[str, Any]], split: str = "auto",
-                     subset: str | None = None, model: str | None = None) -> ResultTable:
+                     subset: str | None = None, model: str | None = None, metric: str | None = None
+                     ) -> ResultTable:
     """The table of one recipe's records (of one model panel: `within_panel` records); with `subset`, of its
-    `<split>_<subset>_<metric>` values."""
-    metric = _recipe_metric(recipe, records)
+    `<split>_<subset>_<metric>` values. `metric` defaults to the records' primary metric (their `metric` field)."""
+    metric = metric or _recipe_metric(recipe, records)
     metric_key, split = choose_metric_key(records, f"{subset}_{metric}" if subset else metric, split)
     groups = _by_seed(recipe, records, metric_key)
     dense = groups.pop(("dense", 0.0), None)
@@ -227,43 +243,72 @@ def summarize(records: Sequence[Mapping[str, Any]], split: str = "auto") -> list
         by_panel.setdefault((r["recipe"], record_panel(r)), []).append(within_panel(r))
     tables = []
     for (recipe, model), rs in by_panel.items():
+        companion = companion_table(recipe, rs, split, model=model)
         for subset in record_subsets(rs) or [None]:
             table = summarize_recipe(recipe, rs, split, subset=subset, model=model)
             if table.cells or table.dense:
-                tables.append(table)
+                tables.append(table if companion is None else beside(table, companion))
             else:
                 logger.warning(f"{table.title}: no record has {table.metric_key!r}; no table for it")
     return tables
 
 
+def companion_table(recipe: str, records: Sequence[Mapping[str, Any]], split: str = "auto",
+                    model: str | None = None) -> ResultTable | None:
+    """The records' perplexity table (`COMPANION_METRIC`), when some record measured one and the primary metric is
+    another; else None."""
+    keys = {f"{s}_{COMPANION_METRIC}" for s in ("eval", "test")}
+    if not any(keys & set(r["metrics"]) for r in records) or _recipe_metric(recipe, records) == COMPANION_METRIC:
+        return None
+    table = summarize_recipe(recipe, records, split, model=model, metric=COMPANION_METRIC)
+    # the records' chance level is the task metric's: a perplexity has none
+    return dataclasses.replace(table, chance_level=None) if table.cells or table.dense else None
+
+
+def beside(table: ResultTable, companion: ResultTable) -> ResultTable:
+    """`table` with `companion` attached, both on the union of their rows and sparsities (one axis, one legend)."""
+    methods = method_order([*table.methods, *companion.methods])
+    sparsities = sorted({*table.sparsities, *companion.sparsities})
+    variants = {**companion.variants, **table.variants}
+    companion = dataclasses.replace(companion, methods=methods, sparsities=sparsities, variants=variants)
+    return dataclasses.replace(table, methods=methods, sparsities=sparsities, variants=variants, companion=companion)
+
+
 # ---- markdown and CSV -----------------------------------------------------------------------------
 
 
-def _cell(stat: Stat | None) -> str:
+def _cell(stat: Stat | None, bold: bool = False) -> str:
     if stat is None:
         return MISSING
     mean, std, n = stat
-    return f"{mean:.4f} ± {std:.4f}" if n > 1 else f"{mean:.4f}"
+    text = f"{mean:.4f} ± {std:.4f}" if n > 1 else f"{mean:.4f}"
+    return f"**{text}**" if bold else text
+
+
+def best_rows(table: ResultTable) -> dict[float, str]:
+    """sparsity -> the sparse row with the best mean there, by the table's metric direction (the lowest perplexity,
+    the highest accuracy; `metric_direction`); ties: the first row in table order."""
+    out = {}
+    for s in table.sparsities:
+        best = best_key({row: table.cells[(row, s)][0] for row in table.methods if (row, s) in table.cells},
+                        table.metric_key)
+        if best is not None:
+            out[s] = best
+    return out
 
 
 def to_markdown(table: ResultTable) -> str:
-    """A GitHub markdown table: a row per method, a column per sparsity; dense repeats its value in every column."""
-    sparsities = table.sparsities or [0.0]
-    selection = table.selection or f"checkpoints selected on {table.selected_on}"
-    lines = [
-        f"### {table.title}: {table.metric_key} ({table.split} split; {selection})",
-        "",
-        "| method | " + " | ".join(sparsity_labels(sparsities)) + " |",
-        "| --- | " + " | ".join("---:" for _ in sparsities) + " |",
-    ]
-    for method in table.methods:
-        if method == "dense":
-            row = [_cell(table.dense)] * len(sparsities)
-        else:
-            row = [_cell(table.cells.get((method, s))) for s in sparsities]
-        lines.append(f"| {display_name(table, method)} | " + " | ".join(row) + " |")
+    """A GitHub markdown table: a row per method, a column per sparsity; dense repeats its value in every column.
+    With a companion (perplexity), its table follows, and both name their metric's direction and bold each
+    column's best sparse cell."""
+    marked = table.companion is not None
+    lines = _table_lines(table, marked)
+    if table.companion is not None:
+        lines += ["", *_table_lines(table.companion, marked)]
     seeds = sorted({n for _, _, n in table.cells.values()} | ({table.dense[2]} if table.dense else set()))
     note = f"mean over {'/'.join(map(str, seeds))} seed(s)" + (", ± population std" if seeds[-1] > 1 else "")
+    if marked:
+        note += "; bold: each column's best sparse row (highest accuracy, lowest perplexity)"
     if table.chance_level is not None:
         note += f"; chance level {table.chance_level:.4f}"
     shared = shared_values(table)
@@ -272,6 +317,28 @@ def to_markdown(table: ResultTable) -> str:
     lines += ["", f"_{note}_"]
     against = gaps_markdown(table, {row: display_name(table, row) for row in table.methods})
     return "\n".join(lines) + "\n" + ("\n" + against if against else "")
+
+
+def _table_lines(table: ResultTable, marked: bool = False) -> list[str]:
+    """The heading and rows of one table; `marked`: the heading names the metric's direction and each column's
+    best sparse cell is bold (`best_rows`)."""
+    sparsities = table.sparsities or [0.0]
+    selection = table.selection or f"checkpoints selected on {table.selected_on}"
+    direction = f"{direction_words(table.metric_key)}; " if marked else ""
+    best = best_rows(table) if marked else {}
+    lines = [
+        f"### {table.title}: {table.metric_key} ({direction}{table.split} split; {selection})",
+        "",
+        "| method | " + " | ".join(sparsity_labels(sparsities)) + " |",
+        "| --- | " + " | ".join("---:" for _ in sparsities) + " |",
+    ]
+    for method in table.methods:
+        if method == "dense":
+            row = [_cell(table.dense)] * len(sparsities)
+        else:
+            row = [_cell(table.cells.get((method, s)), bold=best.get(s) == method) for s in sparsities]
+        lines.append(f"| {display_name(table, method)} | " + " | ".join(row) + " |")
+    return lines
 
 
 def to_csv(records: Sequence[Mapping[str, Any]], path: str, tables: Sequence[ResultTable] = ()) -> str:
@@ -329,36 +396,78 @@ def plot(table: ResultTable, path: str) -> str:
 
 
 def figure(table: ResultTable) -> Any:
-    """The table's matplotlib Figure (Agg canvas, no global pyplot state): one line per row, dense, chance."""
+    """The table's matplotlib Figure (Agg canvas, no global pyplot state): one line per row, dense, chance; with a
+    companion (perplexity), a second panel on its right on the same sparsity axis and row colours."""
     import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    scale = 100.0 if table.metric_key.endswith("accuracy") else 1.0
-    ylabel = "accuracy (%)" if scale == 100.0 else table.metric_key.split("_", 1)[-1]
     xs = list(range(len(table.sparsities) or 1))
     with matplotlib.rc_context(PLOT_STYLE):
-        fig = Figure(figsize=(6.4, 5.0))
+        if table.companion is None:
+            fig = Figure(figsize=(6.4, 5.0))
+            FigureCanvasAgg(fig)
+            ax = fig.add_subplot()
+            _draw_panel(ax, table, xs, table_styles(table), table.title)
+            fig.tight_layout()
+            _legend_below(fig, ax)
+            return fig
+        fig = Figure(figsize=(12.4, 5.0))
         FigureCanvasAgg(fig)
-        ax = fig.add_subplot()
-        if table.dense is not None:
-            ax.plot(xs, [table.dense[0] * scale] * len(xs), color="black", marker="o", lw=2, ms=6, label="dense")
-        for method, style in table_styles(table).items():
-            _plot_method(ax, table, method, xs, scale, style)
-        if table.chance_level is not None:
-            ax.axhline(table.chance_level * scale, color="grey", ls="--", lw=1.5, label="chance", zorder=1)
-        if table.reference:
-            plot_reference(ax, table.reference, positions=dict(zip(table.sparsities, xs)), scale=scale,
-                           styles=table_styles(table))
-        ax.set_xticks(xs, sparsity_labels(table.sparsities) or ["0"], rotation=45)
-        ax.set_xlabel("Sparsity", fontsize=13)
-        ax.set_ylabel(ylabel, fontsize=13)
-        ax.set_title(table.title, fontsize=14)
-        ax.grid(True, color="0.75", lw=0.8)
-        ax.set_axisbelow(True)
+        left, right = fig.subplots(1, 2, sharex=True)
+        styles = table_styles(table)  # one style per row for both panels: a row has one colour on the figure
+        _draw_panel(left, table, xs, styles, f"{table.title}: {table.metric_key.split('_', 1)[-1]}")
+        _draw_panel(right, table.companion, xs, styles, f"{table.title}: {COMPANION_METRIC}")
         fig.tight_layout()
-        _legend_below(fig, ax)
+        _legend_below_all(fig, (left, right))
     return fig
+
+
+def _draw_panel(ax: Any, table: ResultTable, xs: list[int], styles: Mapping[str, RowStyle], title: str) -> None:
+    """One panel: dense, a line per row, the chance level and the paper's curves where the table has them;
+    perplexity on a log scale with values above `PERPLEXITY_CLIP` drawn at the clip and labelled."""
+    log = table.metric_key.endswith(COMPANION_METRIC)
+    scale = 100.0 if table.metric_key.endswith("accuracy") else 1.0
+    ylabel = "accuracy (%)" if scale == 100.0 else table.metric_key.split("_", 1)[-1]
+    clip = PERPLEXITY_CLIP if log else math.inf
+    if table.dense is not None:
+        ax.plot(xs, [min(table.dense[0] * scale, clip)] * len(xs), color="black", marker="o", lw=2, ms=6,
+                label="dense")
+    dodges = nm_dodges(table)
+    for method, style in styles.items():
+        _plot_method(ax, table, method, [x + dodges.get(method, 0.0) for x in xs], scale, style, clip)
+    if table.chance_level is not None:
+        ax.axhline(table.chance_level * scale, color="grey", ls="--", lw=1.5, label="chance", zorder=1)
+    if table.reference:
+        plot_reference(ax, table.reference, positions=dict(zip(table.sparsities, xs)), scale=scale, styles=styles)
+    if log:
+        ax.set_yscale("log")
+        ylabel = f"{ylabel} (log scale; {direction_words(table.metric_key)})"
+        if _clipped(table):
+            ax.axhline(clip, color="grey", ls=":", lw=1.2, label=f"clipped at {clip:.0e}", zorder=1)
+    ax.set_xticks(xs, sparsity_labels(table.sparsities) or ["0"], rotation=45)
+    ax.set_xlabel("Sparsity", fontsize=13)
+    ax.set_ylabel(ylabel, fontsize=13)
+    ax.set_title(title, fontsize=14)
+    ax.grid(True, color="0.75", lw=0.8)
+    ax.set_axisbelow(True)
+
+
+def _clipped(table: ResultTable) -> bool:
+    means = [st[0] for st in table.cells.values()] + ([table.dense[0]] if table.dense else [])
+    return any(m > PERPLEXITY_CLIP for m in means)
+
+
+def nm_dodges(table: ResultTable) -> dict[str, float]:
+    """row -> x offset for rows under an N:M pattern that share their sparsity with another such row (2:4 and 4:8
+    are both 50%), spread `DODGE` apart so neither hides the other; other rows stay on their category."""
+    by_sparsity: dict[float, list[str]] = {}
+    for row in table.methods:
+        pattern = table.variants.get(row, {}).get("sparsity_pattern")
+        if row != "dense" and pattern is not None and pattern != "unstructured":
+            by_sparsity.setdefault(round(parse_pattern(pattern).sparsity, 6), []).append(row)
+    return {row: (i - (len(rows) - 1) / 2) * DODGE
+            for rows in by_sparsity.values() if len(rows) > 1 for i, row in enumerate(rows)}
 
 
 def _legend_below(fig: Any, ax: Any) -> None:
@@ -368,17 +477,40 @@ def _legend_below(fig: Any, ax: Any) -> None:
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, y - 0.02), ncol=3, frameon=False, fontsize=10)
 
 
-def _plot_method(ax: Any, table: ResultTable, method: str, xs: list[int], scale: float, style: RowStyle) -> None:
+def _legend_below_all(fig: Any, axes: Sequence[Any]) -> None:
+    """One legend for several panels (each label once: the rows are styled alike in all), under their x labels."""
+    handles: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+    renderer = fig.canvas.get_renderer()
+    bottom = min(ax.get_tightbbox(renderer).y0 for ax in axes)
+    y = fig.transFigure.inverted().transform((0.0, bottom))[1]
+    fig.legend(list(handles.values()), list(handles), loc="upper center", bbox_to_anchor=(0.5, y - 0.01), ncol=4,
+               frameon=False, fontsize=10)
+
+
+def _plot_method(ax: Any, table: ResultTable, method: str, xs: list[float], scale: float, style: RowStyle,
+                 clip: float = math.inf) -> None:
     """One row's line through the cells it has (so a row run at fewer sparsities than the table's LTH rounds
-    still reads as a line, like the paper's), with a faint ±std band where there are several seeds."""
+    still reads as a line, like the paper's), with a faint ±std band where there are several seeds. Values above
+    `clip` are drawn at it, as an upward triangle labelled with the value."""
     color = style.color
     placed = [(x, st) for x, s in zip(xs, table.sparsities) if (st := table.cells.get((method, s)))]
     at = [x for x, _ in placed]
-    ax.plot(at, [st[0] * scale for _, st in placed], color=color, ls=style.linestyle, marker=style.marker, lw=2,
-            ms=6, label=style.label, zorder=3)
+    ax.plot(at, [min(st[0] * scale, clip) for _, st in placed], color=color, ls=style.linestyle,
+            marker=style.marker, lw=2, ms=6, label=style.label, zorder=3)
     if any(st[2] > 1 for _, st in placed):
-        ax.fill_between(at, [(st[0] - st[1]) * scale for _, st in placed],
-                        [(st[0] + st[1]) * scale for _, st in placed], color=color, alpha=0.15, lw=0, zorder=2)
+        low = [min((st[0] - st[1]) * scale, clip) for _, st in placed]
+        if clip != math.inf:  # a log axis: the band stays above zero
+            low = [max(v, 1e-3 * min(st[0] * scale, clip)) for v, (_, st) in zip(low, placed)]
+        ax.fill_between(at, low, [min((st[0] + st[1]) * scale, clip) for _, st in placed], color=color,
+                        alpha=0.15, lw=0, zorder=2)
+    for x, st in placed:
+        if st[0] * scale > clip:
+            ax.plot([x], [clip], marker="^", ms=10, color=color, mec="black", zorder=4)
+            ax.annotate(f"{st[0] * scale:.1e}", (x, clip), textcoords="offset points", xytext=(0, 7), ha="center",
+                        fontsize=8, color=color)
 
 
 # ---- the report -----------------------------------------------------------------------------------

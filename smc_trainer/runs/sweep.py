@@ -50,6 +50,19 @@ logger = logging.get_logger(__name__)
 
 PAPER_GRID = tuple(1.0 - 0.8**k for k in range(1, 11))
 QUICKSTART_METHODS = "dense,omp_after,lth,gmp,snip,random_before"
+ONESHOT_CRITERIA = ("", ":criterion=wanda", ":criterion=sparsegpt")  # omp_before's own criterion is magnitude
+ONESHOT_PATTERNS = ("", ":sparsity_pattern=2:4", ":sparsity_pattern=4:8")
+METHOD_GRIDS: dict[str, str] = {
+    # one-shot pruning of decoder LLMs (Wanda, SparseGPT and OWL papers; LLM-KICK): magnitude (omp_before's own
+    # criterion: its rows read "OMP (Before)"), Wanda and SparseGPT at the papers' uniform layer sparsity, each
+    # unstructured, 2:4 and 4:8, and OWL's outlier-weighted layer sparsities on Wanda and SparseGPT (unstructured
+    # only: an N:M pattern fixes every layer's sparsity); run with --max_steps 0 (docs/running.md)
+    "oneshot": ",".join(["dense", *(f"omp_before{c}:distribution=uniform{p}"
+                                    for c in ONESHOT_CRITERIA for p in ONESHOT_PATTERNS),
+                         "omp_before:criterion=wanda:distribution=owl",
+                         "omp_before:criterion=sparsegpt:distribution=owl"]),
+}
+"""Named method lists a sweep's `--methods` accepts in place of (or beside) method names."""
 
 
 @dataclass
@@ -62,7 +75,11 @@ class SweepArguments:
         metadata={"help": "Comma-separated sparse methods, each optionally a variant with its own flag values, "
                   "METHOD:KEY=VALUE[:KEY=VALUE], e.g. rigl,rigl:init_method=snip,rigl:init_method=random_before "
                   "(the paper's OMP/SNIP/Random + RigL rows). Keys: the variant axes (smc_trainer.runs.variants), "
-                  "e.g. init_method, prune_modules, distribution."},
+                  "e.g. init_method, prune_modules, distribution. 'oneshot' stands for the one-shot LLM grid "
+                  "(METHOD_GRIDS): dense; omp_before (magnitude), omp_before:criterion=wanda and "
+                  "omp_before:criterion=sparsegpt at distribution=uniform, each unstructured, :sparsity_pattern=2:4 "
+                  "and 4:8; wanda and sparsegpt with :distribution=owl (with --max_steps 0; an N:M row runs at its "
+                  "1 - N/M only)."},
     )
     sparsities: str = field(
         default="0.2,0.36,0.488",
@@ -197,8 +214,17 @@ def make_plan(
                         jobs.append(Job("chain", recipe, seed, spec.method, chain_sparsities(spec, grid, imp_rate),
                                         group, variant))
                     else:
-                        jobs.extend(Job("single", recipe, seed, spec.method, (s,), group, variant) for s in grid)
+                        jobs.extend(Job("single", recipe, seed, spec.method, (s,), group, variant)
+                                    for s in single_sparsities(spec, grid))
     return Plan(jobs)
+
+
+def single_sparsities(spec: MethodSpec, grid: Sequence[float]) -> list[float]:
+    """The sparsities a one-run-per-sparsity method runs at: the grid, or under an N:M `sparsity_pattern` (which
+    fixes the sparsity at 1 - N/M) that sparsity alone, whatever the grid: `--sparsities 0.5,0.6,0.7` with
+    `omp_before:sparsity_pattern=2:4` is one run at 0.5, not three runs the flags would refuse."""
+    pattern = parse_pattern(dict(spec.variant).get("sparsity_pattern"))
+    return list(grid) if pattern is None else [pattern.sparsity]
 
 
 def chain_sparsities(spec: MethodSpec, grid: Sequence[float], imp_rate: float) -> tuple[float, ...]:
@@ -429,7 +455,7 @@ def run_sweep(sweep_args: SweepArguments, run_argv: list[str], executor: Executo
         raise UsageError("a sweep takes --recipes (comma-separated), not --recipe")
     load_plugins_of(run_argv)  # a plugin's methods and knobs are valid in --methods
     recipes = unique(parse_list(sweep_args.recipes, "recipes"))
-    methods = parse_method_specs(sweep_args.methods)
+    methods = parse_method_specs(sweep_args.methods, METHOD_GRIDS)
     methods, run_argv = sweep_wide_pattern(methods, run_argv)
     sparsities = parse_sparsities(sweep_args.sparsities)
     seeds = seeds_from(sweep_args.seeds)

@@ -425,9 +425,13 @@ def _typed(axis: VariantAxis, raw: str, spec: str) -> Any:
     return raw
 
 
-def parse_method_specs(text: str) -> list[MethodSpec]:
-    """The comma-separated `--methods` of a sweep, validated, duplicates (same row) dropped."""
-    specs = [parse_method_spec(item) for item in text.split(",") if item.strip()]
+def parse_method_specs(text: str, grids: Mapping[str, str] | None = None) -> list[MethodSpec]:
+    """The comma-separated `--methods` of a sweep, validated, duplicates (same row) dropped. An item naming one of
+    `grids` (name -> such a list; a sweep's `METHOD_GRIDS`) stands for that list."""
+    grids = grids or {}
+    items = [part for item in text.split(",") if item.strip()
+             for part in (grids[item.strip()].split(",") if item.strip() in grids else [item])]
+    specs = [parse_method_spec(item) for item in items]
     if not specs:
         raise UsageError("--methods is empty")
     return list({spec.row: spec for spec in specs}.values())
