@@ -4,12 +4,13 @@ reference implementations' loop, in one run.
 Three paths prune every decoder linear to 50% (uniform, `lm_head` and embeddings dense, as the Wanda and SparseGPT
 papers) on the same random weights and random calibration tokens:
 
-- `whole-model`: `HookCalibrator(cache_inputs=False)`, passes that stop after each block (about L (L + 1) / 2
-  layer calls per batch);
-- `cached`: `HookCalibrator` as the trainer runs it (one run to layer 0, then each layer twice: 1 + 2 L calls);
+- `whole-model`: `HookCalibrator(cache_inputs=False)`, passes that stop after each block (L (L + 1) / 2 layer
+  calls per batch, plus L for the one-batch pass that finds the blocks' forward order);
+- `cached`: `HookCalibrator` as the trainer runs it (one run to layer 0, then each layer twice: 2 L + 1 calls per
+  batch, plus the same L of the order pass);
 - `reference`: the loop of the SparseGPT and Wanda reference code, re-implemented here on our `sparsegpt_prune`:
   capture layer 0's inputs, then per layer hooks that add X X^T for every linear, prune each, run the layer again
-  for the next layer's inputs.
+  for the next layer's inputs (2 L + 1 calls per batch).
 
 Each path runs in its own process, so its peak RSS (VmHWM) minus the RSS after the model is built is the memory
 above the weights. Reported: seconds, calls into the decoder layers, peak memory above the weights, and whether
@@ -155,6 +156,7 @@ def main() -> None:
         proc.start()
         rows.append(queue.get())
         proc.join()
+        print(json.dumps(rows[-1]), flush=True)  # as each path ends: a run cut short keeps what it measured
     ref = next(r for r in rows if r["path"] == "reference")
     widths = f"hidden {a.hidden}, MLP {a.intermediate}, {a.heads} heads, {a.layers} layers"
     print(f"Llama-shaped decoder ({widths}); {a.samples} x {a.seq} tokens; {a.threads} threads; load average "
